@@ -1,0 +1,176 @@
+"""Model bundles: everything screening needs, written once by fitting and read by every scoring actor.
+
+Layout (a local directory or an ``s3://`` prefix)::
+
+    manifest.json              format version, model settings, classes, stage dims, scores, data
+                               fingerprint, library versions, training metrics, calibration summary
+    backbone.pt                state_dict of the backbone (classifier + feature taps)
+    layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights)
+    calibration.parquet        held-out ID scores, one column per score
+
+Weights are plain ``state_dict`` files loaded with ``torch.load(weights_only=True)``: a bundle can never
+run code on load. Loading is strict: every expected tensor must be present with the right shape.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rayood.config import ModelSettings, S3Settings
+from rayood.detectors.layerwise import LayerwiseDetector
+from rayood.models.backbones import FeatureBackbone, build_backbone
+from rayood.models.diffusion import FeatureDenoiser
+from rayood.storage import Location, StorageError, resolve
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKBONE_FILE = "backbone.pt"
+LAYERWISE_FILE = "layerwise_denoiser.pt"
+CALIBRATION_FILE = "calibration.parquet"
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, incomplete or does not match this version of rayood."""
+
+
+def library_versions() -> dict[str, str]:
+    import ray
+    import torchvision
+
+    from rayood import __version__
+
+    return {
+        "rayood": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pa.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _load_into(module: torch.nn.Module, location: Location, what: str) -> None:
+    try:
+        state = torch.load(io.BytesIO(location.read_bytes()), map_location="cpu", weights_only=True)
+    except StorageError as error:
+        raise BundleError(f"bundle is incomplete: {error}") from None
+    except Exception as error:
+        raise BundleError(f"{location.uri} is not a readable state_dict: {error}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise BundleError(f"{location.uri} does not match the manifest's {what}: {error}") from None
+
+
+def write_file(bundle: Location, name: str, data: bytes) -> None:
+    bundle.join(name).write_bytes(data)
+
+
+def write_manifest(bundle: Location, manifest: dict) -> None:
+    write_file(bundle, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}), sink)
+    write_file(bundle, CALIBRATION_FILE, sink.getvalue())
+
+
+def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
+    bundle = resolve(uri, s3)
+    location = bundle.join(MANIFEST)
+    if not location.exists():
+        raise BundleError(f"no model bundle at {uri} ({MANIFEST} not found); fit one with jobs/train.py")
+    try:
+        manifest = json.loads(location.read_bytes())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{location.uri} is not valid JSON: {error}") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"bundle {uri} has format_version {version!r}; this rayood reads {FORMAT_VERSION}")
+    for key in ("bundle_id", "model", "num_classes", "stage_dims", "scores"):
+        if key not in manifest:
+            raise BundleError(f"bundle manifest {location.uri} lacks {key!r}")
+    return manifest
+
+
+def read_calibration(uri: str, s3: S3Settings | None = None, manifest: dict | None = None) -> dict[str, np.ndarray]:
+    """The held-out ID scores, one array per score name."""
+    manifest = manifest or read_manifest(uri, s3)
+    if not manifest.get("calibration"):
+        raise BundleError(f"bundle {uri} has no calibration scores (fitting did not finish)")
+    table = pq.read_table(io.BytesIO(resolve(uri, s3).join(CALIBRATION_FILE).read_bytes()))
+    calibration = {name: table.column(name).to_numpy() for name in table.column_names}
+    missing = set(manifest["scores"]) - set(calibration)
+    if missing:
+        raise BundleError(f"bundle {uri}: calibration lacks scores {sorted(missing)}")
+    return calibration
+
+
+@dataclass
+class Bundle:
+    uri: str
+    manifest: dict
+    settings: ModelSettings
+    backbone: FeatureBackbone
+    layerwise: LayerwiseDetector
+    calibration: dict[str, np.ndarray] | None
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest["bundle_id"]
+
+    @property
+    def score_names(self) -> list[str]:
+        return list(self.manifest["scores"])
+
+
+def build_denoiser(settings: ModelSettings, dim: int) -> FeatureDenoiser:
+    layerwise = settings.layerwise
+    hidden = max(1, round(layerwise.hidden_multiplier * dim))
+    return FeatureDenoiser(dim, hidden, layerwise.num_blocks, layerwise.time_embed_dim)
+
+
+def load_bundle(
+    uri: str, s3: S3Settings | None = None, device: str | torch.device = "cpu", require_calibration: bool = True
+) -> Bundle:
+    manifest = read_manifest(uri, s3)
+    location = resolve(uri, s3)
+    settings = ModelSettings.model_validate(manifest["model"])
+    backbone = build_backbone(settings.backbone, settings.preprocess, manifest["num_classes"])
+    _load_into(backbone, location.join(BACKBONE_FILE), "backbone")
+    stage_dims = list(manifest["stage_dims"])
+    if backbone.stage_dims() != stage_dims:
+        raise BundleError(f"bundle {uri}: stage_dims {stage_dims} do not match the backbone {backbone.stage_dims()}")
+    denoiser = build_denoiser(settings, sum(stage_dims))
+    _load_into(denoiser, location.join(LAYERWISE_FILE), "layerwise denoiser")
+    backbone.to(device).eval()
+    denoiser.to(device).eval()
+    calibration = read_calibration(uri, s3, manifest) if manifest.get("calibration") or require_calibration else None
+    return Bundle(
+        uri=uri,
+        manifest=manifest,
+        settings=settings,
+        backbone=backbone,
+        layerwise=LayerwiseDetector(denoiser, settings.layerwise, stage_dims),
+        calibration=calibration,
+    )

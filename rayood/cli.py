@@ -1,0 +1,39 @@
+"""What the job entry points share: logging, config loading with overrides, and exit codes.
+
+Exit status 2 means a problem the user can fix (configuration, inputs, bundle, output), reported in one
+message before any cluster work; 1 means the job itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rayood.bundle import BundleError
+from rayood.config import ConfigError
+from rayood.data.sources import InputError
+from rayood.screen.output import OutputError
+from rayood.storage import StorageError
+
+USER_ERRORS = (ConfigError, InputError, BundleError, OutputError, StorageError)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the embedded demo)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing result")
+    return parser
+
+
+def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args()
+    try:
+        main(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,257 @@
+"""Typed configuration for the rayood jobs.
+
+One YAML file describes a whole run (reading, model, fitting, screening). Every section is a pydantic
+model that forbids unknown keys, so a typo is an error that names the field and the file instead of a
+setting that is silently ignored. Credentials never live here: S3 keys come from the standard AWS
+environment variables (or the cluster's instance role).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RaySettings(_Strict):
+    """Where the jobs run.
+
+    ``address: null`` connects to the cluster a job was submitted to (``RAY_ADDRESS``), or starts a local
+    cluster in-process when there is none.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1, description="only for a local cluster started in-process")
+
+
+class S3Settings(_Strict):
+    """Any S3-compatible store. Unset fields fall back to the AWS environment variables."""
+
+    endpoint_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:9000; env AWS_ENDPOINT_URL")
+    region: str | None = Field(default=None, description="env AWS_REGION / AWS_DEFAULT_REGION")
+    anonymous: bool = False
+    retries: int = Field(default=5, ge=0)
+
+
+class CorpusSettings(_Strict):
+    """How a corpus is laid out: image files, or Parquet with an image-bytes column."""
+
+    image_column: str = "image"
+    id_column: str = "id"
+    label_column: str = "label"
+    file_extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+
+    @field_validator("file_extensions")
+    @classmethod
+    def _lower_no_dot(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(ext.lower().lstrip(".") for ext in value)
+
+
+class PreprocessSettings(_Strict):
+    """The ID transform. Every input is first resized to ``native_size`` (the ID data's own resolution) and
+    only then upsampled to ``input_size``, exactly as the ID data was, so that sharpness cannot separate ID
+    from OOD (the resolution shortcut in METHODS.md)."""
+
+    native_size: int = Field(default=32, ge=8, le=1024)
+    input_size: int = Field(default=32, ge=8, le=1024)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    max_pixels: int = Field(default=50_000_000, ge=1, description="larger images are rejected (decompression bombs)")
+    max_bytes: int = Field(default=64 * 2**20, ge=1, description="larger encoded files are rejected")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("every std must be > 0")
+        return value
+
+
+class BackboneSettings(_Strict):
+    """The feature extractor and classifier shared by every detector."""
+
+    arch: Literal["cifar_resnet", "resnet18", "resnet50"] = "cifar_resnet"
+    widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), description="cifar_resnet stage widths")
+    blocks: tuple[int, ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage")
+    cifar_stem: bool = Field(default=True, description="torchvision ResNets: 3x3 stride-1 stem, no max-pool")
+    init_weights: str | None = Field(default=None, description="URI of a state_dict to start from")
+
+    @model_validator(mode="after")
+    def _stages_match(self) -> BackboneSettings:
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError("widths and blocks need the same, non-zero number of stages")
+        if min(self.widths) < 1 or min(self.blocks) < 1:
+            raise ValueError("widths and blocks must be positive")
+        return self
+
+
+class LayerwiseSettings(_Strict):
+    """DLSR: the feature denoiser (LFDN) and its test-time reconstruction (METHODS.md section 1)."""
+
+    timesteps: int = Field(default=100, ge=2)
+    beta_start: float = Field(default=0.0015, gt=0, lt=1)
+    beta_end: float = Field(default=0.0195, gt=0, lt=1)
+    hidden_multiplier: float = Field(default=2.0, gt=0, description="LFDN width = multiplier x feature dims")
+    num_blocks: int = Field(default=16, ge=1)
+    time_embed_dim: int = Field(default=128, ge=8)
+    noise_level: int = Field(default=3, ge=1, description="t the features are noised to at test")
+    ddim_steps: int = Field(default=3, ge=1, description="deterministic DDIM steps back to t = 0")
+
+    @model_validator(mode="after")
+    def _schedule_ok(self) -> LayerwiseSettings:
+        if self.beta_end <= self.beta_start:
+            raise ValueError("beta_end must be larger than beta_start")
+        if self.noise_level >= self.timesteps:
+            raise ValueError("noise_level must be smaller than timesteps")
+        if self.ddim_steps > self.noise_level + 1:
+            raise ValueError("ddim_steps can be at most noise_level + 1")
+        return self
+
+
+class ModelSettings(_Strict):
+    preprocess: PreprocessSettings = PreprocessSettings()
+    backbone: BackboneSettings = BackboneSettings()
+    layerwise: LayerwiseSettings = LayerwiseSettings()
+
+
+class OptimSettings(_Strict):
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(default=1, ge=1, description="epochs between checkpoints")
+
+
+class TrainSettings(_Strict):
+    """Fitting a bundle on in-distribution data with Ray Train."""
+
+    data: tuple[str, ...] = Field(default=(), description="URIs of the ID corpus (Parquet or image files)")
+    bundle: str | None = Field(default=None, description="where the model bundle is written")
+    overwrite: bool = Field(default=False, description="replace an existing bundle")
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1, gt=0)
+    checkpoint_path: str | None = Field(default=None, description="Ray Train storage; default: <bundle>-checkpoints")
+    run_name: str = "rayood"
+    calibration_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+    augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
+    backbone: OptimSettings = OptimSettings(epochs=10, lr=0.05)
+    layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
+
+
+class DecisionSettings(_Strict):
+    score: str = "layerwise_mfsim"
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="significance level of is_ood")
+
+
+class TruthSettings(_Strict):
+    """A ground-truth column for demo and evaluation corpora: rows whose value is in ``id_values`` are ID."""
+
+    column: str
+    id_values: tuple[str, ...]
+
+
+class ScreenSettings(_Strict):
+    inputs: tuple[str, ...] = ()
+    output: str | None = None
+    bundle: str | None = None
+    overwrite: bool = Field(default=False, description="replace a finished report at the output")
+    fit_if_missing: bool = Field(default=False, description="fit the bundle first when it does not exist")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(default=256, ge=1)
+    decode_batch_size: int = Field(default=64, ge=1)
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int = Field(default=1, ge=1)
+    num_gpus_per_actor: float = Field(default=0, ge=0)
+    cpus_per_actor: float = Field(default=1, gt=0)
+    passthrough_columns: tuple[str, ...] = ()
+    decision: DecisionSettings = DecisionSettings()
+    truth: TruthSettings | None = None
+
+    @model_validator(mode="after")
+    def _pool(self) -> ScreenSettings:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        if self.truth and self.truth.column not in self.passthrough_columns:
+            raise ValueError(f"truth.column {self.truth.column!r} must also be in passthrough_columns")
+        return self
+
+
+class DemoSettings(_Strict):
+    """Build the bundled demo corpora (scikit-learn digits and photos) under ``root`` when missing."""
+
+    root: str = "rayood-demo"
+    seed: int = 0
+
+
+class RayoodConfig(_Strict):
+    ray: RaySettings = RaySettings()
+    s3: S3Settings = S3Settings()
+    corpus: CorpusSettings = CorpusSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    screen: ScreenSettings = ScreenSettings()
+    demo: DemoSettings | None = None
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short stable hash of some sections, to name Ray Train runs so that the same settings resume."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> RayoodConfig:
+    """Validate a mapping; errors name every bad field and ``source``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        return RayoodConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path) -> RayoodConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_config(data, str(path))
+
+
+def with_overrides(config: RayoodConfig, section: str, **values: object) -> RayoodConfig:
+    """Apply command-line overrides (``None`` means not given) and validate again."""
+    given = {key: value for key, value in values.items() if value is not None}
+    if not given:
+        return config
+    data = config.model_dump(mode="python")
+    data[section].update(given)
+    return parse_config(data, "the command line")

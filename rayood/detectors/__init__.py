@@ -1,0 +1,1 @@
+"""OOD detectors: one module per family, each scoring from shared backbone features (higher = more OOD)."""

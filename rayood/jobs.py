@@ -1,0 +1,47 @@
+"""The two jobs as functions of parsed arguments; ``jobs/*.py`` only parse and call these."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from rayood.bundle import MANIFEST
+from rayood.config import RayoodConfig, load_config, with_overrides
+from rayood.data.demo import build_demo
+from rayood.report.summary import render
+from rayood.storage import resolve
+
+log = logging.getLogger(__name__)
+
+
+def _prepare_demo(config: RayoodConfig) -> None:
+    if config.demo is not None:
+        fit_path, corpus = build_demo(config.demo.root, config.demo.seed)
+        log.info("demo data: fitting set %s, corpus %s", fit_path, corpus)
+
+
+def train_job(args: argparse.Namespace) -> None:
+    from rayood.train.fit import fit
+
+    config = with_overrides(load_config(args.config), "train", bundle=args.output, overwrite=args.overwrite)
+    _prepare_demo(config)
+    print(f"model bundle written to {fit(config)}")
+
+
+def screen_job(args: argparse.Namespace) -> None:
+    from rayood.screen.pipeline import screen
+
+    config = with_overrides(
+        load_config(args.config), "screen",
+        inputs=tuple(args.input) if args.input else None, output=args.output, bundle=args.bundle,
+        overwrite=args.overwrite,
+    )
+    _prepare_demo(config)
+    bundle = config.screen.bundle
+    if config.screen.fit_if_missing and bundle and not resolve(bundle, config.s3).join(MANIFEST).exists():
+        from rayood.train.fit import fit
+
+        log.info("no bundle at %s yet: fitting one first", bundle)
+        fit(with_overrides(config, "train", bundle=bundle))
+    summary, report = screen(config)
+    print(render(summary, report))

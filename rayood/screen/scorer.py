@@ -1,0 +1,39 @@
+"""One backbone pass per image, every detector fed from the same features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from rayood.bundle import Bundle
+from rayood.detectors.baselines import classifier_scores
+from rayood.models.backbones import uint8_to_unit
+
+
+def pick_device(preference: str) -> torch.device:
+    """``auto`` takes the GPU Ray assigned to this process when there is one."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("screen.device is 'cuda' but no CUDA device is visible to this actor")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Scorer:
+    """Scores uint8 pixels with every detector of a bundle; returns one float64 array per score name."""
+
+    def __init__(self, bundle: Bundle, device: torch.device) -> None:
+        self.bundle = bundle
+        self.device = device
+        self.backbone = bundle.backbone.to(device).eval()
+        bundle.layerwise.denoiser.to(device)
+
+    @torch.no_grad()
+    def score(self, pixels: np.ndarray, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        images = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True))
+        features = self.backbone.features(images)
+        scores = classifier_scores(features.logits)
+        scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
+        return {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names}

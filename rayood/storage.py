@@ -1,0 +1,119 @@
+"""URIs to filesystems: local paths and ``s3://`` on any S3-compatible endpoint.
+
+Everything goes through ``pyarrow.fs`` so that the same filesystem object serves Ray Data reads and
+writes, Ray Train checkpoints and bundle files. The object is built from config and environment only
+(no live client inside), so it pickles cheaply to every Ray task.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from rayood.config import S3Settings
+
+
+class StorageError(RuntimeError):
+    """A path that cannot be read or written, phrased with its URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kwargs: dict = {
+        "region": region,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.retries + 1),
+    }
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    if settings.anonymous:
+        kwargs["anonymous"] = True
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # Resolved here so that workers on other nodes, which may lack these variables, get them too.
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URI resolved to a filesystem and the path that filesystem understands."""
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+
+    def join(self, *parts: str) -> Location:
+        path = posixpath.join(self.path, *parts)
+        uri = posixpath.join(self.uri, *parts)
+        return Location(uri, self.fs, path)
+
+    def exists(self) -> bool:
+        return self.info().type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.info().type == pafs.FileType.Directory
+
+    def info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path)
+        except OSError as error:
+            raise StorageError(f"cannot reach {self.uri}: {error}") from None
+
+    def read_bytes(self) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path) as stream:
+                return stream.read()
+        except (OSError, FileNotFoundError) as error:
+            raise StorageError(f"cannot read {self.uri}: {error}") from None
+
+    def write_bytes(self, data: bytes) -> None:
+        try:
+            parent = posixpath.dirname(self.path)
+            if parent:
+                self.fs.create_dir(parent, recursive=True)
+            with self.fs.open_output_stream(self.path) as stream:
+                stream.write(data)
+        except OSError as error:
+            raise StorageError(f"cannot write {self.uri}: {error}") from None
+
+    def list_files(self) -> list[pafs.FileInfo]:
+        """Every file below this directory, recursively, sorted by path."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+        except OSError as error:
+            raise StorageError(f"cannot list {self.uri}: {error}") from None
+        return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+    def delete_contents(self) -> None:
+        if self.is_dir():
+            self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+
+    def uri_of(self, fs_path: str) -> str:
+        """The URI of a path that this filesystem returned (for example from ``list_files``)."""
+        return f"s3://{fs_path}" if is_s3(self.uri) else fs_path
+
+
+def resolve(uri: str, s3: S3Settings | None = None) -> Location:
+    """Turn a local path or ``s3://bucket/key`` into a :class:`Location`."""
+    if is_s3(uri):
+        path = uri[len("s3://") :].rstrip("/")
+        if not path:
+            raise StorageError(f"{uri!r} names no bucket")
+        return Location(uri.rstrip("/"), _s3_filesystem(s3 or S3Settings()), path)
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+    local = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    return Location(local, pafs.LocalFileSystem(), local)

@@ -1,0 +1,231 @@
+"""Fitting a model bundle: read and split the ID corpus, two Ray Train stages, calibration, bundle.
+
+1. Read and decode the ID corpus with the screening reader, drop rows that fail to decode (counted),
+   and split it by a hash of each id into a training part and a held-out calibration part.
+2. Ray Train: the backbone classifier (cross-entropy on the ID labels).
+3. Ray Train: the DLSR feature denoiser on the frozen backbone's layer features.
+4. Score the held-out part with the screening actor (the very code screening runs) and store those
+   scores in the bundle: the reference for p-values and thresholds.
+
+The manifest is written last, after calibration: a bundle without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+import torch
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from rayood.bundle import (
+    BACKBONE_FILE, CALIBRATION_FILE, FORMAT_VERSION, LAYERWISE_FILE, MANIFEST, library_versions, state_dict_bytes, utc_now,
+    write_calibration, write_file, write_manifest,
+)
+from rayood.config import ConfigError, RayoodConfig
+from rayood.data.decode import STATUS_OK, DecodeLimits
+from rayood.data.reader import read_decoded
+from rayood.data.sources import plan_sources
+from rayood.detectors.baselines import SCORE_NAMES as CLASSIFIER_SCORES
+from rayood.detectors.layerwise import LayerwiseDetector
+from rayood.models.backbones import build_backbone
+from rayood.runtime import init_ray
+from rayood.screen.actor import ScoreActor
+from rayood.storage import Location, resolve
+from rayood.train.loops import backbone_loop, layerwise_loop, load_state
+
+log = logging.getLogger(__name__)
+
+SPLIT_BUCKETS = 10_000
+
+
+class SplitTagger:
+    """Adds ``calibration`` (bool) from a hash of the id: stable across runs, workers and file order."""
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        self.cutoff = int(fraction * SPLIT_BUCKETS)
+        self.seed = seed
+
+    def bucket(self, image_id: str) -> int:
+        digest = hashlib.blake2b(f"{self.seed}\0{image_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") % SPLIT_BUCKETS
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        flags = [self.bucket(i) < self.cutoff for i in batch.column("id").to_pylist()]
+        return batch.append_column("calibration", pa.array(flags, pa.bool_()))
+
+
+def _only(split: bool):
+    def keep(batch: pa.Table) -> pa.Table:
+        mask = pc.and_(pc.equal(batch.column("status"), STATUS_OK), pc.equal(batch.column("calibration"), split))
+        return batch.filter(mask)
+
+    return keep
+
+
+def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunConfig:
+    name = f"{config.train.run_name}-{stage}-{config.fingerprint('corpus', 'model', 'train')}"
+    return RunConfig(
+        name=name,
+        storage_path=checkpoints.path,
+        storage_filesystem=checkpoints.fs,
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+
+
+def _fit_stage(config: RayoodConfig, checkpoints: Location, stage: str, loop, loop_config: dict, data) -> ray.train.Result:
+    train = config.train
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}
+        ),
+        run_config=_run_config(config, checkpoints, stage),
+        datasets={"train": data},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"the {stage} stage finished without a checkpoint")
+    log.info("%s stage done: %s", stage, result.metrics)
+    return result
+
+
+def _corpus_facts(tagged: ray.data.Dataset, label_column: str) -> pa.Table:
+    columns = tagged.select_columns(["id", "status", "error", "calibration", label_column])
+    return pa.concat_tables(ray.get(columns.to_arrow_refs()))
+
+
+def _init_state(config: RayoodConfig) -> dict | None:
+    uri = config.model.backbone.init_weights
+    if uri is None:
+        return None
+    return torch.load(io.BytesIO(resolve(uri, config.s3).read_bytes()), map_location="cpu", weights_only=True)
+
+
+def fit(config: RayoodConfig) -> str:
+    """Fit every model of a bundle and write it; returns the bundle URI."""
+    train = config.train
+    if not train.data:
+        raise ConfigError("train.data is not set (the ID corpus to fit on)")
+    if not train.bundle:
+        raise ConfigError("train.bundle is not set (where to write the model bundle)")
+    label_column = config.corpus.label_column
+    plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(label_column,))
+    bundle = resolve(train.bundle, config.s3)
+    if bundle.join(MANIFEST).exists() and not train.overwrite:
+        raise ConfigError(f"a bundle already exists at {train.bundle}; pass --overwrite or choose another --output")
+    checkpoints = resolve(train.checkpoint_path or f"{train.bundle.rstrip('/')}-checkpoints", config.s3)
+    init_state = _init_state(config)
+
+    init_ray(config.ray)
+    preprocess = config.model.preprocess
+    decoded = read_decoded(
+        plans, image_column=config.corpus.image_column, id_column=config.corpus.id_column,
+        size=preprocess.native_size, limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels),
+        passthrough=(label_column,),
+    )
+    tagged = decoded.map_batches(SplitTagger(train.calibration_fraction, train.seed), batch_format="pyarrow").materialize()
+    facts = _corpus_facts(tagged, label_column)
+    ok = pc.equal(facts.column("status"), STATUS_OK)
+    errors = facts.filter(pc.invert(ok))
+    for row in errors.slice(0, 20).to_pylist():
+        log.warning("skipping ID row %s: %s", row["id"], row["error"])
+    fitting = facts.filter(pc.and_(ok, pc.invert(facts.column("calibration"))))
+    if fitting.num_rows == 0 or facts.num_rows - fitting.num_rows - errors.num_rows == 0:
+        raise ConfigError(f"train.data yields {fitting.num_rows} usable training rows and too few for calibration")
+    labels = fitting.column(label_column)
+    if labels.null_count:
+        raise ConfigError(f"{labels.null_count} training rows have no {label_column!r}; the backbone needs labels")
+    class_names = sorted(set(labels.cast(pa.string()).to_pylist()))
+    train_data = tagged.map_batches(_only(False), batch_format="pyarrow")
+    calibration_data = tagged.map_batches(_only(True), batch_format="pyarrow")
+    model_config = config.model.model_dump(mode="json")
+    base = {"model": model_config, "class_names": class_names, "seed": train.seed, "label_column": label_column}
+
+    probe = build_backbone(config.model.backbone, preprocess, len(class_names))
+    stage_dims = probe.stage_dims()
+    if train.backbone.epochs > 0:
+        backbone_result = _fit_stage(
+            config, checkpoints, "backbone", backbone_loop,
+            {**base, "optim": train.backbone.model_dump(), "augment": list(train.augment), "init_state": init_state},
+            train_data,
+        )
+        backbone_state = load_state(backbone_result.checkpoint)["model"]
+        backbone_metrics = backbone_result.metrics
+    else:
+        if init_state is not None:
+            probe.load_state_dict(init_state, strict=False)
+        backbone_state, backbone_metrics = probe.state_dict(), {"epoch": 0}
+
+    layerwise_result = _fit_stage(
+        config, checkpoints, "layerwise", layerwise_loop,
+        {**base, "optim": train.layerwise.model_dump(), "backbone_state": backbone_state,
+         "stage_dims": stage_dims, "feature_batch_size": 256},
+        train_data,
+    )
+    denoiser_state = load_state(layerwise_result.checkpoint)["ema"]
+
+    bundle.delete_contents()
+    write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
+    write_file(bundle, LAYERWISE_FILE, state_dict_bytes(denoiser_state))
+    error_rows = errors.num_rows
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "bundle_id": uuid.uuid4().hex,
+        "created": utc_now(),
+        "model": model_config,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "stage_dims": stage_dims,
+        "scores": [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names],
+        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE},
+        "calibration": None,
+        "data": {
+            "uris": list(train.data),
+            "fingerprint": hashlib.sha256("\n".join(sorted(facts.column("id").to_pylist())).encode()).hexdigest(),
+            "rows": facts.num_rows,
+            "error_rows": error_rows,
+            "train_rows": fitting.num_rows,
+            "calibration_rows": facts.num_rows - fitting.num_rows - error_rows,
+            "split_seed": train.seed,
+        },
+        "training": {"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)},
+        "versions": library_versions(),
+    }
+    write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
+
+    calibration = _calibration_scores(config, calibration_data, manifest["scores"])
+    write_calibration(bundle, calibration)
+    manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(next(iter(calibration.values()))))}
+    write_manifest(bundle, manifest)
+    log.info("wrote the model bundle %s to %s", manifest["bundle_id"], bundle.uri)
+    return bundle.uri
+
+
+def _calibration_scores(config: RayoodConfig, data: ray.data.Dataset, names: list[str]) -> dict[str, np.ndarray]:
+    settings = config.screen
+    scored = data.map_batches(
+        ScoreActor,
+        fn_constructor_kwargs={"bundle_uri": config.train.bundle, "s3": config.s3, "device": settings.device,
+                               "cpu_threads": max(1, int(settings.cpus_per_actor))},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=settings.max_actors),
+        num_gpus=settings.num_gpus_per_actor or None,
+        num_cpus=settings.cpus_per_actor,
+        batch_size=settings.batch_size,
+        batch_format="pyarrow",
+    )
+    table = pa.concat_tables(ray.get(scored.select_columns([f"score_{n}" for n in names]).to_arrow_refs()))
+    return {name: table.column(f"score_{name}").to_numpy() for name in names}
+
+
+def _plain(metrics: dict | None) -> dict:
+    return {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in (metrics or {}).items()}

@@ -1,0 +1,218 @@
+"""Ray Train loops (``train_loop_per_worker``): the backbone classifier and the DLSR feature denoiser.
+
+Both resume from ``ray.train.get_checkpoint()``: re-running a fit with the same run name and storage
+continues from the last checkpoint. Checkpoints are a single ``state.pt`` of plain tensors and numbers,
+read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import tempfile
+
+import pyarrow as pa
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rayood.bundle import build_denoiser
+from rayood.config import ModelSettings, OptimSettings
+from rayood.data.decode import pixels_from_column
+from rayood.detectors.layerwise import layer_features, schedule_for
+from rayood.models.backbones import build_backbone, uint8_to_unit
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+PAD = 4
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def load_state(checkpoint: ray.train.Checkpoint) -> dict:
+    with checkpoint.as_directory() as directory:
+        return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def _log_epoch(what: str, metrics: dict) -> None:
+    if ray.train.get_context().get_world_rank() == 0:
+        log.info("%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+
+def _report(metrics: dict, state: dict | None) -> None:
+    """Report from every worker (a barrier); only rank 0 attaches the checkpoint."""
+    if state is None or ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(state, os.path.join(directory, STATE_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def augment(images: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
+    """Random crops (reflect-padded by 4 px) and horizontal flips, per sample, on a (N, 3, H, W) batch."""
+    if "crop" in kinds:
+        n, _, h, w = images.shape
+        padded = F.pad(images, (PAD, PAD, PAD, PAD), mode="reflect")
+        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator).tolist()
+        images = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if "flip" in kinds:
+        flip = torch.rand(images.shape[0], generator=generator) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
+    return images
+
+
+def _batch_images(batch: pa.Table, size: int, device: torch.device) -> torch.Tensor:
+    return uint8_to_unit(torch.from_numpy(pixels_from_column(batch.column("pixels"), size).copy())).to(device)
+
+
+def _batch_labels(batch: pa.Table, label_column: str, class_names: list[str], device: torch.device) -> torch.Tensor:
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = batch.column(label_column).cast(pa.string()).to_pylist()
+    return torch.tensor([index[label] for label in labels], dtype=torch.long, device=device)
+
+
+def backbone_loop(config: dict) -> None:
+    """Supervised cross-entropy fit of the backbone (SGD, momentum 0.9, cosine schedule)."""
+    settings = ModelSettings.model_validate(config["model"])
+    optim = OptimSettings.model_validate(config["optim"])
+    class_names: list[str] = config["class_names"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(config["seed"] + rank)
+    device = ray.train.torch.get_device()
+    model = build_backbone(settings.backbone, settings.preprocess, len(class_names))
+    if config.get("init_state") is not None:
+        model.load_state_dict(config["init_state"], strict=False)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=optim.lr, momentum=0.9, nesterov=True, weight_decay=optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, optim.epochs))
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        state = load_state(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"])
+    model = ray.train.torch.prepare_model(model)
+    shard = ray.train.get_dataset_shard("train")
+    size = settings.preprocess.native_size
+    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    for epoch in range(start_epoch, optim.epochs):
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for batch in shard.iter_batches(
+            batch_size=optim.batch_size, batch_format="pyarrow",
+            local_shuffle_buffer_size=optim.batch_size * 8, local_shuffle_seed=config["seed"] + epoch,
+        ):
+            images = augment(_batch_images(batch, size, device), config["augment"], generator)
+            labels = _batch_labels(batch, config["label_column"], class_names, device)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        scheduler.step()
+        done = epoch + 1
+        metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        save = done % optim.checkpoint_every == 0 or done == optim.epochs
+        state = {
+            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": done,
+        }
+        _log_epoch("backbone", metrics)
+        if save:
+            _report(metrics, state)
+    if checkpoint and start_epoch >= optim.epochs:  # finished before: hand the last state back as the result
+        _report({"epoch": start_epoch}, state)
+
+
+def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.device) -> torch.Tensor:
+    """z0 of every row of this worker's shard, computed once: features see no augmentation (METHODS.md)."""
+    shard = ray.train.get_dataset_shard("train")
+    chunks = []
+    with torch.no_grad():
+        for batch in shard.iter_batches(batch_size=config["feature_batch_size"], batch_format="pyarrow"):
+            chunks.append(layer_features(backbone.features(_batch_images(batch, size, device)).stage_maps))
+    return torch.cat(chunks) if chunks else torch.zeros(0, sum(config["stage_dims"]), device=device)
+
+
+def _steps_per_epoch(rows: int, batch_size: int, device: torch.device) -> int:
+    """The same step count on every worker (the smallest shard decides), so DDP never waits forever."""
+    steps = torch.tensor([math.ceil(rows / batch_size)], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+    return int(steps.item())
+
+
+def layerwise_loop(config: dict) -> None:
+    """Fit the LFDN: t ~ U{0..T-1}, loss = MSE(LFDN(z_t, t), z0), AdamW, EMA of the weights."""
+    settings = ModelSettings.model_validate(config["model"])
+    optim = OptimSettings.model_validate(config["optim"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config["seed"] + rank)
+    backbone = build_backbone(settings.backbone, settings.preprocess, len(config["class_names"]))
+    backbone.load_state_dict(config["backbone_state"])
+    backbone.to(device).eval()
+    z0_all = _cache_features(backbone, config, settings.preprocess.native_size, device)
+    del backbone
+
+    denoiser = build_denoiser(settings, z0_all.shape[1])
+    ema = copy.deepcopy(denoiser).requires_grad_(False)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        state = load_state(checkpoint)
+        denoiser.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+    ema.to(device)
+    denoiser = ray.train.torch.prepare_model(denoiser)
+    schedule = schedule_for(settings.layerwise)
+    steps = _steps_per_epoch(len(z0_all), optim.batch_size, device)
+    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    for epoch in range(start_epoch, optim.epochs):
+        denoiser.train()
+        order = torch.randperm(len(z0_all), generator=generator).to(device)
+        loss_sum = 0.0
+        for index in range(steps):
+            z0 = z0_all[order[index * optim.batch_size : (index + 1) * optim.batch_size]]
+            t = torch.randint(0, settings.layerwise.timesteps, (len(z0),), generator=generator).to(device)
+            noise = torch.randn(z0.shape, generator=generator).to(device)
+            loss = F.mse_loss(denoiser(schedule.q_sample(z0, t, noise), t), z0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            decay = min(optim.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA tracks the model
+            with torch.no_grad():
+                for ema_param, param in zip(ema.parameters(), unwrap(denoiser).parameters()):
+                    ema_param.lerp_(param, 1 - decay)
+            loss_sum += float(loss)
+        done = epoch + 1
+        save = done % optim.checkpoint_every == 0 or done == optim.epochs
+        state = {
+            "model": unwrap(denoiser).state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
+        }
+        metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "feature_rows": len(z0_all)}
+        _log_epoch("layerwise", metrics)
+        if save:
+            _report(metrics, state)
+    if checkpoint and start_epoch >= optim.epochs:
+        _report({"epoch": start_epoch}, state)
