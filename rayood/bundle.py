@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -93,6 +94,28 @@ def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
     sink = io.BytesIO()
     pq.write_table(pa.table({name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}), sink)
     write_file(bundle, CALIBRATION_FILE, sink.getvalue())
+
+
+def new_manifest(
+    settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str],
+    data: dict | None = None, training: dict | None = None,
+) -> dict:
+    """A manifest for freshly fitted weights; ``calibration`` is filled in once calibration scores exist."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "bundle_id": uuid.uuid4().hex,
+        "created": utc_now(),
+        "model": settings.model_dump(mode="json"),
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "stage_dims": stage_dims,
+        "scores": scores,
+        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE},
+        "calibration": None,
+        "data": data or {},
+        "training": training or {},
+        "versions": library_versions(),
+    }
 
 
 def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -73,8 +73,10 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DecodeError(f"image too large (decompression bomb guard): {error}") from None
-    except Exception as error:  # PIL raises many types for garbage input
+    except UnidentifiedImageError as error:
         raise DecodeError(f"not an image: {error}") from None
+    except Exception as error:  # a known format whose header is cut short or damaged
+        raise DecodeError(f"truncated or corrupt image: {error}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise DecodeError(f"image has no pixels ({width}x{height})")

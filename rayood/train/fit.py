@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +26,8 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
-    BACKBONE_FILE, CALIBRATION_FILE, FORMAT_VERSION, LAYERWISE_FILE, MANIFEST, library_versions, state_dict_bytes, utc_now,
-    write_calibration, write_file, write_manifest,
+    BACKBONE_FILE, CALIBRATION_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, state_dict_bytes, write_calibration,
+    write_file, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import STATUS_OK, DecodeLimits
@@ -148,8 +147,7 @@ def fit(config: RayoodConfig) -> str:
     class_names = sorted(set(labels.cast(pa.string()).to_pylist()))
     train_data = tagged.map_batches(_only(False), batch_format="pyarrow")
     calibration_data = tagged.map_batches(_only(True), batch_format="pyarrow")
-    model_config = config.model.model_dump(mode="json")
-    base = {"model": model_config, "class_names": class_names, "seed": train.seed, "label_column": label_column}
+    base = {"model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed, "label_column": label_column}
 
     probe = build_backbone(config.model.backbone, preprocess, len(class_names))
     stage_dims = probe.stage_dims()
@@ -178,18 +176,9 @@ def fit(config: RayoodConfig) -> str:
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(bundle, LAYERWISE_FILE, state_dict_bytes(denoiser_state))
     error_rows = errors.num_rows
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "bundle_id": uuid.uuid4().hex,
-        "created": utc_now(),
-        "model": model_config,
-        "num_classes": len(class_names),
-        "class_names": class_names,
-        "stage_dims": stage_dims,
-        "scores": [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names],
-        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE},
-        "calibration": None,
-        "data": {
+    manifest = new_manifest(
+        config.model, class_names, stage_dims, [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names],
+        data={
             "uris": list(train.data),
             "fingerprint": hashlib.sha256("\n".join(sorted(facts.column("id").to_pylist())).encode()).hexdigest(),
             "rows": facts.num_rows,
@@ -198,9 +187,8 @@ def fit(config: RayoodConfig) -> str:
             "calibration_rows": facts.num_rows - fitting.num_rows - error_rows,
             "split_seed": train.seed,
         },
-        "training": {"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)},
-        "versions": library_versions(),
-    }
+        training={"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)},
+    )
     write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
 
     calibration = _calibration_scores(config, calibration_data, manifest["scores"])

@@ -1,0 +1,89 @@
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rayood.bundle import (
+    BACKBONE_FILE, LAYERWISE_FILE, BundleError, build_denoiser, load_bundle, new_manifest, state_dict_bytes,
+    write_calibration, write_file, write_manifest,
+)
+from rayood.config import ModelSettings
+from rayood.models.backbones import build_backbone
+from rayood.storage import resolve
+
+SETTINGS = ModelSettings.model_validate(
+    {"backbone": {"widths": [4, 8], "blocks": [1, 1]}, "layerwise": {"num_blocks": 1, "time_embed_dim": 8}}
+)
+SCORES = ["msp", "layerwise_mse"]
+
+
+def make_bundle(path, settings=SETTINGS, calibrated=True):
+    backbone = build_backbone(settings.backbone, settings.preprocess, 3)
+    dims = backbone.stage_dims()
+    location = resolve(str(path))
+    write_file(location, BACKBONE_FILE, state_dict_bytes(backbone.state_dict()))
+    write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
+    manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES)
+    if calibrated:
+        write_calibration(location, {name: np.arange(5.0) for name in SCORES})
+        manifest["calibration"] = {"file": "calibration.parquet", "rows": 5}
+    write_manifest(location, manifest)
+    return location, manifest
+
+
+def test_round_trip(tmp_path):
+    _, manifest = make_bundle(tmp_path)
+    bundle = load_bundle(str(tmp_path))
+    assert bundle.bundle_id == manifest["bundle_id"] and bundle.score_names == SCORES
+    np.testing.assert_array_equal(bundle.calibration["msp"], np.arange(5.0))
+    assert bundle.manifest["versions"]["torch"] == torch.__version__
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="no model bundle"):
+        load_bundle(str(tmp_path / "nothing"))
+
+
+def test_uncalibrated_bundle_is_refused_for_screening(tmp_path):
+    make_bundle(tmp_path, calibrated=False)
+    with pytest.raises(BundleError, match="no calibration"):
+        load_bundle(str(tmp_path))
+    assert load_bundle(str(tmp_path), require_calibration=False).calibration is None
+
+
+def test_weights_that_do_not_match_the_manifest_are_refused(tmp_path):
+    location, manifest = make_bundle(tmp_path)
+    other = ModelSettings.model_validate({**SETTINGS.model_dump(), "backbone": {"widths": [4, 16], "blocks": [1, 1]}})
+    write_file(location, BACKBONE_FILE, state_dict_bytes(build_backbone(other.backbone, other.preprocess, 3).state_dict()))
+    with pytest.raises(BundleError, match="does not match"):
+        load_bundle(str(tmp_path))
+
+
+def test_missing_weight_file_is_refused(tmp_path):
+    make_bundle(tmp_path)
+    (tmp_path / LAYERWISE_FILE).unlink()
+    with pytest.raises(BundleError, match="incomplete"):
+        load_bundle(str(tmp_path))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_arbitrary_pickles_are_never_unpickled(tmp_path):
+    location, _ = make_bundle(tmp_path)
+    buffer = io.BytesIO()
+    torch.save({"conv": Payload()}, buffer)
+    write_file(location, BACKBONE_FILE, buffer.getvalue())
+    with pytest.raises(BundleError, match="not a readable state_dict"):
+        load_bundle(str(tmp_path))
+
+
+def test_format_version_is_checked(tmp_path):
+    location, manifest = make_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(BundleError, match="format_version 99"):
+        load_bundle(str(tmp_path))

@@ -1,0 +1,63 @@
+import pytest
+
+from rayood.config import ConfigError, load_config, parse_config, with_overrides
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_config_is_valid():
+    config = load_config("configs/demo.yaml")
+    assert config.screen.decision.score == "layerwise_mfsim"
+
+
+def test_unknown_key_names_the_field_and_the_file(tmp_path):
+    path = write(tmp_path, "screen:\n  batch_sise: 12\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "screen.batch_sise" in str(error.value) and str(path) in str(error.value)
+    assert "unknown key" in str(error.value)
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.backbone\.epochs"):
+        load_config(write(tmp_path, "train:\n  backbone:\n    epochs: many\n"))
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"screen": {"min_actors": 3, "max_actors": 1}}, "screen"),
+        ({"screen": {"decision": {"alpha": 1.5}}}, "screen.decision.alpha"),
+        ({"model": {"layerwise": {"noise_level": 200}}}, "model.layerwise"),
+        ({"model": {"backbone": {"widths": [8, 16], "blocks": [1]}}}, "model.backbone"),
+        ({"model": {"preprocess": {"std": [0.1, 0, 0.1]}}}, "model.preprocess.std"),
+        ({"train": {"calibration_fraction": 0}}, "train.calibration_fraction"),
+    ],
+)
+def test_impossible_values_are_rejected(data, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config(data, "inline")
+
+
+def test_truth_column_must_be_passed_through():
+    with pytest.raises(ConfigError, match="passthrough_columns"):
+        parse_config({"screen": {"truth": {"column": "group", "id_values": ["id"]}}})
+
+
+def test_command_line_overrides_are_validated():
+    config = parse_config({})
+    changed = with_overrides(config, "screen", inputs=("a", "b"), output=None)
+    assert changed.screen.inputs == ("a", "b") and changed.screen.output is None
+    with pytest.raises(ConfigError, match="the command line"):
+        with_overrides(config, "screen", batch_size=-1)
+
+
+def test_fingerprint_changes_with_settings():
+    a = parse_config({})
+    b = parse_config({"train": {"seed": 1}})
+    assert a.fingerprint("train") != b.fingerprint("train")
+    assert a.fingerprint("model") == b.fingerprint("model")

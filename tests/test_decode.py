@@ -1,0 +1,75 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from rayood.data.decode import BatchDecoder, DecodeError, DecodeLimits, decode_image, pixels_from_column, pixels_to_column
+from tests.images import bad_images, encode, good_images
+
+
+@pytest.mark.parametrize("name", sorted(good_images()))
+def test_every_supported_mode_decodes_to_rgb_at_native_size(name):
+    pixels = decode_image(good_images()[name], 32)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+    assert pixels.std() > 5, "a gradient must survive decoding"
+
+
+@pytest.mark.parametrize("name", sorted(bad_images()))
+def test_bad_input_raises_a_decode_error_naming_the_cause(name):
+    data, cause = bad_images()[name]
+    with pytest.raises(DecodeError, match=cause):
+        decode_image(data, 32)
+
+
+def test_limits_are_configurable():
+    data = good_images()["rgb.png"]
+    with pytest.raises(DecodeError, match="max_bytes"):
+        decode_image(data, 32, DecodeLimits(max_bytes=10))
+    with pytest.raises(DecodeError, match="max_pixels"):
+        decode_image(data, 32, DecodeLimits(max_pixels=100))
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    pixels = decode_image(encode(Image.fromarray(ramp), "PNG"), 8)
+    assert pixels.max() == round(63000 / 257)
+    assert len(np.unique(pixels[..., 0])) > 32
+
+
+def test_transparency_is_composited_on_white():
+    transparent = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    pixels = decode_image(encode(transparent, "PNG"), 8)
+    assert (pixels == 255).all()
+
+
+def test_non_square_images_are_centre_cropped():
+    wide = np.zeros((10, 30, 3), dtype=np.uint8)
+    wide[:, 10:20] = 255  # only the centre square is white
+    pixels = decode_image(encode(Image.fromarray(wide), "PNG"), 10)
+    assert pixels.min() == 255
+
+
+def test_pixel_column_round_trip_keeps_offsets():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    column = pixels_to_column(pixels)
+    np.testing.assert_array_equal(pixels_from_column(column, 4), pixels)
+    np.testing.assert_array_equal(pixels_from_column(column.slice(2), 4), pixels[2:])
+    chunked = pa.chunked_array([column.slice(0, 2), column.slice(2)])
+    np.testing.assert_array_equal(pixels_from_column(chunked, 4), pixels)
+
+
+def test_batch_decoder_keeps_every_row_and_marks_errors():
+    good, bad = good_images(), bad_images()
+    names = ["rgb.png", "empty.jpg", "cmyk.jpg", "truncated.jpg", "null", "no-id"]
+    images = [good["rgb.png"], bad["empty.jpg"][0], good["cmyk.jpg"], bad["truncated.jpg"][0], None, good["rgb.png"]]
+    ids = names[:-1] + [None]
+    batch = pa.table({"img": pa.array(images, pa.binary()), "key": ids, "label": [1, 2, 3, 4, 5, 6]})
+    decoder = BatchDecoder(image_column="img", id_column="key", source="src", size=16, limits=DecodeLimits(), passthrough=("label",))
+    out = decoder(batch)
+    assert out.num_rows == 6
+    assert out.column("status").to_pylist() == ["ok", "error", "ok", "error", "error", "error"]
+    errors = out.column("error").to_pylist()
+    assert errors[0] is None and "empty" in errors[1] and "null" in errors[4] and "missing id" in errors[5]
+    assert out.column("label").to_pylist() == [1, 2, 3, 4, 5, 6]
+    assert out.column("pixels").null_count == 4
+    assert pixels_from_column(out.column("pixels"), 16)[0].std() > 5

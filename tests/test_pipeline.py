@@ -1,0 +1,132 @@
+"""Fit with Ray Train and screen with Ray Data on a real local cluster; read the Parquet report back."""
+
+import json
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from rayood.data.sources import InputError
+from rayood.report.metrics import auroc
+from rayood.screen.output import OutputError
+from rayood.screen.pipeline import screen
+from tests.conftest import tiny_config
+from tests.images import bad_images, good_images
+
+SCORES = ["msp", "energy", "maxlogit", "layerwise_mse", "layerwise_mfsim"]
+
+
+def read_report(output):
+    return pads.dataset(f"{output}/rows", format="parquet").to_table()
+
+
+def corpus_config(bundle, inputs, output, **screen):
+    settings = {
+        "inputs": [str(i) for i in inputs], "output": str(output), "bundle": bundle, "batch_size": 128,
+        "passthrough_columns": ["label", "group"], "truth": {"column": "group", "id_values": ["id"]}, **screen,
+    }
+    return tiny_config(screen=settings)
+
+
+@pytest.fixture(scope="module")
+def parquet_report(tiny_bundle, demo_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("reports") / "parquet"
+    summary, _ = screen(corpus_config(tiny_bundle, [demo_data[1]], output))
+    return output, summary
+
+
+def test_bundle_records_what_it_was_fitted_on(tiny_bundle):
+    manifest = json.load(open(f"{tiny_bundle}/manifest.json"))
+    assert manifest["scores"] == SCORES
+    assert manifest["class_names"] == ["0", "1", "2", "3", "4"]
+    data = manifest["data"]
+    assert data["train_rows"] + data["calibration_rows"] + data["error_rows"] == data["rows"]
+    assert manifest["calibration"]["rows"] == data["calibration_rows"] > 100
+    assert manifest["training"]["backbone"]["epoch"] == 4
+
+
+def test_every_corpus_row_comes_out_once_with_scores_and_pvalues(parquet_report, demo_data):
+    output, summary = parquet_report
+    source_ids = pq.read_table(demo_data[1]).column("id").to_pylist()
+    report = read_report(output)
+    assert sorted(report.column("id").to_pylist()) == sorted(source_ids)
+    assert summary["rows"] == summary["expected_rows"] == len(source_ids) and summary["errors"] == 0
+    for name in SCORES:
+        assert report.column(f"score_{name}").null_count == 0
+        pvalues = report.column(f"pvalue_{name}").to_numpy()
+        assert ((pvalues > 0) & (pvalues <= 1)).all()
+    assert (output / "_SUCCESS").exists() and json.loads((output / "summary.json").read_text()) == summary
+
+
+def test_ood_scores_higher_than_id(parquet_report):
+    output, summary = parquet_report
+    report = read_report(output).to_pandas()
+    is_id = report["group"] == "id"
+    for name in ("layerwise_mse", "layerwise_mfsim"):
+        values = report[f"score_{name}"].to_numpy()
+        assert auroc(values[is_id], values[~is_id]) > 0.8, name
+        assert summary["evaluation"]["scores"][name]["auroc"] == pytest.approx(auroc(values[is_id], values[~is_id]))
+    flagged = report.groupby("group")["is_ood"].mean()
+    assert flagged["far_ood"] > flagged["id"]
+
+
+def test_image_files_good_and_bad_each_give_one_row(tiny_bundle, tmp_path):
+    corpus = tmp_path / "images"
+    (corpus / "nested").mkdir(parents=True)
+    for name, data in good_images().items():
+        (corpus / "nested" / name).write_bytes(data)
+    for name, (data, _) in bad_images().items():
+        (corpus / name).write_bytes(data)
+    (corpus / "README.txt").write_text("not part of the corpus")
+    output = tmp_path / "report"
+    summary, _ = screen(tiny_config(screen={"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle}))
+    report = read_report(output).to_pandas().set_index("id")
+    expected = {str(corpus / "nested" / n) for n in good_images()} | {str(corpus / n) for n in bad_images()}
+    assert set(report.index) == expected and len(report) == len(expected)
+    assert summary["skipped_non_image_files"] == 1
+    for name, (_, cause) in bad_images().items():
+        row = report.loc[str(corpus / name)]
+        assert row["status"] == "error" and cause in row["error"]
+        assert np.isnan(row["score_layerwise_mfsim"]) and row["is_ood"] is None
+    good = report[report["status"] == "ok"]
+    assert len(good) == len(good_images()) and good["error"].isna().all()
+    assert summary["errors"] == len(bad_images())
+
+
+def test_a_second_run_never_mixes_rows(parquet_report, tiny_bundle, demo_data):
+    output, summary = parquet_report
+    with pytest.raises(OutputError, match="already holds a finished report"):
+        screen(corpus_config(tiny_bundle, [demo_data[1]], output))
+    again, _ = screen(corpus_config(tiny_bundle, [demo_data[1]], output, overwrite=True))
+    assert read_report(output).num_rows == summary["rows"] == again["rows"]
+
+
+def test_an_unfinished_report_is_redone_and_foreign_dirs_are_left_alone(tiny_bundle, demo_data, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "rows").mkdir(parents=True)
+    (unfinished / "_STARTED").write_text("{}")
+    pq.write_table(pq.read_table(demo_data[1]).slice(0, 5).select(["id"]), unfinished / "rows" / "stale.parquet")
+    summary, _ = screen(corpus_config(tiny_bundle, [demo_data[1]], unfinished))
+    assert read_report(unfinished).num_rows == summary["expected_rows"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not a rayood report"):
+        screen(corpus_config(tiny_bundle, [demo_data[1]], foreign))
+    assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def test_missing_input_is_an_input_error(tiny_bundle, tmp_path):
+    with pytest.raises(InputError, match="input not found"):
+        screen(corpus_config(tiny_bundle, [tmp_path / "nope"], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_without_the_configured_columns_is_an_input_error(tiny_bundle, demo_data, tmp_path):
+    config = tiny_config(
+        corpus={"image_column": "jpeg"},
+        screen={"inputs": [str(demo_data[1])], "output": str(tmp_path / "out"), "bundle": tiny_bundle},
+    )
+    with pytest.raises(InputError, match="lacks column"):
+        screen(config)
