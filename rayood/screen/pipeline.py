@@ -42,6 +42,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     _require(settings.output, "screen.output")
     _require(settings.bundle, "screen.bundle")
     manifest = read_manifest(settings.bundle, config.s3)
+    calibration = read_calibration(settings.bundle, config.s3, manifest)
     preprocess = manifest["model"]["preprocess"]
     if settings.decision.score not in manifest["scores"]:
         raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {manifest['scores']}")
@@ -84,7 +85,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     summary = summarize(
         report,
         score_names=list(manifest["scores"]),
-        calibration=read_calibration(settings.bundle, config.s3, manifest),
+        calibration=calibration,
         decision=settings.decision,
         expected_rows=expected_rows,
         elapsed_s=elapsed,

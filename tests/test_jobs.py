@@ -1,0 +1,66 @@
+"""The entry points as users run them: separate processes, exit codes, and messages."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_job(script, *args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+    )
+
+
+def write_config(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_bad_config_names_field_and_file(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", {"screen": {"batch_size": 0, "colour": "red"}})
+    result = run_job("screen.py", "--config", config, timeout=120)
+    assert result.returncode == 2
+    assert "screen.batch_size" in result.stderr and "screen.colour" in result.stderr and config in result.stderr
+    assert "Started a local Ray" not in result.stderr + result.stdout
+
+
+def test_missing_bundle_and_missing_input_fail_before_ray(tmp_path, demo_data):
+    config = write_config(tmp_path / "c.yaml", {"screen": {"inputs": [str(demo_data[1])], "output": str(tmp_path / "o")}})
+    result = run_job("screen.py", "--config", config, "--bundle", str(tmp_path / "no-bundle"), timeout=120)
+    assert result.returncode == 2 and "no model bundle" in result.stderr
+
+
+def test_demo_flow_builds_data_fits_and_screens(ray_cluster, tmp_path):
+    root = tmp_path / "demo"
+    config = write_config(
+        tmp_path / "demo.yaml",
+        {
+            "demo": {"root": str(root)},
+            "model": TINY_MODEL,
+            "train": {**TINY_TRAIN, "data": [str(root / "id_fit.parquet")], "bundle": str(root / "bundle")},
+            "screen": {
+                "inputs": [str(root / "corpus")], "output": str(root / "report"), "bundle": str(root / "bundle"),
+                "fit_if_missing": True, "passthrough_columns": ["label", "group"],
+                "truth": {"column": "group", "id_values": ["id"]},
+            },
+        },
+    )
+    env = {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    result = run_job("screen.py", "--config", config, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "layerwise_mfsim" in result.stdout and "AUROC" in result.stdout
+    assert (root / "report" / "_SUCCESS").exists() and (root / "bundle" / "manifest.json").exists()
+
+    again = run_job("train.py", "--config", config, env=env, timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    missing = run_job("screen.py", "--config", config, "--input", str(tmp_path / "nope"), env=env, timeout=120)
+    assert missing.returncode == 2 and "input not found" in missing.stderr
