@@ -88,6 +88,7 @@ def backbone_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(config["seed"] + rank)
     device = ray.train.torch.get_device()
+    _log_epoch("backbone", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     model = build_backbone(settings.backbone, settings.preprocess, len(class_names))
     if config.get("init_state") is not None:
         model.load_state_dict(config["init_state"], strict=False)
@@ -163,6 +164,7 @@ def layerwise_loop(config: dict) -> None:
     optim = OptimSettings.model_validate(config["optim"])
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
+    _log_epoch("layerwise", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
     backbone = build_backbone(settings.backbone, settings.preprocess, len(config["class_names"]))
     backbone.load_state_dict(config["backbone_state"])
