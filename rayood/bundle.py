@@ -6,6 +6,7 @@ Layout (a local directory or an ``s3://`` prefix)::
                                fingerprint, library versions, training metrics, calibration summary
     backbone.pt                state_dict of the backbone (classifier + feature taps)
     layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights)
+    multiscale_bank.npy        N x R x C region vectors of the ID training images (MODE / KNN)
     calibration.parquet        held-out ID scores, one column per score
 
 Weights are plain ``state_dict`` files loaded with ``torch.load(weights_only=True)``: a bundle can never
@@ -28,6 +29,7 @@ import torch
 
 from rayood.config import ModelSettings, S3Settings
 from rayood.detectors.layerwise import LayerwiseDetector
+from rayood.detectors.multiscale import MultiscaleDetector
 from rayood.models.backbones import FeatureBackbone, build_backbone
 from rayood.models.diffusion import FeatureDenoiser
 from rayood.storage import Location, StorageError, resolve
@@ -37,6 +39,7 @@ MANIFEST = "manifest.json"
 BACKBONE_FILE = "backbone.pt"
 LAYERWISE_FILE = "layerwise_denoiser.pt"
 CALIBRATION_FILE = "calibration.parquet"
+BANK_FILE = "multiscale_bank.npy"
 
 
 class BundleError(RuntimeError):
@@ -90,6 +93,23 @@ def write_manifest(bundle: Location, manifest: dict) -> None:
     write_file(bundle, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 
+def write_bank(bundle: Location, bank: np.ndarray) -> None:
+    sink = io.BytesIO()
+    np.save(sink, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
+    write_file(bundle, BANK_FILE, sink.getvalue())
+
+
+def _read_bank(bundle: Location, manifest: dict) -> np.ndarray:
+    try:
+        bank = np.load(io.BytesIO(bundle.join(BANK_FILE).read_bytes()), allow_pickle=False)
+    except StorageError as error:
+        raise BundleError(f"bundle is incomplete: {error}") from None
+    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], manifest["stage_dims"][-1])
+    if bank.shape != tuple(expected):
+        raise BundleError(f"{bundle.uri}: {BANK_FILE} has shape {bank.shape}, the manifest says {expected}")
+    return bank
+
+
 def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
     sink = io.BytesIO()
     pq.write_table(pa.table({name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}), sink)
@@ -97,7 +117,7 @@ def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
 
 
 def new_manifest(
-    settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str],
+    settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str], bank_shape: tuple,
     data: dict | None = None, training: dict | None = None,
 ) -> dict:
     """A manifest for freshly fitted weights; ``calibration`` is filled in once calibration scores exist."""
@@ -110,8 +130,9 @@ def new_manifest(
         "class_names": class_names,
         "stage_dims": stage_dims,
         "scores": scores,
-        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE},
+        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE, "multiscale_bank": BANK_FILE},
         "calibration": None,
+        "multiscale": {"bank_rows": bank_shape[0], "regions": bank_shape[1]},
         "data": data or {},
         "training": training or {},
         "versions": library_versions(),
@@ -130,7 +151,7 @@ def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle {uri} has format_version {version!r}; this rayood reads {FORMAT_VERSION}")
-    for key in ("bundle_id", "model", "num_classes", "stage_dims", "scores"):
+    for key in ("bundle_id", "model", "num_classes", "stage_dims", "scores", "multiscale"):
         if key not in manifest:
             raise BundleError(f"bundle manifest {location.uri} lacks {key!r}")
     return manifest
@@ -156,6 +177,7 @@ class Bundle:
     settings: ModelSettings
     backbone: FeatureBackbone
     layerwise: LayerwiseDetector
+    multiscale: MultiscaleDetector
     calibration: dict[str, np.ndarray] | None
 
     @property
@@ -195,5 +217,6 @@ def load_bundle(
         settings=settings,
         backbone=backbone,
         layerwise=LayerwiseDetector(denoiser, settings.layerwise, stage_dims),
+        multiscale=MultiscaleDetector(torch.from_numpy(_read_bank(location, manifest)), settings.multiscale),
         calibration=calibration,
     )

@@ -122,10 +122,21 @@ class LayerwiseSettings(_Strict):
         return self
 
 
+class MultiscaleSettings(_Strict):
+    """MODE's cross-scale KNN decision and the plain KNN baseline (METHODS.md section 3)."""
+
+    grid: int = Field(default=2, ge=1, le=8, description="grid x grid regions of the last feature map")
+    centre: bool = Field(default=True, description="add the centre region")
+    k: int = Field(default=10, ge=1, description="k of the multi-scale search (MODE: 10)")
+    knn_k: int = Field(default=50, ge=1, description="k of the plain KNN baseline (KNN paper, CIFAR: 50)")
+    search_chunk: int = Field(default=65_536, ge=1, description="bank rows per matrix product (bounds memory)")
+
+
 class ModelSettings(_Strict):
     preprocess: PreprocessSettings = PreprocessSettings()
     backbone: BackboneSettings = BackboneSettings()
     layerwise: LayerwiseSettings = LayerwiseSettings()
+    multiscale: MultiscaleSettings = MultiscaleSettings()
 
 
 class OptimSettings(_Strict):
@@ -135,6 +146,18 @@ class OptimSettings(_Strict):
     weight_decay: float = Field(default=1e-4, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between checkpoints")
+
+
+class BackboneOptimSettings(OptimSettings):
+    """How the backbone is fitted. ``cross_entropy`` needs nothing else; the contrastive objectives train a
+    projection head and the ALPA heads alongside and a linear classifier on detached features (so the
+    classifier baselines still have logits). ``alpa_finetune`` starts from ``model.backbone.init_weights``."""
+
+    objective: Literal["cross_entropy", "supcon", "alpa_train", "alpa_finetune"] = "cross_entropy"
+    alpa_weight: float = Field(default=1.0, ge=0)
+    alpa_dim: int = Field(default=80, ge=1)
+    projection_dim: int = Field(default=128, ge=1)
+    crop_scale_min: float = Field(default=0.2, gt=0, le=1, description="two-crop RandomResizedCrop scale")
 
 
 class TrainSettings(_Strict):
@@ -151,7 +174,7 @@ class TrainSettings(_Strict):
     calibration_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
     augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
-    backbone: OptimSettings = OptimSettings(epochs=10, lr=0.05)
+    backbone: BackboneOptimSettings = BackboneOptimSettings(epochs=10, lr=0.05)
     layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
 
 
@@ -208,6 +231,14 @@ class RayoodConfig(_Strict):
     train: TrainSettings = TrainSettings()
     screen: ScreenSettings = ScreenSettings()
     demo: DemoSettings | None = None
+
+    @model_validator(mode="after")
+    def _finetune_has_a_start(self) -> RayoodConfig:
+        if self.train.backbone.objective == "alpa_finetune" and not self.model.backbone.init_weights:
+            raise ValueError(
+                "train.backbone.objective alpa_finetune needs model.backbone.init_weights (a fitted backbone.pt)"
+            )
+        return self
 
     def fingerprint(self, *sections: str) -> str:
         """A short stable hash of some sections, to name Ray Train runs so that the same settings resume."""

@@ -7,7 +7,7 @@ import torch
 
 from rayood.bundle import (
     BACKBONE_FILE, LAYERWISE_FILE, BundleError, build_denoiser, load_bundle, new_manifest, state_dict_bytes,
-    write_calibration, write_file, write_manifest,
+    write_bank, write_calibration, write_file, write_manifest,
 )
 from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone
@@ -25,7 +25,9 @@ def make_bundle(path, settings=SETTINGS, calibrated=True):
     location = resolve(str(path))
     write_file(location, BACKBONE_FILE, state_dict_bytes(backbone.state_dict()))
     write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
-    manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES)
+    bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
+    write_bank(location, bank)
+    manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES, bank.shape)
     if calibrated:
         write_calibration(location, {name: np.arange(5.0) for name in SCORES})
         manifest["calibration"] = {"file": "calibration.parquet", "rows": 5}
@@ -79,6 +81,13 @@ def test_arbitrary_pickles_are_never_unpickled(tmp_path):
     torch.save({"conv": Payload()}, buffer)
     write_file(location, BACKBONE_FILE, buffer.getvalue())
     with pytest.raises(BundleError, match="not a readable state_dict"):
+        load_bundle(str(tmp_path))
+
+
+def test_bank_shape_is_checked(tmp_path):
+    location, _ = make_bundle(tmp_path)
+    write_bank(location, np.zeros((3, 6, 8), dtype=np.float32))
+    with pytest.raises(BundleError, match="shape"):
         load_bundle(str(tmp_path))
 
 

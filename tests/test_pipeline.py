@@ -14,7 +14,7 @@ from rayood.screen.pipeline import screen
 from tests.conftest import tiny_config
 from tests.images import bad_images, good_images
 
-SCORES = ["msp", "energy", "maxlogit", "layerwise_mse", "layerwise_mfsim"]
+SCORES = ["msp", "energy", "maxlogit", "layerwise_mse", "layerwise_mfsim", "knn", "multiscale"]
 
 
 def read_report(output):
@@ -63,7 +63,7 @@ def test_ood_scores_higher_than_id(parquet_report):
     output, summary = parquet_report
     report = read_report(output).to_pandas()
     is_id = report["group"] == "id"
-    for name in ("layerwise_mse", "layerwise_mfsim"):
+    for name in ("layerwise_mse", "layerwise_mfsim", "knn", "multiscale"):
         values = report[f"score_{name}"].to_numpy()
         assert auroc(values[is_id], values[~is_id]) > 0.8, name
         assert summary["evaluation"]["scores"][name]["auroc"] == pytest.approx(auroc(values[is_id], values[~is_id]))

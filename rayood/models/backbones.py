@@ -12,6 +12,7 @@ input size and normalises, so the data path carries compact uint8 and no caller 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,8 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 
 from rayood.config import BackboneSettings, PreprocessSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,6 +120,34 @@ class FeatureBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images).logits
+
+
+_TORCHVISION_PREFIXES = {"conv1.": "stem.0.", "bn1.": "stem.1.", **{f"layer{i}.": f"stages.{i - 1}." for i in range(1, 5)}}
+
+
+def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load the tensors of ``state`` that fit ``model``; returns the names of the model's tensors left as they were.
+
+    Accepts a rayood backbone.pt or a torchvision ResNet state_dict (``conv1``/``layerN`` names). Tensors of
+    another shape (an ImageNet classifier or 7x7 stem on a CIFAR-stem model) are skipped and listed.
+    Raises when nothing at all matches, which means the weights are for another architecture.
+    """
+    renamed = {}
+    for name, tensor in state.items():
+        for old, new in _TORCHVISION_PREFIXES.items():
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        renamed[name] = tensor
+    own = model.state_dict()
+    usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError("init_weights match no tensor of this backbone: wrong architecture?")
+    model.load_state_dict(usable, strict=False)
+    left = sorted(set(own) - set(usable))
+    if left:
+        log.warning("init_weights: %d tensors not loaded (kept initial values): %s", len(left), left[:8])
+    return left
 
 
 def build_backbone(settings: BackboneSettings, preprocess: PreprocessSettings, num_classes: int) -> FeatureBackbone:

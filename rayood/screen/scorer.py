@@ -29,6 +29,7 @@ class Scorer:
         self.device = device
         self.backbone = bundle.backbone.to(device).eval()
         bundle.layerwise.denoiser.to(device)
+        bundle.multiscale.to(device)
 
     @torch.no_grad()
     def score(self, pixels: np.ndarray, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -36,4 +37,5 @@ class Scorer:
         features = self.backbone.features(images)
         scores = classifier_scores(features.logits)
         scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
+        scores.update(self.bundle.multiscale.score(features.stage_maps[-1]))
         return {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names}

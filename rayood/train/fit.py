@@ -26,8 +26,8 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
-    BACKBONE_FILE, CALIBRATION_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, state_dict_bytes, write_calibration,
-    write_file, write_manifest,
+    BACKBONE_FILE, CALIBRATION_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, state_dict_bytes, write_bank,
+    write_calibration, write_file, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import STATUS_OK, DecodeLimits
@@ -35,15 +35,18 @@ from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.detectors.baselines import SCORE_NAMES as CLASSIFIER_SCORES
 from rayood.detectors.layerwise import LayerwiseDetector
-from rayood.models.backbones import build_backbone
+from rayood.detectors.multiscale import MultiscaleDetector
+from rayood.models.backbones import build_backbone, load_matching
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
 from rayood.storage import Location, resolve
+from rayood.train.bank import build_bank
 from rayood.train.loops import backbone_loop, layerwise_loop, load_state
 
 log = logging.getLogger(__name__)
 
 SPLIT_BUCKETS = 10_000
+SCORE_NAMES = [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names, *MultiscaleDetector.score_names]
 
 
 class SplitTagger:
@@ -145,6 +148,9 @@ def fit(config: RayoodConfig) -> str:
     if labels.null_count:
         raise ConfigError(f"{labels.null_count} training rows have no {label_column!r}; the backbone needs labels")
     class_names = sorted(set(labels.cast(pa.string()).to_pylist()))
+    largest_k = max(config.model.multiscale.k, config.model.multiscale.knn_k)
+    if fitting.num_rows < largest_k:
+        raise ConfigError(f"model.multiscale k/knn_k = {largest_k} exceeds the {fitting.num_rows} training rows")
     train_data = tagged.map_batches(_only(False), batch_format="pyarrow")
     calibration_data = tagged.map_batches(_only(True), batch_format="pyarrow")
     base = {"model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed, "label_column": label_column}
@@ -161,7 +167,7 @@ def fit(config: RayoodConfig) -> str:
         backbone_metrics = backbone_result.metrics
     else:
         if init_state is not None:
-            probe.load_state_dict(init_state, strict=False)
+            load_matching(probe, init_state)
         backbone_state, backbone_metrics = probe.state_dict(), {"epoch": 0}
 
     layerwise_result = _fit_stage(
@@ -171,13 +177,15 @@ def fit(config: RayoodConfig) -> str:
         train_data,
     )
     denoiser_state = load_state(layerwise_result.checkpoint)["ema"]
+    bank = build_bank(config, train_data, len(class_names), backbone_state)
 
     bundle.delete_contents()
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(bundle, LAYERWISE_FILE, state_dict_bytes(denoiser_state))
+    write_bank(bundle, bank)
     error_rows = errors.num_rows
     manifest = new_manifest(
-        config.model, class_names, stage_dims, [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names],
+        config.model, class_names, stage_dims, SCORE_NAMES, bank.shape,
         data={
             "uris": list(train.data),
             "fingerprint": hashlib.sha256("\n".join(sorted(facts.column("id").to_pylist())).encode()).hexdigest(),
@@ -193,7 +201,7 @@ def fit(config: RayoodConfig) -> str:
 
     calibration = _calibration_scores(config, calibration_data, manifest["scores"])
     write_calibration(bundle, calibration)
-    manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(next(iter(calibration.values()))))}
+    manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[SCORE_NAMES[0]]))}
     write_manifest(bundle, manifest)
     log.info("wrote the model bundle %s to %s", manifest["bundle_id"], bundle.uri)
     return bundle.uri

@@ -20,12 +20,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
 
 from rayood.bundle import build_denoiser
-from rayood.config import ModelSettings, OptimSettings
+from rayood.config import BackboneOptimSettings, ModelSettings, OptimSettings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.layerwise import layer_features, schedule_for
-from rayood.models.backbones import build_backbone, uint8_to_unit
+from rayood.models.backbones import build_backbone, load_matching, uint8_to_unit
+from rayood.train.objectives import BackboneObjective
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +82,29 @@ def _batch_labels(batch: pa.Table, label_column: str, class_names: list[str], de
     return torch.tensor([index[label] for label in labels], dtype=torch.long, device=device)
 
 
+def two_crop_transform(size: int, scale_min: float, flip: bool) -> v2.Compose:
+    """SupCon's view augmentation: resized crop, optional flip, colour jitter, random greyscale."""
+    steps = [v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+    return v2.Compose(steps)
+
+
 def backbone_loop(config: dict) -> None:
-    """Supervised cross-entropy fit of the backbone (SGD, momentum 0.9, cosine schedule)."""
+    """Fit the backbone with its configured objective (SGD, momentum 0.9, cosine schedule)."""
     settings = ModelSettings.model_validate(config["model"])
-    optim = OptimSettings.model_validate(config["optim"])
+    optim = BackboneOptimSettings.model_validate(config["optim"])
     class_names: list[str] = config["class_names"]
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(config["seed"] + rank)
     device = ray.train.torch.get_device()
-    _log_epoch("backbone", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
-    model = build_backbone(settings.backbone, settings.preprocess, len(class_names))
+    _log_epoch("backbone", {"device": str(device), "workers": ray.train.get_context().get_world_size(),
+                            "objective": optim.objective})
+    backbone = build_backbone(settings.backbone, settings.preprocess, len(class_names))
     if config.get("init_state") is not None:
-        model.load_state_dict(config["init_state"], strict=False)
+        load_matching(backbone, config["init_state"])
+    model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=optim.lr, momentum=0.9, nesterov=True, weight_decay=optim.weight_decay
     )
@@ -100,7 +113,7 @@ def backbone_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         state = load_state(checkpoint)
-        model.load_state_dict(state["model"])
+        model.load_state_dict({**state["heads"], **{f"backbone.{k}": v for k, v in state["model"].items()}})
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
@@ -108,6 +121,8 @@ def backbone_loop(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     size = settings.preprocess.native_size
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    contrastive = optim.objective != "cross_entropy"
+    views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
     for epoch in range(start_epoch, optim.epochs):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -115,10 +130,14 @@ def backbone_loop(config: dict) -> None:
             batch_size=optim.batch_size, batch_format="pyarrow",
             local_shuffle_buffer_size=optim.batch_size * 8, local_shuffle_seed=config["seed"] + epoch,
         ):
-            images = augment(_batch_images(batch, size, device), config["augment"], generator)
+            images = _batch_images(batch, size, device)
             labels = _batch_labels(batch, config["label_column"], class_names, device)
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            if contrastive:  # two views of every image; positives are same-class views, its twin included
+                images = torch.cat([torch.stack([views(i) for i in images]) for _ in range(2)])
+                labels = torch.cat([labels, labels])
+            else:
+                images = augment(images, config["augment"], generator)
+            loss, logits = model(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -128,14 +147,12 @@ def backbone_loop(config: dict) -> None:
         scheduler.step()
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
-        save = done % optim.checkpoint_every == 0 or done == optim.epochs
-        state = {
-            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": done,
-        }
         _log_epoch("backbone", metrics)
-        if save:
-            _report(metrics, state)
+        if done % optim.checkpoint_every == 0 or done == optim.epochs:
+            _report(metrics, {
+                "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": done,
+            })
     if checkpoint and start_epoch >= optim.epochs:  # finished before: hand the last state back as the result
         _report({"epoch": start_epoch}, state)
 

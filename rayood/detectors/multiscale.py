@@ -1,0 +1,63 @@
+"""MODE's cross-scale decision (Zhang et al., ICCV 2023) and the plain KNN baseline (Sun et al., 2022).
+
+Per image, R L2-normalised vectors from the last feature map: the global average, the ``grid`` x ``grid``
+region averages (adaptive pooling: overlapping windows on odd sizes) and optionally the centre region
+(the middle ceil(H/2) x ceil(W/2) window). The bank holds every region vector of every ID training image in
+one index, scales mixed. Scores (higher = more OOD):
+- ``multiscale``: min over an image's R vectors of the distance to its k-th neighbour in the mixed bank;
+- ``knn``: the distance of the global vector to its k-th neighbour among the banks' global vectors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from rayood.config import MultiscaleSettings
+from rayood.detectors.knn import kth_neighbour_distance, normalise
+
+
+def region_count(settings: MultiscaleSettings) -> int:
+    return 1 + settings.grid**2 + int(settings.centre)
+
+
+def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> torch.Tensor:
+    """(N, C, H, W) -> (N, R, C), L2-normalised; index 0 is the global vector."""
+    n, c, h, w = feature_map.shape
+    vectors = [feature_map.mean(dim=(2, 3))[:, None]]
+    grid = F.adaptive_avg_pool2d(feature_map, settings.grid)  # (N, C, g, g)
+    vectors.append(grid.flatten(2).transpose(1, 2))
+    if settings.centre:
+        ch, cw = math.ceil(h / 2), math.ceil(w / 2)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        vectors.append(feature_map[:, :, top : top + ch, left : left + cw].mean(dim=(2, 3))[:, None])
+    return normalise(torch.cat(vectors, dim=1))
+
+
+class MultiscaleDetector:
+    score_names = ("knn", "multiscale")
+
+    def __init__(self, bank: torch.Tensor, settings: MultiscaleSettings) -> None:
+        """``bank``: (N, R, C) region vectors of the ID training images, on the scoring device."""
+        self.settings = settings
+        self.global_bank = bank[:, 0].contiguous()
+        self.mixed_bank = bank.reshape(-1, bank.shape[-1])
+
+    def to(self, device: torch.device) -> MultiscaleDetector:
+        """Move the banks to the scoring device once, when an actor starts."""
+        self.global_bank = self.global_bank.to(device)
+        self.mixed_bank = self.mixed_bank.to(device)
+        return self
+
+    @torch.no_grad()
+    def score(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
+        vectors = region_vectors(feature_map.float(), self.settings)
+        n, r, c = vectors.shape
+        chunk = self.settings.search_chunk
+        per_region = kth_neighbour_distance(vectors.reshape(-1, c), self.mixed_bank, self.settings.k, chunk)
+        return {
+            "knn": kth_neighbour_distance(vectors[:, 0], self.global_bank, self.settings.knn_k, chunk),
+            "multiscale": per_region.view(n, r).min(dim=1).values,
+        }

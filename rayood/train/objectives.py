@@ -1,0 +1,72 @@
+"""Backbone training objectives: cross-entropy, supervised contrastive (SupCon) and ALPA.
+
+SupCon (Khosla et al., 2020) and ALPA share one loss on a similarity matrix: for anchor i with positives
+P(i) (same class, self excluded), -1/|P(i)| sum_p log(exp(s_ip) / sum_{a != i} exp(s_ia)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayood.models.alpa import LocalPropagation
+
+SUPCON_TEMPERATURE = 0.1
+ALPA_SCALE = 10.0
+
+
+def supervised_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SupCon on an (N, N) logit matrix; anchors without any positive are left out."""
+    n = logits.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=logits.device)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    counts = positives.sum(dim=1)
+    has_positive = counts > 0
+    mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)[has_positive] / counts[has_positive]
+    return -mean_log_prob.mean()
+
+
+class BackboneObjective(nn.Module):
+    """The backbone plus whatever its objective trains alongside; ``forward`` returns (loss, logits).
+
+    - ``cross_entropy``: cross-entropy on the backbone's logits;
+    - ``supcon``: SupCon on a projection MLP (C -> C -> projection_dim) of the pooled last map;
+    - ``alpa_train``: SupCon + ``alpa_weight`` x ALPA (MODE-T); ``alpa_finetune``: ALPA alone (MODE-F).
+    Contrastive objectives also fit the linear classifier on *detached* features (a linear probe), so the
+    classifier baselines get logits without the classifier shaping the representation. Only the heads an
+    objective uses are built: DDP requires every parameter to take part in the loss.
+    """
+
+    def __init__(self, backbone: nn.Module, objective: str, alpa_weight: float = 1.0,
+                 projection_dim: int = 128, alpa_dim: int = 80) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+        self.alpa_weight = alpa_weight
+        channels = backbone.fc.in_features
+        self.projection = (
+            nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, projection_dim))
+            if objective in ("supcon", "alpa_train") else None
+        )
+        self.alpa = LocalPropagation(channels, alpa_dim) if objective in ("alpa_train", "alpa_finetune") else None
+
+    def heads_state(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone.features(images)
+        if self.objective == "cross_entropy":
+            return F.cross_entropy(features.logits, labels), features.logits
+        last = features.stage_maps[-1]
+        pooled = last.mean(dim=(2, 3))
+        logits = self.backbone.fc(pooled.detach())
+        loss = F.cross_entropy(logits, labels)
+        if self.projection is not None:
+            z = F.normalize(self.projection(pooled), dim=1)
+            loss = loss + supervised_contrastive_loss(z @ z.T / SUPCON_TEMPERATURE, labels)
+        if self.alpa is not None:
+            loss = loss + self.alpa_weight * supervised_contrastive_loss(ALPA_SCALE * self.alpa.similarity(last), labels)
+        return loss, logits

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from rayood.config import MultiscaleSettings
+from rayood.detectors.knn import kth_neighbour_distance, normalise
+from rayood.detectors.multiscale import MultiscaleDetector, region_count, region_vectors
+from rayood.models.alpa import LocalPropagation
+from rayood.train.objectives import BackboneObjective, supervised_contrastive_loss
+from rayood.config import BackboneSettings, PreprocessSettings
+from rayood.models.backbones import build_backbone
+
+
+def brute_force_kth(queries, bank, k):
+    distances = torch.cdist(queries.double(), bank.double())
+    return distances.sort(dim=1).values[:, k - 1]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50, 1000])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_kth_neighbour_matches_brute_force_across_chunk_boundaries(k, chunk):
+    generator = torch.Generator().manual_seed(k * 100 + chunk)
+    bank = normalise(torch.randn(120, 16, generator=generator))
+    queries = normalise(torch.randn(9, 16, generator=generator))
+    got = kth_neighbour_distance(queries, bank, k, chunk)
+    torch.testing.assert_close(got.double(), brute_force_kth(queries, bank, k), atol=1e-5, rtol=0)
+
+
+def test_kth_neighbour_with_ties():
+    bank = normalise(torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 3))
+    query = normalise(torch.tensor([[1.0, 0.0]]))
+    for k, chunk in [(4, 3), (5, 2), (7, 1)]:
+        expected = 0.0 if k <= 4 else 2**0.5
+        assert kth_neighbour_distance(query, bank, k, chunk).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="k = 8"):
+        kth_neighbour_distance(query, bank, 8, 4)
+
+
+def test_region_vectors_on_a_4x4_map_are_global_quadrants_centre():
+    feature_map = torch.rand(2, 3, 4, 4)
+    vectors = region_vectors(feature_map, MultiscaleSettings())
+    assert vectors.shape == (2, region_count(MultiscaleSettings()), 3) == (2, 6, 3)
+    expected = [
+        feature_map.mean((2, 3)),
+        feature_map[:, :, :2, :2].mean((2, 3)), feature_map[:, :, :2, 2:].mean((2, 3)),
+        feature_map[:, :, 2:, :2].mean((2, 3)), feature_map[:, :, 2:, 2:].mean((2, 3)),
+        feature_map[:, :, 1:3, 1:3].mean((2, 3)),
+    ]
+    torch.testing.assert_close(vectors, normalise(torch.stack(expected, dim=1)))
+
+
+@pytest.mark.parametrize("size", [(5, 5), (3, 7), (1, 1)])
+def test_region_vectors_on_odd_maps(size):
+    h, w = size
+    feature_map = torch.rand(1, 4, h, w)
+    vectors = region_vectors(feature_map, MultiscaleSettings(grid=2, centre=True))
+    assert vectors.shape == (1, 6, 4)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(1, 6))
+    if size == (5, 5):  # overlapping windows rows/cols 0:3 and 2:5; centre 1:4
+        torch.testing.assert_close(vectors[0, 1], normalise(feature_map[0, :, :3, :3].mean((1, 2))))
+        torch.testing.assert_close(vectors[0, 4], normalise(feature_map[0, :, 2:, 2:].mean((1, 2))))
+        torch.testing.assert_close(vectors[0, 5], normalise(feature_map[0, :, 1:4, 1:4].mean((1, 2))))
+
+
+def test_cross_scale_decision_takes_the_best_matching_region():
+    settings = MultiscaleSettings(k=1, knn_k=1)
+    train_maps = torch.rand(10, 8, 4, 4)
+    detector = MultiscaleDetector(region_vectors(train_maps, settings), settings)
+    scores = detector.score(train_maps[:3])
+    torch.testing.assert_close(scores["multiscale"], torch.zeros(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(scores["knn"], torch.zeros(3), atol=1e-3, rtol=0)
+    far = detector.score(-train_maps[:3] - 5)
+    assert (far["multiscale"] > scores["multiscale"]).all() and (far["knn"] > scores["knn"]).all()
+
+
+def test_alpa_similarity_is_symmetric_and_bounded():
+    alpa = LocalPropagation(channels=6, dim=5)
+    similarity = alpa.similarity(torch.randn(4, 6, 3, 3))
+    assert similarity.shape == (4, 4)
+    torch.testing.assert_close(similarity, similarity.T)
+    assert similarity.abs().max() <= 2 + 1e-5
+
+
+def test_supcon_uses_only_same_class_positives():
+    labels = torch.tensor([0, 0, 1, 1])
+    logits = torch.zeros(4, 4)
+    logits[0, 1] = logits[1, 0] = logits[2, 3] = logits[3, 2] = 5.0
+    good = supervised_contrastive_loss(logits, labels)
+    swapped = supervised_contrastive_loss(logits, torch.tensor([0, 1, 0, 1]))
+    assert good < swapped
+    # self-similarity must not count: a huge diagonal changes nothing
+    torch.testing.assert_close(supervised_contrastive_loss(logits + 100 * torch.eye(4), labels), good)
+
+
+@pytest.mark.parametrize("objective", ["supcon", "alpa_train", "alpa_finetune"])
+def test_contrastive_objectives_reach_every_head(objective):
+    backbone = build_backbone(
+        BackboneSettings(widths=(4, 8), blocks=(1, 1)), PreprocessSettings(native_size=8, input_size=8), 3
+    )
+    model = BackboneObjective(backbone, objective, alpa_dim=5, projection_dim=4)
+    loss, logits = model(torch.rand(6, 3, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2]))
+    loss.backward()
+    assert logits.shape == (6, 3)
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    if model.alpa is not None:
+        assert model.alpa.query[0].weight.grad.abs().sum() > 0
