@@ -7,6 +7,7 @@ Layout (a local directory or an ``s3://`` prefix)::
     backbone.pt                state_dict of the backbone (classifier + feature taps)
     layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights)
     multiscale_bank.npy        N x R x C region vectors of the ID training images (MODE / KNN)
+    ddpm.pt                    state_dict of the class-conditional pixel U-Net (EMA weights), when DDP is on
     calibration.parquet        held-out ID scores, one column per score
 
 Weights are plain ``state_dict`` files loaded with ``torch.load(weights_only=True)``: a bundle can never
@@ -28,10 +29,13 @@ import pyarrow.parquet as pq
 import torch
 
 from rayood.config import ModelSettings, S3Settings
+from rayood.detectors.baselines import SCORE_NAMES as CLASSIFIER_SCORES
 from rayood.detectors.layerwise import LayerwiseDetector
 from rayood.detectors.multiscale import MultiscaleDetector
 from rayood.models.backbones import FeatureBackbone, build_backbone
-from rayood.models.diffusion import FeatureDenoiser
+from rayood.detectors.ddp import DDPDetector, score_names as ddp_score_names
+from rayood.models.diffusion import build_denoiser
+from rayood.models.unet import build_unet
 from rayood.storage import Location, StorageError, resolve
 
 FORMAT_VERSION = 1
@@ -40,6 +44,7 @@ BACKBONE_FILE = "backbone.pt"
 LAYERWISE_FILE = "layerwise_denoiser.pt"
 CALIBRATION_FILE = "calibration.parquet"
 BANK_FILE = "multiscale_bank.npy"
+DDPM_FILE = "ddpm.pt"
 
 
 class BundleError(RuntimeError):
@@ -116,6 +121,12 @@ def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
     write_file(bundle, CALIBRATION_FILE, sink.getvalue())
 
 
+def score_names(settings: ModelSettings) -> list[str]:
+    """Every score a bundle with these settings produces, in report column order."""
+    names = [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names, *MultiscaleDetector.score_names]
+    return names + (ddp_score_names(settings.ddp) if settings.ddp.enabled else [])
+
+
 def new_manifest(
     settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str], bank_shape: tuple,
     data: dict | None = None, training: dict | None = None,
@@ -130,7 +141,8 @@ def new_manifest(
         "class_names": class_names,
         "stage_dims": stage_dims,
         "scores": scores,
-        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE, "multiscale_bank": BANK_FILE},
+        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE, "multiscale_bank": BANK_FILE,
+                  **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {})},
         "calibration": None,
         "multiscale": {"bank_rows": bank_shape[0], "regions": bank_shape[1]},
         "data": data or {},
@@ -178,6 +190,7 @@ class Bundle:
     backbone: FeatureBackbone
     layerwise: LayerwiseDetector
     multiscale: MultiscaleDetector
+    ddp: DDPDetector | None
     calibration: dict[str, np.ndarray] | None
 
     @property
@@ -187,12 +200,6 @@ class Bundle:
     @property
     def score_names(self) -> list[str]:
         return list(self.manifest["scores"])
-
-
-def build_denoiser(settings: ModelSettings, dim: int) -> FeatureDenoiser:
-    layerwise = settings.layerwise
-    hidden = max(1, round(layerwise.hidden_multiplier * dim))
-    return FeatureDenoiser(dim, hidden, layerwise.num_blocks, layerwise.time_embed_dim)
 
 
 def load_bundle(
@@ -208,6 +215,11 @@ def load_bundle(
         raise BundleError(f"bundle {uri}: stage_dims {stage_dims} do not match the backbone {backbone.stage_dims()}")
     denoiser = build_denoiser(settings, sum(stage_dims))
     _load_into(denoiser, location.join(LAYERWISE_FILE), "layerwise denoiser")
+    ddp = None
+    if settings.ddp.enabled:
+        unet = build_unet(settings, manifest["num_classes"])
+        _load_into(unet, location.join(DDPM_FILE), "DDPM U-Net")
+        ddp = DDPDetector(unet.to(device), settings.ddp)
     backbone.to(device).eval()
     denoiser.to(device).eval()
     calibration = read_calibration(uri, s3, manifest) if manifest.get("calibration") or require_calibration else None
@@ -218,5 +230,6 @@ def load_bundle(
         backbone=backbone,
         layerwise=LayerwiseDetector(denoiser, settings.layerwise, stage_dims),
         multiscale=MultiscaleDetector(torch.from_numpy(_read_bank(location, manifest)), settings.multiscale),
+        ddp=ddp,
         calibration=calibration,
     )

@@ -132,11 +132,48 @@ class MultiscaleSettings(_Strict):
     search_chunk: int = Field(default=65_536, ge=1, description="bank rows per matrix product (bounds memory)")
 
 
+class DDPSettings(_Strict):
+    """DDP (DiffOOD): a class-conditional pixel DDPM and its test-time reconstruction (METHODS.md section 2).
+
+    The architecture defaults are a small CPU model; ``configs/*-gpu.yaml`` use the paper's U-Net (base 128,
+    multipliers 1-2-2-2, 2 residual blocks, attention at 16 px). ``levels`` must share the DDIM grid: every
+    level differs from the largest by a multiple of ``stride``, so all levels run in one batched pass.
+    """
+
+    enabled: bool = True
+    base_channels: int = Field(default=32, ge=8)
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = Field(default=1, ge=1)
+    attention_resolutions: tuple[int, ...] = ()
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    timesteps: int = Field(default=1000, ge=2)
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+    label_dropout: float = Field(default=0.1, ge=0, lt=1, description="null-label rate for classifier-free guidance")
+    levels: tuple[int, ...] = Field(default=(120,), description="noise levels t the input is pushed to")
+    stride: int = Field(default=20, ge=1, description="DDIM stride back to 0")
+    draws: int = Field(default=2, ge=1, description="noise draws per image and level")
+    guidance: float = Field(default=2.0, ge=0, description="w in (1 + w) eps(x, y) - w eps(x, null)")
+    compare: Literal["logits", "features"] = "logits"
+    chunk_rows: int = Field(default=1024, ge=1, description="reconstructions per U-Net batch (bounds memory)")
+
+    @model_validator(mode="after")
+    def _levels_on_one_grid(self) -> DDPSettings:
+        if not self.levels or min(self.levels) < 0 or max(self.levels) >= self.timesteps:
+            raise ValueError("levels must be non-empty and within [0, timesteps)")
+        if any((max(self.levels) - level) % self.stride for level in self.levels):
+            raise ValueError(f"every level must differ from the largest by a multiple of stride {self.stride}")
+        if self.beta_end <= self.beta_start:
+            raise ValueError("beta_end must be larger than beta_start")
+        return self
+
+
 class ModelSettings(_Strict):
     preprocess: PreprocessSettings = PreprocessSettings()
     backbone: BackboneSettings = BackboneSettings()
     layerwise: LayerwiseSettings = LayerwiseSettings()
     multiscale: MultiscaleSettings = MultiscaleSettings()
+    ddp: DDPSettings = DDPSettings()
 
 
 class OptimSettings(_Strict):
@@ -160,6 +197,11 @@ class BackboneOptimSettings(OptimSettings):
     crop_scale_min: float = Field(default=0.2, gt=0, le=1, description="two-crop RandomResizedCrop scale")
 
 
+class DiffusionOptimSettings(OptimSettings):
+    warmup_steps: int = Field(default=500, ge=0, description="linear learning-rate warm-up")
+    grad_clip: float = Field(default=1.0, gt=0)
+
+
 class TrainSettings(_Strict):
     """Fitting a bundle on in-distribution data with Ray Train."""
 
@@ -176,6 +218,7 @@ class TrainSettings(_Strict):
     augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
     backbone: BackboneOptimSettings = BackboneOptimSettings(epochs=10, lr=0.05)
     layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
+    ddpm: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
 
 
 class DecisionSettings(_Strict):

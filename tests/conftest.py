@@ -16,6 +16,7 @@ TINY_MODEL = {
     "preprocess": {"native_size": 32, "input_size": 32, "mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]},
     "backbone": {"arch": "cifar_resnet", "widths": [8, 16, 32, 32], "blocks": [1, 1, 1, 1]},
     "layerwise": {"num_blocks": 2, "hidden_multiplier": 1.0, "time_embed_dim": 32},
+    "ddp": {"base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 2},
 }
 TINY_TRAIN = {
     "run_name": "tiny",
@@ -23,6 +24,7 @@ TINY_TRAIN = {
     "augment": ["crop"],
     "backbone": {"epochs": 4, "batch_size": 64, "lr": 0.05, "checkpoint_every": 2},
     "layerwise": {"epochs": 40, "batch_size": 64, "lr": 0.002, "checkpoint_every": 20},
+    "ddpm": {"epochs": 2, "batch_size": 64, "lr": 0.001, "warmup_steps": 5},
 }
 
 

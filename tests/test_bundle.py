@@ -6,15 +6,20 @@ import pytest
 import torch
 
 from rayood.bundle import (
-    BACKBONE_FILE, LAYERWISE_FILE, BundleError, build_denoiser, load_bundle, new_manifest, state_dict_bytes,
+    BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, BundleError, load_bundle, new_manifest, state_dict_bytes,
     write_bank, write_calibration, write_file, write_manifest,
 )
 from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone
+from rayood.models.diffusion import build_denoiser
+from rayood.models.unet import build_unet
 from rayood.storage import resolve
 
 SETTINGS = ModelSettings.model_validate(
-    {"backbone": {"widths": [4, 8], "blocks": [1, 1]}, "layerwise": {"num_blocks": 1, "time_embed_dim": 8}}
+    {
+        "backbone": {"widths": [4, 8], "blocks": [1, 1]}, "layerwise": {"num_blocks": 1, "time_embed_dim": 8},
+        "ddp": {"base_channels": 8, "channel_mults": [1, 2]},
+    }
 )
 SCORES = ["msp", "layerwise_mse"]
 
@@ -25,6 +30,7 @@ def make_bundle(path, settings=SETTINGS, calibrated=True):
     location = resolve(str(path))
     write_file(location, BACKBONE_FILE, state_dict_bytes(backbone.state_dict()))
     write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
+    write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, 3).state_dict()))
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
     write_bank(location, bank)
     manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES, bank.shape)
@@ -63,9 +69,10 @@ def test_weights_that_do_not_match_the_manifest_are_refused(tmp_path):
         load_bundle(str(tmp_path))
 
 
-def test_missing_weight_file_is_refused(tmp_path):
+@pytest.mark.parametrize("name", [LAYERWISE_FILE, DDPM_FILE])
+def test_missing_weight_file_is_refused(tmp_path, name):
     make_bundle(tmp_path)
-    (tmp_path / LAYERWISE_FILE).unlink()
+    (tmp_path / name).unlink()
     with pytest.raises(BundleError, match="incomplete"):
         load_bundle(str(tmp_path))
 

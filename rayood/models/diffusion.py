@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rayood.config import ModelSettings
+
 
 class NoiseSchedule:
     """Betas and cumulative alphas of a discrete diffusion with ``timesteps`` steps."""
@@ -23,6 +25,11 @@ class NoiseSchedule:
     def sqrt_linear(cls, start: float, end: float, timesteps: int) -> NoiseSchedule:
         """Linear in sqrt-space (DLSR): ``betas = linspace(sqrt(start), sqrt(end), T) ** 2``."""
         return cls(torch.linspace(math.sqrt(start), math.sqrt(end), timesteps, dtype=torch.float64) ** 2)
+
+    @classmethod
+    def linear(cls, start: float, end: float, timesteps: int) -> NoiseSchedule:
+        """Linear betas (DDPM): ``linspace(start, end, T)``."""
+        return cls(torch.linspace(start, end, timesteps, dtype=torch.float64))
 
     @property
     def timesteps(self) -> int:
@@ -88,6 +95,13 @@ class FeatureDenoiser(nn.Module):
         for block in self.blocks:
             h = block(h, time)
         return self.output(h)
+
+
+def build_denoiser(settings: ModelSettings, dim: int) -> FeatureDenoiser:
+    """The LFDN for ``dim``-dimensional features, sized by ``model.layerwise``."""
+    layerwise = settings.layerwise
+    hidden = max(1, round(layerwise.hidden_multiplier * dim))
+    return FeatureDenoiser(dim, hidden, layerwise.num_blocks, layerwise.time_embed_dim)
 
 
 def ddim_timesteps(start: int, steps: int) -> list[int]:

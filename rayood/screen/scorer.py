@@ -30,6 +30,8 @@ class Scorer:
         self.backbone = bundle.backbone.to(device).eval()
         bundle.layerwise.denoiser.to(device)
         bundle.multiscale.to(device)
+        if bundle.ddp is not None:
+            bundle.ddp.unet.to(device)
 
     @torch.no_grad()
     def score(self, pixels: np.ndarray, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -38,4 +40,6 @@ class Scorer:
         scores = classifier_scores(features.logits)
         scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
         scores.update(self.bundle.multiscale.score(features.stage_maps[-1]))
+        if self.bundle.ddp is not None:  # the only second pass: the discriminator on reconstructions
+            scores.update(self.bundle.ddp.score(images, features, ids, self.backbone))
         return {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names}

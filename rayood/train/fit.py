@@ -26,27 +26,23 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
-    BACKBONE_FILE, CALIBRATION_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, state_dict_bytes, write_bank,
-    write_calibration, write_file, write_manifest,
+    BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, score_names,
+    state_dict_bytes, write_bank, write_calibration, write_file, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import STATUS_OK, DecodeLimits
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
-from rayood.detectors.baselines import SCORE_NAMES as CLASSIFIER_SCORES
-from rayood.detectors.layerwise import LayerwiseDetector
-from rayood.detectors.multiscale import MultiscaleDetector
 from rayood.models.backbones import build_backbone, load_matching
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
 from rayood.storage import Location, resolve
 from rayood.train.bank import build_bank
-from rayood.train.loops import backbone_loop, layerwise_loop, load_state
+from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_state
 
 log = logging.getLogger(__name__)
 
 SPLIT_BUCKETS = 10_000
-SCORE_NAMES = [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names, *MultiscaleDetector.score_names]
 
 
 class SplitTagger:
@@ -177,15 +173,26 @@ def fit(config: RayoodConfig) -> str:
         train_data,
     )
     denoiser_state = load_state(layerwise_result.checkpoint)["ema"]
+    training = {"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)}
+    ddpm_state = None
+    if config.model.ddp.enabled:
+        ddpm_result = _fit_stage(
+            config, checkpoints, "ddpm", ddpm_loop,
+            {**base, "optim": train.ddpm.model_dump(), "augment": list(train.augment)}, train_data,
+        )
+        ddpm_state = load_state(ddpm_result.checkpoint)["ema"]
+        training["ddpm"] = _plain(ddpm_result.metrics)
     bank = build_bank(config, train_data, len(class_names), backbone_state)
 
     bundle.delete_contents()
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(bundle, LAYERWISE_FILE, state_dict_bytes(denoiser_state))
     write_bank(bundle, bank)
+    if ddpm_state is not None:
+        write_file(bundle, DDPM_FILE, state_dict_bytes(ddpm_state))
     error_rows = errors.num_rows
     manifest = new_manifest(
-        config.model, class_names, stage_dims, SCORE_NAMES, bank.shape,
+        config.model, class_names, stage_dims, score_names(config.model), bank.shape,
         data={
             "uris": list(train.data),
             "fingerprint": hashlib.sha256("\n".join(sorted(facts.column("id").to_pylist())).encode()).hexdigest(),
@@ -194,14 +201,15 @@ def fit(config: RayoodConfig) -> str:
             "train_rows": fitting.num_rows,
             "calibration_rows": facts.num_rows - fitting.num_rows - error_rows,
             "split_seed": train.seed,
+            "calibration_fraction": train.calibration_fraction,
         },
-        training={"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)},
+        training=training,
     )
     write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
 
     calibration = _calibration_scores(config, calibration_data, manifest["scores"])
     write_calibration(bundle, calibration)
-    manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[SCORE_NAMES[0]]))}
+    manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
     write_manifest(bundle, manifest)
     log.info("wrote the model bundle %s to %s", manifest["bundle_id"], bundle.uri)
     return bundle.uri

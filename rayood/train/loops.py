@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from rayood.bundle import build_denoiser
-from rayood.config import BackboneOptimSettings, ModelSettings, OptimSettings
+from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
 from rayood.data.decode import pixels_from_column
+from rayood.detectors.ddp import ddp_schedule
 from rayood.detectors.layerwise import layer_features, schedule_for
 from rayood.models.backbones import build_backbone, load_matching, uint8_to_unit
+from rayood.models.diffusion import build_denoiser
+from rayood.models.unet import build_unet
 from rayood.train.objectives import BackboneObjective
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,16 @@ def _report(metrics: dict, state: dict | None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         torch.save(state, os.path.join(directory, STATE_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """EMA of the weights, with the usual warm-up so that early averages track the model."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for ema_param, param in zip(ema.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
 
 
 def augment(images: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
@@ -218,10 +230,7 @@ def layerwise_loop(config: dict) -> None:
             loss.backward()
             optimizer.step()
             step += 1
-            decay = min(optim.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA tracks the model
-            with torch.no_grad():
-                for ema_param, param in zip(ema.parameters(), unwrap(denoiser).parameters()):
-                    ema_param.lerp_(param, 1 - decay)
+            ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
             loss_sum += float(loss)
         done = epoch + 1
         save = done % optim.checkpoint_every == 0 or done == optim.epochs
@@ -233,5 +242,71 @@ def layerwise_loop(config: dict) -> None:
         _log_epoch("layerwise", metrics)
         if save:
             _report(metrics, state)
+    if checkpoint and start_epoch >= optim.epochs:
+        _report({"epoch": start_epoch}, state)
+
+
+def ddpm_loop(config: dict) -> None:
+    """Fit DDP's class-conditional pixel DDPM: eps-prediction, linear betas, label dropout to the null class,
+    AdamW with linear warm-up, gradient clipping, EMA (METHODS.md section 2)."""
+    settings = ModelSettings.model_validate(config["model"])
+    optim = DiffusionOptimSettings.model_validate(config["optim"])
+    class_names: list[str] = config["class_names"]
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    _log_epoch("ddpm", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
+    torch.manual_seed(config["seed"] + rank)
+    unet = build_unet(settings, len(class_names))
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)))
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        state = load_state(checkpoint)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        warmup.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+    ema.to(device)
+    unet = ray.train.torch.prepare_model(unet)
+    schedule = ddp_schedule(settings.ddp)
+    shard = ray.train.get_dataset_shard("train")
+    size = settings.preprocess.native_size
+    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    flip = ["flip"] if "flip" in config["augment"] else []
+    null = len(class_names)
+    for epoch in range(start_epoch, optim.epochs):
+        unet.train()
+        loss_sum, batches = 0.0, 0
+        for batch in shard.iter_batches(
+            batch_size=optim.batch_size, batch_format="pyarrow",
+            local_shuffle_buffer_size=optim.batch_size * 8, local_shuffle_seed=config["seed"] + epoch,
+        ):
+            x0 = augment(_batch_images(batch, size, device), flip, generator) * 2 - 1
+            labels = _batch_labels(batch, config["label_column"], class_names, device)
+            dropped = torch.rand(len(labels), generator=generator).to(device) < settings.ddp.label_dropout
+            labels = torch.where(dropped, torch.full_like(labels, null), labels)
+            t = torch.randint(0, settings.ddp.timesteps, (len(labels),), generator=generator).to(device)
+            noise = torch.randn(x0.shape, generator=generator).to(device)
+            loss = F.mse_loss(unet(schedule.q_sample(x0, t, noise), t, labels), noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), optim.grad_clip)
+            optimizer.step()
+            warmup.step()
+            step += 1
+            ema_update(ema, unwrap(unet), optim.ema_decay, step)
+            loss_sum += float(loss)
+            batches += 1
+        done = epoch + 1
+        metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step}
+        _log_epoch("ddpm", metrics)
+        if done % optim.checkpoint_every == 0 or done == optim.epochs:
+            _report(metrics, {
+                "model": unwrap(unet).state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": warmup.state_dict(), "epoch": done, "step": step,
+            })
     if checkpoint and start_epoch >= optim.epochs:
         _report({"epoch": start_epoch}, state)
