@@ -20,7 +20,7 @@ import json
 import time
 
 import numpy as np
-import pyarrow.compute as pc
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -47,38 +47,48 @@ def load_pixels(table, size: int) -> torch.Tensor:
     return uint8_to_unit(torch.from_numpy(pixels))
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="rayood-demo/bundle")
     parser.add_argument("--corpus", default="rayood-demo/corpus/corpus.parquet")
     parser.add_argument("--fit-data", default="rayood-demo/id_fit.parquet")
-    parser.add_argument("--per-group", type=int, default=100)
+    parser.add_argument("--per-group", type=int, default=40)
+    parser.add_argument("--id-limit", type=int, default=64, help="held-out ID images for the ID-only criteria")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.bundle)
+    device = torch.device(args.device)
+    bundle = load_bundle(args.bundle, device=device)
     size = bundle.settings.preprocess.native_size
     corpus = pq.read_table(args.corpus)
     groups = corpus.column("group").to_numpy(zero_copy_only=False)
     rows = np.concatenate([np.flatnonzero(groups == g)[: args.per_group] for g in ("id", "near_ood", "far_ood")])
     sample = corpus.take(rows)
-    images, ids, is_id = load_pixels(sample, size), sample.column("id").to_pylist(), groups[rows] == "id"
+    images, ids, is_id = load_pixels(sample, size).to(device), sample.column("id").to_pylist(), groups[rows] == "id"
     manifest = bundle.manifest
     fit_table = pq.read_table(args.fit_data)
     tagger = SplitTagger(manifest["data"]["calibration_fraction"], manifest["data"]["split_seed"])
-    held_out = fit_table.filter(pc.array([tagger.bucket(i) < tagger.cutoff for i in fit_table.column("id").to_pylist()]))
-    id_images, id_ids = load_pixels(held_out, size), held_out.column("id").to_pylist()
+    held_out = fit_table.filter(pa.array([tagger.bucket(i) < tagger.cutoff for i in fit_table.column("id").to_pylist()]))
+    held_out = held_out.slice(0, args.id_limit)
+    id_images, id_ids = load_pixels(held_out, size).to(device), held_out.column("id").to_pylist()
 
     backbone = bundle.backbone.eval()
     with torch.no_grad():
         started = time.perf_counter()
         features = backbone.features(images)
         layerwise = bundle.layerwise.score(features.stage_maps, ids)
+        _sync(device)
         layerwise_rate = len(ids) / (time.perf_counter() - started)
         id_features = backbone.features(id_images)
     print(json.dumps({"layerwise_images_per_s": round(layerwise_rate, 1),
-                      "layerwise_mfsim_auroc": round(auroc(layerwise["layerwise_mfsim"][is_id].numpy(),
-                                                           layerwise["layerwise_mfsim"][~is_id].numpy()), 4)}))
+                      "layerwise_mfsim_auroc": round(auroc(layerwise["layerwise_mfsim"].cpu().numpy()[is_id],
+                                                           layerwise["layerwise_mfsim"].cpu().numpy()[~is_id]), 4)}))
     print("| setting | U-Net passes / image | images/s | id_class_kept | mc_rel_se | AUROC (sweep) |")
     print("|---|---|---|---|---|---|")
     for name, overrides in SETTINGS.items():
@@ -86,16 +96,17 @@ def main() -> None:
         detector = DDPDetector(bundle.ddp.unet, settings)
         with torch.no_grad():
             started = time.perf_counter()
-            scores = detector.score(images, features, ids, backbone)["ddp"].numpy()
+            scores = detector.score(images, features, ids, backbone)["ddp"].cpu().numpy()
+            _sync(device)
             rate = len(ids) / (time.perf_counter() - started)
             per_draw = []
             predicted = id_features.logits.argmax(1)
             for draw in range(MC_DRAWS):
                 one = DDPSettings(**{**settings.model_dump(), "draws": 1})
                 per_draw.append(DDPDetector(bundle.ddp.unet, one).score(
-                    id_images, id_features, [f"{i}#{draw}" for i in id_ids], backbone)["ddp"].numpy())
+                    id_images, id_features, [f"{i}#{draw}" for i in id_ids], backbone)["ddp"].cpu().numpy())
             top = max(settings.levels)
-            noise = torch.randn(id_images.shape, generator=torch.Generator().manual_seed(0))
+            noise = torch.randn(id_images.shape, generator=torch.Generator().manual_seed(0)).to(device)
             recon = guided_ddim(bundle.ddp.unet, id_images * 2 - 1, torch.full((len(id_ids),), top), noise, predicted,
                                 detector.schedule, settings.stride, settings.guidance)
             kept = float((backbone.features((recon + 1) / 2).logits.argmax(1) == predicted).float().mean())

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="rayood-bench/mode")
     args = parser.parse_args()
     base = load_config(args.config)
+    base = with_overrides(base, "model", ddp={**base.model.ddp.model_dump(), "enabled": False})  # not compared here
     build_demo(base.demo.root)
     workdir = Path(args.workdir)
     supcon = variant(base, workdir, "supcon", args.epochs, 0.05, objective="supcon")
