@@ -269,6 +269,9 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
+NOT_FINGERPRINTED = {"train": {"bundle", "overwrite", "checkpoint_path"}}
+
+
 class RayoodConfig(_Strict):
     ray: RaySettings = RaySettings()
     s3: S3Settings = S3Settings()
@@ -287,8 +290,13 @@ class RayoodConfig(_Strict):
         return self
 
     def fingerprint(self, *sections: str) -> str:
-        """A short stable hash of some sections, to name Ray Train runs so that the same settings resume."""
-        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        """A short stable hash of some sections, to name Ray Train runs so that the same settings resume.
+
+        Where the result goes (bundle, checkpoints, overwrite) is left out: it does not change what is fitted.
+        """
+        payload = {
+            name: getattr(self, name).model_dump(mode="json", exclude=NOT_FINGERPRINTED.get(name)) for name in sections
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -57,7 +57,7 @@ def tiny_bundle(ray_cluster, demo_data, tmp_path_factory) -> str:
 
     fit_path, _ = demo_data
     bundle = str(tmp_path_factory.mktemp("bundles") / "tiny")
-    return fit(tiny_config(train={"data": [str(fit_path)], "bundle": bundle}))
+    return fit(tiny_config(train={"data": [str(fit_path)], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}))
 
 
 def _free_port() -> int:

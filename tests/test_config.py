@@ -61,3 +61,5 @@ def test_fingerprint_changes_with_settings():
     b = parse_config({"train": {"seed": 1}})
     assert a.fingerprint("train") != b.fingerprint("train")
     assert a.fingerprint("model") == b.fingerprint("model")
+    elsewhere = parse_config({"train": {"bundle": "s3://b/x", "checkpoint_path": "/tmp/c", "overwrite": True}})
+    assert a.fingerprint("train") == elsewhere.fingerprint("train"), "the destination does not change the fit"

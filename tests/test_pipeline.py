@@ -136,3 +136,20 @@ def test_parquet_without_the_configured_columns_is_an_input_error(tiny_bundle, d
     )
     with pytest.raises(InputError, match="lacks column"):
         screen(config)
+
+
+def test_fitting_again_resumes_from_the_finished_checkpoints(tiny_bundle, demo_data, tmp_path):
+    """Same settings and checkpoint storage: every Ray Train stage resumes at its last epoch and trains no more."""
+    import torch
+
+    from rayood.train.fit import fit
+
+    again = str(tmp_path / "again")
+    config = tiny_config(train={"data": [str(demo_data[0])], "bundle": again, "checkpoint_path": f"{tiny_bundle}-checkpoints"})
+    fit(config)
+    for name in ("backbone.pt", "layerwise_denoiser.pt", "ddpm.pt"):
+        before = torch.load(f"{tiny_bundle}/{name}", weights_only=True)
+        after = torch.load(f"{again}/{name}", weights_only=True)
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    first, second = json.load(open(f"{tiny_bundle}/manifest.json")), json.load(open(f"{again}/manifest.json"))
+    assert first["bundle_id"] != second["bundle_id"] and first["data"] == {**second["data"], "uris": first["data"]["uris"]}

@@ -169,6 +169,41 @@ def backbone_loop(config: dict) -> None:
         _report({"epoch": start_epoch}, state)
 
 
+class EmaRun:
+    """A diffusion model's training state: the model (prepared for DDP), its EMA copy, AdamW and an optional
+    linear warm-up, restored from ``ray.train.get_checkpoint()`` when this run was interrupted before."""
+
+    def __init__(self, model: nn.Module, optim: OptimSettings, device: torch.device, warmup_steps: int | None = None):
+        self.ema = copy.deepcopy(model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        self.scheduler = None
+        if warmup_steps is not None:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps))
+            )
+        self.start_epoch, self.step, self.resumed = 0, 0, None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint:
+            self.resumed = load_state(checkpoint)
+            model.load_state_dict(self.resumed["model"])
+            self.ema.load_state_dict(self.resumed["ema"])
+            self.optimizer.load_state_dict(self.resumed["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(self.resumed["scheduler"])
+            self.start_epoch, self.step = int(self.resumed["epoch"]), int(self.resumed["step"])
+        self.ema.to(device)
+        self.model = ray.train.torch.prepare_model(model)
+
+    def state(self, epoch: int, step: int) -> dict:
+        state = {
+            "model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": step,
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+
 def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.device) -> torch.Tensor:
     """z0 of every row of this worker's shard, computed once: features see no augmentation (METHODS.md)."""
     shard = ray.train.get_dataset_shard("train")
@@ -201,19 +236,8 @@ def layerwise_loop(config: dict) -> None:
     z0_all = _cache_features(backbone, config, settings.preprocess.native_size, device)
     del backbone
 
-    denoiser = build_denoiser(settings, z0_all.shape[1])
-    ema = copy.deepcopy(denoiser).requires_grad_(False)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        state = load_state(checkpoint)
-        denoiser.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-    ema.to(device)
-    denoiser = ray.train.torch.prepare_model(denoiser)
+    run = EmaRun(build_denoiser(settings, z0_all.shape[1]), optim, device)
+    denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
     schedule = schedule_for(settings.layerwise)
     steps = _steps_per_epoch(len(z0_all), optim.batch_size, device)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
@@ -234,16 +258,13 @@ def layerwise_loop(config: dict) -> None:
             loss_sum += float(loss)
         done = epoch + 1
         save = done % optim.checkpoint_every == 0 or done == optim.epochs
-        state = {
-            "model": unwrap(denoiser).state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
-        }
+        state = run.state(done, step)
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "feature_rows": len(z0_all)}
         _log_epoch("layerwise", metrics)
         if save:
             _report(metrics, state)
-    if checkpoint and start_epoch >= optim.epochs:
-        _report({"epoch": start_epoch}, state)
+    if run.resumed is not None and start_epoch >= optim.epochs:
+        _report({"epoch": start_epoch}, run.resumed)
 
 
 def ddpm_loop(config: dict) -> None:
@@ -256,21 +277,8 @@ def ddpm_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     _log_epoch("ddpm", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
-    unet = build_unet(settings, len(class_names))
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)))
-    start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        state = load_state(checkpoint)
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        warmup.load_state_dict(state["scheduler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-    ema.to(device)
-    unet = ray.train.torch.prepare_model(unet)
+    run = EmaRun(build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
+    unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
     schedule = ddp_schedule(settings.ddp)
     shard = ray.train.get_dataset_shard("train")
     size = settings.preprocess.native_size
@@ -304,9 +312,6 @@ def ddpm_loop(config: dict) -> None:
         metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step}
         _log_epoch("ddpm", metrics)
         if done % optim.checkpoint_every == 0 or done == optim.epochs:
-            _report(metrics, {
-                "model": unwrap(unet).state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": warmup.state_dict(), "epoch": done, "step": step,
-            })
-    if checkpoint and start_epoch >= optim.epochs:
-        _report({"epoch": start_epoch}, state)
+            _report(metrics, run.state(done, step))
+    if run.resumed is not None and start_epoch >= optim.epochs:
+        _report({"epoch": start_epoch}, run.resumed)
