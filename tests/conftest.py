@@ -16,8 +16,9 @@ TINY_MODEL = {
     "preprocess": {"native_size": 32, "input_size": 32, "mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]},
     "backbone": {"arch": "cifar_resnet", "widths": [8, 16, 32, 32], "blocks": [1, 1, 1, 1]},
     "layerwise": {"num_blocks": 2, "hidden_multiplier": 1.0, "time_embed_dim": 32},
-    "ddp": {"base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 2},
+    "ddp": {"base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 1},
 }
+NO_DDP = {"ddp": {"enabled": False}}  # for tests about other things: DDP is the slow score
 TINY_TRAIN = {
     "run_name": "tiny",
     "calibration_fraction": 0.25,

@@ -10,13 +10,14 @@ from rayood.bundle import BANK_FILE
 from rayood.config import ConfigError, parse_config
 from rayood.screen.pipeline import screen
 from rayood.train.fit import fit
-from tests.conftest import tiny_config
+from tests.conftest import NO_DDP, tiny_config
 
 
 def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_path):
     fit_path, corpus = demo_data
     bundle = str(tmp_path / "alpa")
     config = tiny_config(
+        model=NO_DDP,
         train={
             "data": [str(fit_path)], "bundle": bundle,
             "backbone": {"objective": "alpa_train", "epochs": 1, "batch_size": 32, "lr": 0.01, "alpa_dim": 16},

@@ -112,14 +112,18 @@ def test_an_unfinished_report_is_redone_and_foreign_dirs_are_left_alone(tiny_bun
     unfinished = tmp_path / "unfinished"
     (unfinished / "rows").mkdir(parents=True)
     (unfinished / "_STARTED").write_text("{}")
-    pq.write_table(pq.read_table(demo_data[1]).slice(0, 5).select(["id"]), unfinished / "rows" / "stale.parquet")
-    summary, _ = screen(corpus_config(tiny_bundle, [demo_data[1]], unfinished))
+    corpus = pq.read_table(demo_data[1])
+    pq.write_table(corpus.slice(0, 5).select(["id"]), unfinished / "rows" / "stale.parquet")
+    small = tmp_path / "small.parquet"
+    pq.write_table(corpus.slice(0, 60), small)
+    summary, _ = screen(corpus_config(tiny_bundle, [small], unfinished))
+    assert summary["expected_rows"] == 60
     assert read_report(unfinished).num_rows == summary["expected_rows"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
     with pytest.raises(OutputError, match="not a rayood report"):
-        screen(corpus_config(tiny_bundle, [demo_data[1]], foreign))
+        screen(corpus_config(tiny_bundle, [small], foreign))
     assert (foreign / "precious.txt").read_text() == "keep me"
 
 

@@ -14,7 +14,7 @@ from rayood.data.sources import InputError, plan_sources
 from rayood.screen.pipeline import screen
 from rayood.storage import resolve
 from rayood.train.fit import fit
-from tests.conftest import tiny_config
+from tests.conftest import NO_DDP, tiny_config
 from tests.images import bad_images, good_images
 
 BUCKET = "rayood-test"
@@ -35,7 +35,7 @@ def bucket(s3_server, demo_data):
 
 
 def s3_config(endpoint, **sections):
-    return tiny_config(s3={"endpoint_url": endpoint}, **sections)
+    return tiny_config(s3={"endpoint_url": endpoint}, model=NO_DDP, **sections)
 
 
 def test_fit_to_s3_then_screen_from_and_to_s3(ray_cluster, s3_server, bucket):
