@@ -7,6 +7,7 @@ Layout (a local directory or an ``s3://`` prefix)::
     backbone.pt                state_dict of the backbone (classifier + feature taps)
     layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights)
     multiscale_bank.npy        N x R x C region vectors of the ID training images (MODE / KNN)
+    mahalanobis.npz            class means and shared precision of the penultimate features
     ddpm.pt                    state_dict of the class-conditional pixel U-Net (EMA weights), when DDP is on
     calibration.parquet        held-out ID scores, one column per score
 
@@ -31,6 +32,7 @@ import torch
 from rayood.config import ModelSettings, S3Settings
 from rayood.detectors.baselines import SCORE_NAMES as CLASSIFIER_SCORES
 from rayood.detectors.layerwise import LayerwiseDetector
+from rayood.detectors.mahalanobis import MahalanobisDetector
 from rayood.detectors.multiscale import MultiscaleDetector
 from rayood.models.backbones import FeatureBackbone, build_backbone
 from rayood.detectors.ddp import DDPDetector, score_names as ddp_score_names
@@ -45,6 +47,7 @@ LAYERWISE_FILE = "layerwise_denoiser.pt"
 CALIBRATION_FILE = "calibration.parquet"
 BANK_FILE = "multiscale_bank.npy"
 DDPM_FILE = "ddpm.pt"
+MAHALANOBIS_FILE = "mahalanobis.npz"
 
 
 class BundleError(RuntimeError):
@@ -115,6 +118,24 @@ def _read_bank(bundle: Location, manifest: dict) -> np.ndarray:
     return bank
 
 
+def write_mahalanobis(bundle: Location, means: np.ndarray, precision: np.ndarray) -> None:
+    sink = io.BytesIO()
+    np.savez(sink, means=means.astype(np.float32), precision=precision.astype(np.float32))
+    write_file(bundle, MAHALANOBIS_FILE, sink.getvalue())
+
+
+def _read_mahalanobis(bundle: Location, manifest: dict) -> MahalanobisDetector:
+    try:
+        arrays = np.load(io.BytesIO(bundle.join(MAHALANOBIS_FILE).read_bytes()), allow_pickle=False)
+    except StorageError as error:
+        raise BundleError(f"bundle is incomplete: {error}") from None
+    means, precision = arrays["means"], arrays["precision"]
+    dim = manifest["stage_dims"][-1]
+    if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
+        raise BundleError(f"{bundle.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims")
+    return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision))
+
+
 def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
     sink = io.BytesIO()
     pq.write_table(pa.table({name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}), sink)
@@ -123,7 +144,10 @@ def write_calibration(bundle: Location, scores: dict[str, np.ndarray]) -> None:
 
 def score_names(settings: ModelSettings) -> list[str]:
     """Every score a bundle with these settings produces, in report column order."""
-    names = [*CLASSIFIER_SCORES, *LayerwiseDetector.score_names, *MultiscaleDetector.score_names]
+    names = [
+        *CLASSIFIER_SCORES, *MahalanobisDetector.score_names, *LayerwiseDetector.score_names,
+        *MultiscaleDetector.score_names,
+    ]
     return names + (ddp_score_names(settings.ddp) if settings.ddp.enabled else [])
 
 
@@ -142,6 +166,7 @@ def new_manifest(
         "stage_dims": stage_dims,
         "scores": scores,
         "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE, "multiscale_bank": BANK_FILE,
+                  "mahalanobis": MAHALANOBIS_FILE,
                   **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {})},
         "calibration": None,
         "multiscale": {"bank_rows": bank_shape[0], "regions": bank_shape[1]},
@@ -190,6 +215,7 @@ class Bundle:
     backbone: FeatureBackbone
     layerwise: LayerwiseDetector
     multiscale: MultiscaleDetector
+    mahalanobis: MahalanobisDetector
     ddp: DDPDetector | None
     calibration: dict[str, np.ndarray] | None
 
@@ -230,6 +256,7 @@ def load_bundle(
         backbone=backbone,
         layerwise=LayerwiseDetector(denoiser, settings.layerwise, stage_dims),
         multiscale=MultiscaleDetector(torch.from_numpy(_read_bank(location, manifest)), settings.multiscale),
+        mahalanobis=_read_mahalanobis(location, manifest),
         ddp=ddp,
         calibration=calibration,
     )

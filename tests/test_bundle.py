@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rayood.bundle import (
-    BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, BundleError, load_bundle, new_manifest, state_dict_bytes,
-    write_bank, write_calibration, write_file, write_manifest,
+    BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, BundleError, load_bundle, new_manifest, state_dict_bytes,
+    write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
 from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone
@@ -33,6 +33,7 @@ def make_bundle(path, settings=SETTINGS, calibrated=True):
     write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, 3).state_dict()))
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
     write_bank(location, bank)
+    write_mahalanobis(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
     manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES, bank.shape)
     if calibrated:
         write_calibration(location, {name: np.arange(5.0) for name in SCORES})
@@ -69,7 +70,7 @@ def test_weights_that_do_not_match_the_manifest_are_refused(tmp_path):
         load_bundle(str(tmp_path))
 
 
-@pytest.mark.parametrize("name", [LAYERWISE_FILE, DDPM_FILE])
+@pytest.mark.parametrize("name", [LAYERWISE_FILE, DDPM_FILE, MAHALANOBIS_FILE])
 def test_missing_weight_file_is_refused(tmp_path, name):
     make_bundle(tmp_path)
     (tmp_path / name).unlink()

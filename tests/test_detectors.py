@@ -77,3 +77,25 @@ def test_metrics_by_hand_and_direction():
     assert fpr_at_95_tpr(id_scores, ood_scores) == pytest.approx(0.25)
     metrics = detection_metrics(id_scores, ood_scores)
     assert set(metrics) == {"auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out"}
+
+
+def test_mahalanobis_streaming_statistics_equal_the_batch_computation():
+    from rayood.detectors.mahalanobis import GaussianStatistics
+
+    rng = np.random.default_rng(3)
+    features, labels = rng.normal(size=(300, 5)) + np.arange(5), rng.integers(0, 3, 300)
+    streamed = GaussianStatistics(3, 5)
+    for start in range(0, 300, 37):
+        streamed.partial_fit(features[start : start + 37], labels[start : start + 37])
+    means = np.stack([features[labels == c].mean(0) for c in range(3)])
+    centred = features - means[labels]
+    np.testing.assert_allclose(streamed.means(), means, rtol=1e-10)
+    np.testing.assert_allclose(streamed.covariance(), centred.T @ centred / 300, rtol=1e-8, atol=1e-10)
+
+
+def test_mahalanobis_score_is_the_distance_to_the_closest_class():
+    from rayood.detectors.mahalanobis import MahalanobisDetector
+
+    detector = MahalanobisDetector(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.diag(torch.tensor([1.0, 4.0])))
+    scores = detector.score(torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))["mahalanobis"]
+    torch.testing.assert_close(scores, torch.tensor([0.0, 1.0, 4.0, 125.0]))

@@ -15,7 +15,7 @@ from tests.conftest import tiny_config
 from tests.images import bad_images, good_images
 
 SCORES = [
-    "msp", "energy", "maxlogit", "layerwise_mse", "layerwise_mfsim", "knn", "multiscale", "ddp", "ddp_t40", "ddp_t80",
+    "msp", "energy", "maxlogit", "mahalanobis", "layerwise_mse", "layerwise_mfsim", "knn", "multiscale", "ddp", "ddp_t40", "ddp_t80",
 ]
 
 
@@ -65,7 +65,7 @@ def test_ood_scores_higher_than_id(parquet_report):
     output, summary = parquet_report
     report = read_report(output).to_pandas()
     is_id = report["group"] == "id"
-    for name in ("layerwise_mse", "layerwise_mfsim", "knn", "multiscale"):
+    for name in ("mahalanobis", "layerwise_mse", "layerwise_mfsim", "knn", "multiscale"):
         values = report[f"score_{name}"].to_numpy()
         assert auroc(values[is_id], values[~is_id]) > 0.8, name
         assert summary["evaluation"]["scores"][name]["auroc"] == pytest.approx(auroc(values[is_id], values[~is_id]))
@@ -151,7 +151,7 @@ def test_fitting_again_resumes_from_the_finished_checkpoints(tiny_bundle, demo_d
     again = str(tmp_path / "again")
     config = tiny_config(train={"data": [str(demo_data[0])], "bundle": again, "checkpoint_path": f"{tiny_bundle}-checkpoints"})
     fit(config)
-    for name in ("backbone.pt", "layerwise_denoiser.pt", "ddpm.pt"):
+    for name in ("backbone.pt", "layerwise_denoiser.pt", "ddpm.pt"):  # bank and statistics follow from these
         before = torch.load(f"{tiny_bundle}/{name}", weights_only=True)
         after = torch.load(f"{again}/{name}", weights_only=True)
         assert all(torch.equal(before[k], after[k]) for k in before), name

@@ -30,6 +30,7 @@ class Scorer:
         self.backbone = bundle.backbone.to(device).eval()
         bundle.layerwise.denoiser.to(device)
         bundle.multiscale.to(device)
+        bundle.mahalanobis.to(device)
         if bundle.ddp is not None:
             bundle.ddp.unet.to(device)
 
@@ -38,6 +39,7 @@ class Scorer:
         images = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True))
         features = self.backbone.features(images)
         scores = classifier_scores(features.logits)
+        scores.update(self.bundle.mahalanobis.score(features.penultimate))
         scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
         scores.update(self.bundle.multiscale.score(features.stage_maps[-1]))
         if self.bundle.ddp is not None:  # the only second pass: the discriminator on reconstructions

@@ -1,7 +1,9 @@
-"""The multi-scale feature bank: region vectors of every ID training image, by Ray Data batch inference.
+"""Reference statistics of the ID training images, by Ray Data batch inference: the multi-scale bank
+(region vectors, for KNN and MODE) and the Mahalanobis class statistics of the penultimate features.
 
 The forward passes run in an actor pool (GPU actors on a cluster), so they scale past one machine; the
-bank itself, N x R x C float32, is gathered on the driver and stored in the bundle.
+bank itself, N x R x C float32, is gathered on the driver and stored in the bundle, while the Gaussian
+statistics are accumulated batch by batch as they stream in.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ import torch
 
 from rayood.config import ModelSettings, RayoodConfig
 from rayood.data.decode import pixels_from_column
+from rayood.detectors.mahalanobis import GaussianStatistics
 from rayood.detectors.multiscale import region_vectors
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.screen.scorer import pick_device
 
 
 class RegionVectors:
-    """``map_batches`` class: decoded rows -> a ``regions`` column of (R, C) float32 arrays."""
+    """``map_batches`` class: decoded rows -> region vectors (R, C), penultimate features and class index."""
 
-    def __init__(self, model: dict, num_classes: int, state: dict, device: str, cpu_threads: int = 1) -> None:
+    def __init__(
+        self, model: dict, class_names: list[str], label_column: str, state: dict, device: str, cpu_threads: int = 1
+    ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         self.settings = ModelSettings.model_validate(model)
         self.device = pick_device(device)
-        self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, num_classes)
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.label_column = label_column
+        self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
         self.backbone.load_state_dict(state)
         self.backbone.to(self.device).eval()
 
@@ -33,16 +40,25 @@ class RegionVectors:
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         pixels = pixels_from_column(batch.column("pixels"), self.settings.preprocess.native_size)
         images = uint8_to_unit(torch.from_numpy(pixels.copy()).to(self.device))
-        last = self.backbone.features(images).stage_maps[-1]
-        return {"regions": region_vectors(last, self.settings.multiscale).cpu().numpy()}
+        features = self.backbone.features(images)
+        labels = batch.column(self.label_column).cast(pa.string()).to_pylist()
+        return {
+            "regions": region_vectors(features.stage_maps[-1], self.settings.multiscale).cpu().numpy(),
+            "penultimate": features.penultimate.cpu().numpy(),
+            "class_index": np.array([self.class_index[label] for label in labels]),
+        }
 
 
-def build_bank(config: RayoodConfig, data: ray.data.Dataset, num_classes: int, state: dict) -> np.ndarray:
+def build_references(
+    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], state: dict
+) -> tuple[np.ndarray, GaussianStatistics]:
+    """The (N, R, C) bank and the Mahalanobis statistics of the training rows, in one pass."""
     screen = config.screen
     vectors = data.map_batches(
         RegionVectors,
         fn_constructor_kwargs={
-            "model": config.model.model_dump(mode="json"), "num_classes": num_classes, "state": state,
+            "model": config.model.model_dump(mode="json"), "class_names": class_names,
+            "label_column": config.corpus.label_column, "state": state,
             "device": screen.device, "cpu_threads": max(1, int(screen.cpus_per_actor)),
         },
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=screen.max_actors),
@@ -51,5 +67,10 @@ def build_bank(config: RayoodConfig, data: ray.data.Dataset, num_classes: int, s
         batch_size=screen.batch_size,
         batch_format="pyarrow",
     )
-    chunks = [batch["regions"] for batch in vectors.iter_batches(batch_size=None, batch_format="numpy")]
-    return np.concatenate(chunks).astype(np.float32)
+    chunks, statistics = [], None
+    for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
+        chunks.append(batch["regions"].astype(np.float32))
+        if statistics is None:
+            statistics = GaussianStatistics(len(class_names), batch["penultimate"].shape[1])
+        statistics.partial_fit(batch["penultimate"], batch["class_index"])
+    return np.concatenate(chunks), statistics

@@ -27,7 +27,7 @@ from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
     BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, score_names,
-    state_dict_bytes, write_bank, write_calibration, write_file, write_manifest,
+    state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import STATUS_OK, DecodeLimits
@@ -37,7 +37,7 @@ from rayood.models.backbones import build_backbone, load_matching
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
 from rayood.storage import Location, resolve
-from rayood.train.bank import build_bank
+from rayood.train.bank import build_references
 from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_state
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,13 @@ def fit(config: RayoodConfig) -> str:
         )
         ddpm_state = load_state(ddpm_result.checkpoint)["ema"]
         training["ddpm"] = _plain(ddpm_result.metrics)
-    bank = build_bank(config, train_data, len(class_names), backbone_state)
+    bank, gaussian = build_references(config, train_data, class_names, backbone_state)
 
     bundle.delete_contents()
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(bundle, LAYERWISE_FILE, state_dict_bytes(denoiser_state))
     write_bank(bundle, bank)
+    write_mahalanobis(bundle, gaussian.means(), gaussian.precision())
     if ddpm_state is not None:
         write_file(bundle, DDPM_FILE, state_dict_bytes(ddpm_state))
     error_rows = errors.num_rows

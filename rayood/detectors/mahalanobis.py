@@ -1,0 +1,58 @@
+"""Mahalanobis baseline (Lee et al., 2018): distance of the penultimate feature to the closest class mean
+under one covariance shared by all classes (higher = more OOD).
+
+Fitting accumulates sufficient statistics batch by batch (per-class counts and sums, and the total sum
+of outer products), so it never holds all features in memory:
+    shared covariance = (sum_i x_i x_i^T - sum_c n_c mu_c mu_c^T) / N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class GaussianStatistics:
+    """Streaming class-conditional Gaussian statistics with a shared covariance (float64)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        self.counts = np.zeros(num_classes)
+        self.sums = np.zeros((num_classes, dim))
+        self.outer = np.zeros((dim, dim))
+
+    def partial_fit(self, features: np.ndarray, labels: np.ndarray) -> GaussianStatistics:
+        features = np.asarray(features, dtype=np.float64)
+        np.add.at(self.counts, labels, 1)
+        np.add.at(self.sums, labels, features)
+        self.outer += features.T @ features
+        return self
+
+    def means(self) -> np.ndarray:
+        if (self.counts == 0).any():
+            raise ValueError(f"classes {np.flatnonzero(self.counts == 0).tolist()} have no samples")
+        return self.sums / self.counts[:, None]
+
+    def covariance(self) -> np.ndarray:
+        means = self.means()
+        return (self.outer - (self.counts[:, None, None] * means[:, :, None] * means[:, None, :]).sum(0)) / self.counts.sum()
+
+    def precision(self) -> np.ndarray:
+        return np.linalg.pinv(self.covariance(), hermitian=True)
+
+
+class MahalanobisDetector:
+    score_names = ("mahalanobis",)
+
+    def __init__(self, means: torch.Tensor, precision: torch.Tensor) -> None:
+        self.means = means.float()
+        self.precision = precision.float()
+
+    def to(self, device: torch.device) -> MahalanobisDetector:
+        self.means, self.precision = self.means.to(device), self.precision.to(device)
+        return self
+
+    @torch.no_grad()
+    def score(self, penultimate: torch.Tensor) -> dict[str, torch.Tensor]:
+        centred = penultimate.float()[:, None, :] - self.means[None]  # (N, C, D)
+        distances = torch.einsum("ncd,de,nce->nc", centred, self.precision, centred)
+        return {"mahalanobis": distances.min(dim=1).values}
