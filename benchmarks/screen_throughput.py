@@ -23,7 +23,7 @@ import torch
 from rayood.bundle import MANIFEST, load_bundle
 from rayood.config import load_config, with_overrides
 from rayood.data.decode import decode_image
-from rayood.data.demo import CORPUS_DIR, build_demo
+from rayood.data.demo import build_demo
 from rayood.screen.pipeline import screen
 from rayood.screen.scorer import Scorer, pick_device
 from rayood.storage import resolve
