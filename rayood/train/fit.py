@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,7 @@ from rayood.bundle import (
     BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, score_names,
     state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
-from rayood.config import ConfigError, RayoodConfig
+from rayood.config import ConfigError, RayoodConfig, TrainSettings
 from rayood.data.decode import STATUS_OK, DecodeLimits
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
@@ -109,23 +110,41 @@ def _init_state(config: RayoodConfig) -> dict | None:
     return torch.load(io.BytesIO(resolve(uri, config.s3).read_bytes()), map_location="cpu", weights_only=True)
 
 
-def fit(config: RayoodConfig) -> str:
-    """Fit every model of a bundle and write it; returns the bundle URI."""
-    train = config.train
-    if not train.data:
-        raise ConfigError("train.data is not set (the ID corpus to fit on)")
-    if not train.bundle:
-        raise ConfigError("train.bundle is not set (where to write the model bundle)")
-    label_column = config.corpus.label_column
-    plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(label_column,))
-    bundle = resolve(train.bundle, config.s3)
-    if bundle.join(MANIFEST).exists() and not train.overwrite:
-        raise ConfigError(f"a bundle already exists at {train.bundle}; pass --overwrite or choose another --output")
-    checkpoints = resolve(train.checkpoint_path or f"{train.bundle.rstrip('/')}-checkpoints", config.s3)
-    init_state = _init_state(config)
+@dataclass
+class IdCorpus:
+    """The decoded ID corpus, tagged with its split, and what the driver knows about its rows."""
 
-    init_ray(config.ray)
-    preprocess = config.model.preprocess
+    tagged: ray.data.Dataset
+    facts: pa.Table  # id, status, error, calibration, label: no pixels
+    class_names: list[str]
+
+    @property
+    def errors(self) -> pa.Table:
+        return self.facts.filter(pc.invert(pc.equal(self.facts.column("status"), STATUS_OK)))
+
+    def rows(self, calibration: bool) -> pa.Table:
+        ok = pc.equal(self.facts.column("status"), STATUS_OK)
+        return self.facts.filter(pc.and_(ok, pc.equal(self.facts.column("calibration"), calibration)))
+
+    def dataset(self, calibration: bool) -> ray.data.Dataset:
+        return self.tagged.map_batches(_only(calibration), batch_format="pyarrow")
+
+    def summary(self, train: TrainSettings) -> dict:
+        return {
+            "uris": list(train.data),
+            "fingerprint": hashlib.sha256("\n".join(sorted(self.facts.column("id").to_pylist())).encode()).hexdigest(),
+            "rows": self.facts.num_rows,
+            "error_rows": self.errors.num_rows,
+            "train_rows": self.rows(False).num_rows,
+            "calibration_rows": self.rows(True).num_rows,
+            "split_seed": train.seed,
+            "calibration_fraction": train.calibration_fraction,
+        }
+
+
+def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
+    """Decode and split the ID corpus once (materialised: every stage reads it); check it can be fitted."""
+    train, preprocess, label_column = config.train, config.model.preprocess, config.corpus.label_column
     decoded = read_decoded(
         plans, image_column=config.corpus.image_column, id_column=config.corpus.id_column,
         size=preprocess.native_size, limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels),
@@ -133,25 +152,44 @@ def fit(config: RayoodConfig) -> str:
     )
     tagged = decoded.map_batches(SplitTagger(train.calibration_fraction, train.seed), batch_format="pyarrow").materialize()
     facts = _corpus_facts(tagged, label_column)
-    ok = pc.equal(facts.column("status"), STATUS_OK)
-    errors = facts.filter(pc.invert(ok))
-    for row in errors.slice(0, 20).to_pylist():
+    corpus = IdCorpus(tagged, facts, [])
+    for row in corpus.errors.slice(0, 20).to_pylist():
         log.warning("skipping ID row %s: %s", row["id"], row["error"])
-    fitting = facts.filter(pc.and_(ok, pc.invert(facts.column("calibration"))))
-    if fitting.num_rows == 0 or facts.num_rows - fitting.num_rows - errors.num_rows == 0:
+    fitting = corpus.rows(False)
+    if fitting.num_rows == 0 or corpus.rows(True).num_rows == 0:
         raise ConfigError(f"train.data yields {fitting.num_rows} usable training rows and too few for calibration")
     labels = fitting.column(label_column)
     if labels.null_count:
         raise ConfigError(f"{labels.null_count} training rows have no {label_column!r}; the backbone needs labels")
-    class_names = sorted(set(labels.cast(pa.string()).to_pylist()))
     largest_k = max(config.model.multiscale.k, config.model.multiscale.knn_k)
     if fitting.num_rows < largest_k:
         raise ConfigError(f"model.multiscale k/knn_k = {largest_k} exceeds the {fitting.num_rows} training rows")
-    train_data = tagged.map_batches(_only(False), batch_format="pyarrow")
-    calibration_data = tagged.map_batches(_only(True), batch_format="pyarrow")
-    base = {"model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed, "label_column": label_column}
+    corpus.class_names = sorted(set(labels.cast(pa.string()).to_pylist()))
+    return corpus
 
-    probe = build_backbone(config.model.backbone, preprocess, len(class_names))
+
+def fit(config: RayoodConfig) -> str:
+    """Fit every model of a bundle and write it; returns the bundle URI."""
+    train = config.train
+    if not train.data:
+        raise ConfigError("train.data is not set (the ID corpus to fit on)")
+    if not train.bundle:
+        raise ConfigError("train.bundle is not set (where to write the model bundle)")
+    plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,))
+    bundle = resolve(train.bundle, config.s3)
+    if bundle.join(MANIFEST).exists() and not train.overwrite:
+        raise ConfigError(f"a bundle already exists at {train.bundle}; pass --overwrite or choose another --output")
+    checkpoints = resolve(train.checkpoint_path or f"{train.bundle.rstrip('/')}-checkpoints", config.s3)
+    init_state = _init_state(config)
+
+    init_ray(config.ray)
+    corpus = _read_id_corpus(config, plans)
+    class_names, train_data = corpus.class_names, corpus.dataset(calibration=False)
+    base = {
+        "model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed,
+        "label_column": config.corpus.label_column,
+    }
+    probe = build_backbone(config.model.backbone, config.model.preprocess, len(class_names))
     stage_dims = probe.stage_dims()
     if train.backbone.epochs > 0:
         backbone_result = _fit_stage(
@@ -172,7 +210,6 @@ def fit(config: RayoodConfig) -> str:
          "stage_dims": stage_dims, "feature_batch_size": 256},
         train_data,
     )
-    denoiser_state = load_state(layerwise_result.checkpoint)["ema"]
     training = {"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)}
     ddpm_state = None
     if config.model.ddp.enabled:
@@ -186,29 +223,18 @@ def fit(config: RayoodConfig) -> str:
 
     bundle.delete_contents()
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
-    write_file(bundle, LAYERWISE_FILE, state_dict_bytes(denoiser_state))
+    write_file(bundle, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
     write_bank(bundle, bank)
     write_mahalanobis(bundle, gaussian.means(), gaussian.precision())
     if ddpm_state is not None:
         write_file(bundle, DDPM_FILE, state_dict_bytes(ddpm_state))
-    error_rows = errors.num_rows
     manifest = new_manifest(
         config.model, class_names, stage_dims, score_names(config.model), bank.shape,
-        data={
-            "uris": list(train.data),
-            "fingerprint": hashlib.sha256("\n".join(sorted(facts.column("id").to_pylist())).encode()).hexdigest(),
-            "rows": facts.num_rows,
-            "error_rows": error_rows,
-            "train_rows": fitting.num_rows,
-            "calibration_rows": facts.num_rows - fitting.num_rows - error_rows,
-            "split_seed": train.seed,
-            "calibration_fraction": train.calibration_fraction,
-        },
-        training=training,
+        data=corpus.summary(train), training=training,
     )
     write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
 
-    calibration = _calibration_scores(config, calibration_data, manifest["scores"])
+    calibration = _calibration_scores(config, corpus.dataset(calibration=True), manifest["scores"])
     write_calibration(bundle, calibration)
     manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
     write_manifest(bundle, manifest)
