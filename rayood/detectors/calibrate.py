@@ -10,14 +10,23 @@ from __future__ import annotations
 import numpy as np
 
 
+class ConformalReference:
+    """One detector's held-out ID scores, sorted once so that each batch's p-values are a binary search."""
+
+    def __init__(self, calibration: np.ndarray) -> None:
+        self.sorted = np.sort(np.asarray(calibration, dtype=np.float64))
+        if self.sorted.size == 0:
+            raise ValueError("no calibration scores")
+
+    def pvalues(self, scores: np.ndarray) -> np.ndarray:
+        values = np.asarray(scores, dtype=np.float64)
+        at_least = self.sorted.size - np.searchsorted(self.sorted, values, side="left")
+        pvalues = (1.0 + at_least) / (self.sorted.size + 1.0)
+        return np.where(np.isnan(values), np.nan, pvalues)
+
+
 def conformal_pvalues(scores: np.ndarray, calibration: np.ndarray) -> np.ndarray:
-    reference = np.sort(np.asarray(calibration, dtype=np.float64))
-    if reference.size == 0:
-        raise ValueError("no calibration scores")
-    values = np.asarray(scores, dtype=np.float64)
-    at_least = reference.size - np.searchsorted(reference, values, side="left")
-    pvalues = (1.0 + at_least) / (reference.size + 1.0)
-    return np.where(np.isnan(values), np.nan, pvalues)
+    return ConformalReference(calibration).pvalues(scores)
 
 
 def threshold(calibration: np.ndarray, alpha: float) -> float:

@@ -77,8 +77,8 @@ class DDPDetector:
         self.schedule = ddp_schedule(settings)
         self.score_names = score_names(settings)
 
-    def _embed(self, backbone: FeatureBackbone, images01: torch.Tensor) -> torch.Tensor:
-        features = backbone.features(images01)
+    def _compared(self, features: Features) -> torch.Tensor:
+        """The L2-normalised vectors DDP compares: logits (default) or penultimate features."""
         vectors = features.logits if self.settings.compare == "logits" else features.penultimate
         return F.normalize(vectors.float(), dim=1)
 
@@ -90,8 +90,7 @@ class DDPDetector:
         levels = sorted(settings.levels)
         per_image = len(levels) * settings.draws
         chunk_images = max(1, settings.chunk_rows // per_image)
-        reference = features.logits if settings.compare == "logits" else features.penultimate
-        reference = F.normalize(reference.float(), dim=1)
+        reference = self._compared(features)
         distances = []
         for start in range(0, images01.shape[0], chunk_images):
             chunk = images01[start : start + chunk_images]
@@ -108,7 +107,7 @@ class DDPDetector:
             recon = guided_ddim(
                 self.unet, x0, row_levels, noise, labels, self.schedule, settings.stride, settings.guidance
             )
-            embedded = self._embed(backbone, (recon + 1) / 2)
+            embedded = self._compared(backbone.features((recon + 1) / 2))
             target = reference[start : start + n].repeat_interleave(per_image, dim=0)
             distances.append((embedded - target).abs().sum(dim=1).view(n, len(levels), settings.draws).mean(dim=2))
         per_level = torch.cat(distances)

@@ -14,7 +14,7 @@ import torch
 from rayood.bundle import load_bundle
 from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import STATUS_OK, pixels_from_column
-from rayood.detectors.calibrate import conformal_pvalues
+from rayood.detectors.calibrate import ConformalReference
 from rayood.screen.scorer import Scorer, pick_device
 
 KEY_COLUMNS = ("id", "source", "status", "error")
@@ -40,6 +40,9 @@ class ScoreActor:
         self.size = self.bundle.settings.preprocess.native_size
         if decision is not None and decision.score not in self.bundle.score_names:
             raise ValueError(f"screen.decision.score {decision.score!r} is not one of {self.bundle.score_names}")
+        self.references = (
+            {name: ConformalReference(scores) for name, scores in self.bundle.calibration.items()} if calibrated else {}
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.equal(batch.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
@@ -56,11 +59,11 @@ class ScoreActor:
         for name in names:
             columns[f"score_{name}"] = pa.array(values[name], pa.float64(), mask=failed)
         if self.decision is not None:
-            calibration = self.bundle.calibration
+            pvalues = {name: self.references[name].pvalues(values[name]) for name in names}
             for name in names:
-                columns[f"pvalue_{name}"] = pa.array(conformal_pvalues(values[name], calibration[name]), mask=failed)
-            decided = conformal_pvalues(values[self.decision.score], calibration[self.decision.score])
-            columns["is_ood"] = pa.array(decided <= self.decision.alpha, pa.bool_(), mask=failed)
+                columns[f"pvalue_{name}"] = pa.array(pvalues[name], mask=failed)
+            decided = pvalues[self.decision.score] <= self.decision.alpha
+            columns["is_ood"] = pa.array(decided, pa.bool_(), mask=failed)
         for name in self.passthrough:
             columns[name] = batch.column(name)
         return pa.table(columns)

@@ -81,7 +81,10 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     scored.write_parquet(target.rows.path, filesystem=target.rows.fs)
     elapsed = time.perf_counter() - started
 
-    report = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet").to_table()
+    needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in manifest["scores"])]
+    if settings.truth:
+        needed.append(settings.truth.column)
+    report = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet").to_table(columns=needed)
     summary = summarize(
         report,
         score_names=list(manifest["scores"]),
