@@ -1,0 +1,99 @@
+"""A real multi-process Ray cluster for tests that need one outside the pytest process.
+
+``ray start --head --block`` runs in its own process group on 127.0.0.1 with its own temporary directory;
+stopping kills that group only. ``ray stop`` is never used: it would kill every Ray process of this user,
+including the session's in-process test cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Head:
+    address: str  # GCS address, for ray.init(address=...) and RAY_ADDRESS
+    dashboard: str  # job server URL, for ray job submit --address
+    temp_dir: Path
+
+    def env(self) -> dict[str, str]:
+        """The environment of a client of this cluster: its address, and Ray's token authentication (on by
+        default for ``ray start``; the token is the one ``ray start`` saved under ``~/.ray``)."""
+        return {**_venv_env(), "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
+
+
+def _venv_env() -> dict[str, str]:
+    """This interpreter's bin first on PATH, so that ``python`` in a job's entrypoint is the test's Python."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _wait_for_dashboard(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError:  # 401 under Ray's token authentication: the server is up
+            return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the Ray head's job server at {url} did not come up in {timeout_s} s")
+
+
+@contextmanager
+def ray_head(temp_dir: Path, num_cpus: int = 2, timeout_s: float = 120) -> Iterator[Head]:
+    port, dashboard_port = free_port(), free_port()
+    # Ray's socket paths must stay short (AF_UNIX limit): a deep pytest tmp dir is too long.
+    short = Path(f"/tmp/rh{port}")
+    short.symlink_to(temp_dir, target_is_directory=True)
+    log = open(temp_dir / "ray-start.log", "wb")
+    process = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", f"--temp-dir={short}", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_venv_env(),
+    )
+    head = Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
+    try:
+        _wait_for_dashboard(head.dashboard, process, timeout_s)
+        yield head
+    finally:
+        _stop(process)
+        log.close()
+        short.unlink()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
