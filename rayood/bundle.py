@@ -36,6 +36,7 @@ from rayood.detectors.mahalanobis import MahalanobisDetector
 from rayood.detectors.multiscale import MultiscaleDetector
 from rayood.models.backbones import FeatureBackbone, build_backbone
 from rayood.detectors.ddp import DDPDetector, score_names as ddp_score_names
+from rayood.detectors.fusion import FUSED, FusedScore
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.storage import Location, StorageError, resolve
@@ -151,6 +152,22 @@ def score_names(settings: ModelSettings) -> list[str]:
     return names + (ddp_score_names(settings.ddp) if settings.ddp.enabled else [])
 
 
+def _fusion(settings: ModelSettings, scores: list[str]) -> dict | None:
+    if not settings.fusion.enabled:
+        return None
+    return {"rule": settings.fusion.rule, "scores": list(settings.fusion.scores) or list(scores)}
+
+
+def report_scores(manifest: dict) -> list[str]:
+    """The scores a report has: the detectors' (``manifest["scores"]``), then ``fused`` when configured."""
+    return [*manifest["scores"], *([FUSED] if manifest.get("fusion") else [])]
+
+
+def fused_score(manifest: dict, calibration: dict[str, np.ndarray]) -> FusedScore | None:
+    fusion = manifest.get("fusion")
+    return FusedScore(calibration, fusion["scores"], fusion["rule"]) if fusion else None
+
+
 def new_manifest(
     settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str], bank_shape: tuple,
     data: dict | None = None, training: dict | None = None,
@@ -169,6 +186,7 @@ def new_manifest(
                   "mahalanobis": MAHALANOBIS_FILE,
                   **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {})},
         "calibration": None,
+        "fusion": _fusion(settings, scores),
         "multiscale": {"bank_rows": bank_shape[0], "regions": bank_shape[1]},
         "data": data or {},
         "training": training or {},
@@ -195,7 +213,7 @@ def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
 
 
 def read_calibration(uri: str, s3: S3Settings | None = None, manifest: dict | None = None) -> dict[str, np.ndarray]:
-    """The held-out ID scores, one array per score name."""
+    """The held-out ID scores, one array per report score (``fused``: the odd rows' fused statistic)."""
     manifest = manifest or read_manifest(uri, s3)
     if not manifest.get("calibration"):
         raise BundleError(f"bundle {uri} has no calibration scores (fitting did not finish)")
@@ -204,6 +222,9 @@ def read_calibration(uri: str, s3: S3Settings | None = None, manifest: dict | No
     missing = set(manifest["scores"]) - set(calibration)
     if missing:
         raise BundleError(f"bundle {uri}: calibration lacks scores {sorted(missing)}")
+    fused = fused_score(manifest, calibration)
+    if fused is not None:
+        calibration[FUSED] = fused.calibration
     return calibration
 
 
@@ -225,7 +246,12 @@ class Bundle:
 
     @property
     def score_names(self) -> list[str]:
+        """The detectors' scores (what the Scorer computes)."""
         return list(self.manifest["scores"])
+
+    @property
+    def report_scores(self) -> list[str]:
+        return report_scores(self.manifest)
 
 
 def load_bundle(

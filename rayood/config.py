@@ -171,12 +171,33 @@ class DDPSettings(_Strict):
         return self
 
 
+class FusionSettings(_Strict):
+    """``score_fused``: the listed scores' conformal p-values combined by ``rule`` and calibrated again on
+    held-out ID data (rayood/detectors/fusion.py says why each rule and how)."""
+
+    enabled: bool = True
+    rule: Literal["cauchy", "fisher"] = "cauchy"
+    scores: tuple[str, ...] = Field(default=(), description="scores to fuse; empty = every score of the bundle")
+
+
 class ModelSettings(_Strict):
     preprocess: PreprocessSettings = PreprocessSettings()
     backbone: BackboneSettings = BackboneSettings()
     layerwise: LayerwiseSettings = LayerwiseSettings()
     multiscale: MultiscaleSettings = MultiscaleSettings()
     ddp: DDPSettings = DDPSettings()
+    fusion: FusionSettings = FusionSettings()
+
+    @model_validator(mode="after")
+    def _fused_scores_exist(self) -> ModelSettings:
+        if not self.fusion.scores:
+            return self
+        from rayood.bundle import score_names  # the detectors' names; bundle imports this module
+
+        unknown = sorted(set(self.fusion.scores) - set(score_names(self)))
+        if unknown:
+            raise ValueError(f"fusion.scores {unknown} are not scores of this model: {score_names(self)}")
+        return self
 
 
 class OptimSettings(_Strict):
@@ -215,6 +236,9 @@ class TrainSettings(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1, gt=0)
     checkpoint_path: str | None = Field(default=None, description="Ray Train storage; default: <bundle>-checkpoints")
+    max_failures: int = Field(
+        default=3, ge=-1, description="worker-group restarts per stage, each from its last checkpoint; -1: no limit"
+    )
     run_name: str = "rayood"
     calibration_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
@@ -250,6 +274,7 @@ class ScreenSettings(_Strict):
     num_gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
     passthrough_columns: tuple[str, ...] = ()
+    embedding: bool = Field(default=False, description="add the penultimate features as a float16 column")
     decision: DecisionSettings = DecisionSettings()
     truth: TruthSettings | None = None
 
@@ -269,7 +294,7 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
-NOT_FINGERPRINTED = {"train": {"bundle", "overwrite", "checkpoint_path"}}
+NOT_FINGERPRINTED = {"train": {"bundle", "overwrite", "checkpoint_path", "max_failures"}}
 
 
 class RayoodConfig(_Strict):
@@ -292,7 +317,8 @@ class RayoodConfig(_Strict):
     def fingerprint(self, *sections: str) -> str:
         """A short stable hash of some sections, to name Ray Train runs so that the same settings resume.
 
-        Where the result goes (bundle, checkpoints, overwrite) is left out: it does not change what is fitted.
+        Where the result goes (bundle, checkpoints, overwrite) and how often a failed stage is retried are left
+        out: they do not change what is fitted.
         """
         payload = {
             name: getattr(self, name).model_dump(mode="json", exclude=NOT_FINGERPRINTED.get(name)) for name in sections

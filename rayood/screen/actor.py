@@ -2,6 +2,9 @@
 
 It loads the bundle once, scores the rows that decoded, and leaves error rows untouched with null
 scores, so the row count out equals the row count in. Plain Python: tests call it without Ray.
+With a decision (screening, not calibration) it adds p-values, ``is_ood`` and ``score_fused``; with
+``embedding`` the penultimate features as a fixed-size float16 list (half the bytes; audits only need
+distances between them).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rayood.bundle import load_bundle
+from rayood.bundle import fused_score, load_bundle
 from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import STATUS_OK, pixels_from_column
 from rayood.detectors.calibrate import ConformalReference
+from rayood.detectors.fusion import FUSED
 from rayood.screen.scorer import Scorer, pick_device
 
 KEY_COLUMNS = ("id", "source", "status", "error")
@@ -30,6 +34,7 @@ class ScoreActor:
         decision: DecisionSettings | None = None,
         passthrough: tuple[str, ...] = (),
         cpu_threads: int = 1,
+        embedding: bool = False,
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         calibrated = decision is not None
@@ -37,24 +42,32 @@ class ScoreActor:
         self.scorer = Scorer(self.bundle, pick_device(device))
         self.decision = decision
         self.passthrough = passthrough
+        self.embedding = embedding
         self.size = self.bundle.settings.preprocess.native_size
-        if decision is not None and decision.score not in self.bundle.score_names:
-            raise ValueError(f"screen.decision.score {decision.score!r} is not one of {self.bundle.score_names}")
+        self.names = self.bundle.report_scores if calibrated else self.bundle.score_names
+        if decision is not None and decision.score not in self.names:
+            raise ValueError(f"screen.decision.score {decision.score!r} is not one of {self.names}")
         self.references = (
             {name: ConformalReference(scores) for name, scores in self.bundle.calibration.items()} if calibrated else {}
         )
+        self.fusion = fused_score(self.bundle.manifest, self.bundle.calibration) if calibrated else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.equal(batch.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
         ok = np.asarray(ok, dtype=bool)
         failed = ~ok
-        names = self.bundle.score_names
-        values = {name: np.full(len(ok), np.nan) for name in names}
+        names = self.names
+        values = {name: np.full(len(ok), np.nan) for name in self.bundle.score_names}
+        embedding = None
         if ok.any():
             pixels = pixels_from_column(batch.column("pixels"), self.size)[ok]
             ids = [i for i, flag in zip(batch.column("id").to_pylist(), ok) if flag]
-            for name, scores in self.scorer.score(pixels, ids).items():
+            scored = self.scorer.score(pixels, ids)
+            for name, scores in scored.scores.items():
                 values[name][ok] = scores
+            embedding = scored.embedding
+        if self.fusion is not None:
+            values[FUSED] = self.fusion.statistic(values)
         columns = {name: batch.column(name) for name in KEY_COLUMNS}
         for name in names:
             columns[f"score_{name}"] = pa.array(values[name], pa.float64(), mask=failed)
@@ -64,6 +77,16 @@ class ScoreActor:
                 columns[f"pvalue_{name}"] = pa.array(pvalues[name], mask=failed)
             decided = pvalues[self.decision.score] <= self.decision.alpha
             columns["is_ood"] = pa.array(decided, pa.bool_(), mask=failed)
+        if self.embedding:
+            columns["embedding"] = self._embedding_column(embedding, ok)
         for name in self.passthrough:
             columns[name] = batch.column(name)
         return pa.table(columns)
+
+    def _embedding_column(self, embedding: np.ndarray | None, ok: np.ndarray) -> pa.Array:
+        dim = self.bundle.manifest["stage_dims"][-1]
+        full = np.zeros((len(ok), dim), dtype=np.float16)
+        if embedding is not None:
+            full[ok] = embedding
+        values = pa.array(full.reshape(-1), pa.float16())
+        return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~ok))

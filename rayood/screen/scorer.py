@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +22,11 @@ def pick_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
+class ScoredBatch(NamedTuple):
+    scores: dict[str, np.ndarray]  # float64, one array per detector score
+    embedding: np.ndarray  # float32 (n, d) penultimate features: free, the detectors computed them anyway
+
+
 class Scorer:
     """Scores uint8 pixels with every detector of a bundle; returns one float64 array per score name."""
 
@@ -35,7 +41,7 @@ class Scorer:
             bundle.ddp.unet.to(device)
 
     @torch.no_grad()
-    def score(self, pixels: np.ndarray, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    def score(self, pixels: np.ndarray, ids: Sequence[str]) -> ScoredBatch:
         images = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True))
         features = self.backbone.features(images)
         scores = classifier_scores(features.logits)
@@ -44,4 +50,7 @@ class Scorer:
         scores.update(self.bundle.multiscale.score(features.stage_maps[-1]))
         if self.bundle.ddp is not None:  # the only second pass: the discriminator on reconstructions
             scores.update(self.bundle.ddp.score(images, features, ids, self.backbone))
-        return {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names}
+        return ScoredBatch(
+            {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names},
+            features.penultimate.float().cpu().numpy(),
+        )

@@ -1,0 +1,58 @@
+"""Score fusion (``score_fused``): one statistic from several detectors' conformal p-values.
+
+Rules, over the k fused p-values of an image:
+- ``cauchy`` (default; Liu & Xie, JASA 2020): T = mean_i tan((0.5 - p_i) pi). Its tail stays close to a
+  standard Cauchy under arbitrary dependence between the p-values, and our detectors share one backbone,
+  so their p-values are strongly dependent. A very small p-value dominates T, so one confident detector
+  is enough to flag, while the weak ones add little. A conformal p-value of exactly 1 (a score below
+  every reference score) would give tan(-pi/2), so p-values are capped at 1 - 1/(n + 1), the mirror of
+  the smallest one, 1/(n + 1).
+- ``fisher`` (Fisher, 1925): T = -2 sum_i log p_i; chi-square with 2k degrees of freedom only under
+  independence, and it rewards agreement of several moderately small p-values.
+
+Neither null distribution is relied on. T is treated as one more score (higher = more OOD) and
+calibrated conformally on held-out ID data like every other score, so ``pvalue_fused`` is valid under the
+same exchangeability assumption alone; the rule decides power only. For that T's reference must not be
+computed from the p-values' own reference rows, so the calibration rows are split in two by position
+(their order does not depend on their scores): even rows are the reference of the per-score p-values
+inside T, odd rows' T values are the reference of T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from rayood.detectors.calibrate import ConformalReference
+
+FUSED = "fused"
+RULES = ("cauchy", "fisher")
+
+
+def combine(pvalues: np.ndarray, rule: str) -> np.ndarray:
+    """Combine an (n, k) array of p-values in (0, 1] into n statistics, higher = more OOD."""
+    if rule == "cauchy":
+        return np.tan((0.5 - pvalues) * np.pi).mean(axis=1)
+    if rule == "fisher":
+        return -2.0 * np.log(pvalues).sum(axis=1)
+    raise ValueError(f"unknown fusion rule {rule!r}; choose one of {RULES}")
+
+
+class FusedScore:
+    """The fused statistic of new scores, and the held-out statistic that calibrates it."""
+
+    def __init__(self, calibration: Mapping[str, np.ndarray], names: list[str], rule: str) -> None:
+        if not names:
+            raise ValueError("fusion needs at least one score")
+        self.names, self.rule = list(names), rule
+        self.references = {name: ConformalReference(np.asarray(calibration[name])[0::2]) for name in names}
+        self.calibration = self.statistic({name: np.asarray(calibration[name])[1::2] for name in names})
+
+    def statistic(self, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        """T for each row; NaN where any fused score is NaN (rows that were not scored)."""
+        pvalues = np.stack([self.references[name].pvalues(scores[name]) for name in self.names], axis=1)
+        pvalues = np.minimum(pvalues, 1.0 - 1.0 / (self.references[self.names[0]].sorted.size + 1.0))
+        missing = np.isnan(pvalues).any(axis=1)
+        fused = combine(np.where(missing[:, None], 1.0, pvalues), self.rule)
+        return np.where(missing, np.nan, fused)
