@@ -9,12 +9,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rayood.cli import base_parser, run  # noqa: E402
-from rayood.jobs import screen_job  # noqa: E402
+from rayood.jobs import fdr_level, screen_job  # noqa: E402
 
 parser = base_parser(__doc__.splitlines()[0])
 parser.add_argument("--input", action="append", help="corpus URI (repeatable): image dir, Parquet file or dir")
 parser.add_argument("--output", help="report URI (directory or s3:// prefix)")
 parser.add_argument("--bundle", help="model bundle URI")
+parser.add_argument(
+    "--filter-fdr", type=fdr_level, metavar="Q", help="also split the fresh report with Benjamini-Hochberg at FDR Q into OUTPUT/filter/"
+)
 
 if __name__ == "__main__":
     run(screen_job, parser)

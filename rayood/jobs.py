@@ -1,4 +1,4 @@
-"""The two jobs as functions of parsed arguments; ``jobs/*.py`` only parse and call these."""
+"""The jobs as functions of parsed arguments; ``jobs/*.py`` only parse and call these."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import logging
 from rayood.bundle import MANIFEST
 from rayood.config import RayoodConfig, load_config, with_overrides
 from rayood.data.demo import build_demo
+from rayood.decide.report import FinishedReport
 from rayood.report.summary import render
-from rayood.storage import resolve
+from rayood.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +46,28 @@ def screen_job(args: argparse.Namespace) -> None:
         fit(with_overrides(config, "train", bundle=bundle))
     summary, report = screen(config)
     print(render(summary, report))
+    if args.filter_fdr is not None:
+        _filter(FinishedReport.open(report, config.s3), args.filter_fdr, resolve(report, config.s3).join("filter"), None, False)
+
+
+def fdr_level(text: str) -> float:
+    """argparse type of ``--fdr`` / ``--filter-fdr``: a level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"the FDR level must be in (0, 1), got {text}")
+    return value
+
+
+def _filter(report: FinishedReport, q: float, output: Location, score: str | None, overwrite: bool) -> None:
+    from rayood.decide.filter import filter_report, render as render_filter
+
+    print(render_filter(filter_report(report, q, output, score, overwrite), output.uri))
+
+
+def filter_job(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    _filter(FinishedReport.open(args.report, config.s3), args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite))
+

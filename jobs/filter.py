@@ -1,0 +1,22 @@
+"""Keep or reject the images of a finished report with Benjamini-Hochberg: ``python jobs/filter.py --report URI --fdr Q --output DIR [--score NAME]``.
+
+Writes DIR/keep.parquet, DIR/reject.parquet (expected fraction of ID images among the rejected <= Q),
+DIR/errors.parquet (rows that could not be scored) and DIR/filter.json. See README, "Filtering a corpus".
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rayood.cli import base_parser, run  # noqa: E402
+from rayood.jobs import fdr_level, filter_job  # noqa: E402
+
+parser = base_parser(__doc__.splitlines()[0])
+parser.add_argument("--report", required=True, help="a finished screening report (directory or s3:// prefix)")
+parser.add_argument("--fdr", required=True, type=fdr_level, help="target false discovery rate Q, in (0, 1)")
+parser.add_argument("--output", required=True, help="directory or s3:// prefix for the lists")
+parser.add_argument("--score", help="score to decide on (default: the report's decision score)")
+
+if __name__ == "__main__":
+    run(filter_job, parser)

@@ -1,0 +1,118 @@
+"""Split a finished report into images to keep and images to reject, with Benjamini-Hochberg at level Q.
+
+    DIR/keep.parquet    id, source, pvalue_<score>, qvalue_<score>: not rejected (treated as ID)
+    DIR/reject.parquet  the same columns: rejected (called OOD); E[fraction of ID among them] <= Q
+    DIR/errors.parquet  id, source, error: rows that could not be scored, so were not decided
+    DIR/filter.json     Q, score, counts, the BH threshold; written last, so its presence means complete
+
+Rows that could not be scored go to a list of their own: keeping them would pass undecodable or
+unreadable samples on unseen, rejecting them would count them as OOD discoveries they are not. The
+report is read twice in batches (once for the distinct p-values, once to write), so its size is not
+bounded by driver memory.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayood.decide.fdr import BenjaminiHochberg
+from rayood.decide.report import FinishedReport
+from rayood.screen.output import OutputError
+from rayood.storage import Location, StorageError
+
+KEEP, REJECT, ERRORS, RESULT = "keep.parquet", "reject.parquet", "errors.parquet", "filter.json"
+BATCH_ROWS = 65_536
+
+
+def prepare_output(location: Location, overwrite: bool) -> None:
+    """Never mix two filter runs, and never delete anything that a filter did not write."""
+    if location.exists() and not location.is_dir():
+        raise OutputError(f"output {location.uri} is a file, not a directory")
+    names = {posixpath.relpath(info.path, location.path) for info in location.list_files()} if location.is_dir() else set()
+    if RESULT in names and not overwrite:
+        raise OutputError(f"output {location.uri} already holds a filter result; pass --overwrite or choose another --output")
+    if not names <= {KEEP, REJECT, ERRORS, RESULT}:
+        raise OutputError(f"output {location.uri} is not empty and is not a filter output; refusing to write")
+    location.delete_contents()
+
+
+def _decided(batch: pa.RecordBatch, pcol: str) -> np.ndarray:
+    """Rows with status ok and a p-value: the family BH decides over."""
+    ok = pc.fill_null(pc.equal(batch.column("status"), "ok"), False)
+    has_p = pc.fill_null(pc.invert(pc.is_nan(batch.column(pcol))), False)
+    return np.asarray(pc.and_(ok, has_p).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _why_undecided(batch: pa.RecordBatch, pcol: str) -> pa.Array:
+    return pc.fill_null(batch.column("error"), f"status ok but no {pcol}")
+
+
+def filter_report(report: FinishedReport, q: float, output: Location, score: str | None = None, overwrite: bool = False) -> dict:
+    """Decide every scored row of ``report`` by BH at level ``q``; write the lists and return filter.json's content."""
+    score = report.check_score(score)
+    pcol, qcol = f"pvalue_{score}", f"qvalue_{score}"
+    prepare_output(output, overwrite)
+    dataset = report.dataset()
+    columns = ["id", "source", "status", "error", pcol]
+
+    def batches():
+        for batch in dataset.to_batches(columns=["status", pcol], batch_size=BATCH_ROWS):
+            yield batch.column(pcol).to_numpy(zero_copy_only=False)[_decided(batch, pcol)]
+
+    bh = BenjaminiHochberg.fit_batches(batches(), q)
+    listed = pa.schema([("id", pa.string()), ("source", pa.string()), (pcol, pa.float64()), (qcol, pa.float64())])
+    failed = pa.schema([("id", pa.string()), ("source", pa.string()), ("error", pa.string())])
+    counts = {"rows": 0, "kept": 0, "rejected": 0, "errors": 0}
+    try:
+        output.fs.create_dir(output.path, recursive=True)
+        with (
+            pq.ParquetWriter(output.join(KEEP).path, listed, filesystem=output.fs) as keep,
+            pq.ParquetWriter(output.join(REJECT).path, listed, filesystem=output.fs) as reject,
+            pq.ParquetWriter(output.join(ERRORS).path, failed, filesystem=output.fs) as errors,
+        ):
+            for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
+                decided = _decided(batch, pcol)
+                scored = batch.filter(pa.array(decided))
+                pvalues = scored.column(pcol).to_numpy(zero_copy_only=False)
+                qvalues = bh.qvalues(pvalues)
+                is_ood = qvalues <= q
+                lists = pa.table([scored.column("id"), scored.column("source"), pvalues, qvalues], schema=listed)
+                keep.write_table(lists.filter(pa.array(~is_ood)))
+                reject.write_table(lists.filter(pa.array(is_ood)))
+                undecided = batch.filter(pa.array(~decided))
+                errors.write_table(
+                    pa.table([undecided.column("id"), undecided.column("source"), _why_undecided(undecided, pcol)], schema=failed)
+                )
+                counts["rows"] += batch.num_rows
+                counts["rejected"] += int(is_ood.sum())
+                counts["kept"] += int((~is_ood).sum())
+                counts["errors"] += undecided.num_rows
+    except OSError as error:
+        raise StorageError(f"cannot write the filter lists under {output.uri}: {error}") from None
+    result = {
+        "report": report.uri,
+        "bundle_id": report.summary.get("bundle_id"),
+        "score": score,
+        "fdr": q,
+        **counts,
+        "threshold_pvalue": bh.threshold,
+        "files": {"keep": KEEP, "reject": REJECT, "errors": ERRORS},
+    }
+    output.join(RESULT).write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())
+    return result
+
+
+def render(result: dict, output_uri: str) -> str:
+    threshold = result["threshold_pvalue"]
+    cut = f"p <= {threshold:.4g}" if threshold is not None else "nothing rejected"
+    return (
+        f"rayood filter at FDR {result['fdr']} on {result['score']} ({cut}): kept {result['kept']}, "
+        f"rejected {result['rejected']}, not scored {result['errors']} -> {output_uri}"
+    )
+
