@@ -65,7 +65,7 @@ def _wait_for_dashboard(url: str, process: subprocess.Popen, timeout_s: float) -
 
 @contextmanager
 def ray_head(temp_dir: Path, num_cpus: int = 2, timeout_s: float = 120) -> Iterator[Head]:
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     # Ray's socket paths must stay short (AF_UNIX limit): a deep pytest tmp dir is too long.
     short = Path(f"/tmp/rh{port}")
     short.symlink_to(temp_dir, target_is_directory=True)
@@ -73,7 +73,9 @@ def ray_head(temp_dir: Path, num_cpus: int = 2, timeout_s: float = 120) -> Itera
     process = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--temp-dir={short}", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard_port}", f"--temp-dir={short}", "--disable-usage-stats",
+         # the job agent's HTTP port (default 52365) is taken whenever another local cluster runs
+         f"--dashboard-agent-listen-port={agent_port}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_venv_env(),
     )
     head = Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
