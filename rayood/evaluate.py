@@ -1,0 +1,112 @@
+"""``jobs/evaluate.py``: screen an ID test set and OOD sets with one screening run, then write the table.
+
+All sets go through one ``screen()`` call (one actor pool, the very pipeline users run), and the report's
+``source`` column tells the sets apart. Output::
+
+    OUTPUT/report/          the screening report of every set (rows, summary.json, _SUCCESS)
+    OUTPUT/metrics.csv      score, ood_set, kind, auroc, fpr_at_95_tpr, aupr_in, aupr_out (+ near/far means)
+    OUTPUT/metrics.md       the same as Markdown tables, OpenOOD's layout
+    OUTPUT/plots/roc_<score>.png, OUTPUT/plots/hist_<score>.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from rayood.bundle import read_calibration, read_manifest, report_scores
+from rayood.config import ConfigError, RayoodConfig, load_config
+from rayood.detectors.calibrate import threshold
+from rayood.report.evaluation import OODSet, evaluate_scores, to_csv, to_markdown
+from rayood.report.plots import histogram_png, roc_png
+from rayood.screen.pipeline import screen
+from rayood.storage import resolve
+
+log = logging.getLogger(__name__)
+
+
+def parse_named(values: list[str]) -> dict[str, str]:
+    """``NAME=URI`` arguments -> {name: uri}; names and URIs must be unique."""
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, uri = value.partition("=")
+        if not sep or not name or not uri:
+            raise ConfigError(f"--ood {value!r}: expected NAME=URI")
+        if name in named:
+            raise ConfigError(f"--ood name {name!r} is given twice")
+        named[name] = uri
+    return named
+
+
+def _scores_by_source(report_rows, sources: dict[str, str], names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    table = pads.dataset(report_rows.path, filesystem=report_rows.fs, format="parquet").to_table(
+        columns=["source", "status", *(f"score_{name}" for name in names)]
+    )
+    table = table.filter(pc.equal(table.column("status"), "ok"))
+    result = {}
+    for set_name, uri in sources.items():
+        rows = table.filter(pc.equal(table.column("source"), uri))
+        result[set_name] = {name: rows.column(f"score_{name}").to_numpy() for name in names}
+    return result
+
+
+def evaluate(
+    config: RayoodConfig, *, bundle: str, id_uri: str, oods: dict[str, str], near: set[str], output: str,
+    overwrite: bool = False,
+) -> tuple[list[dict], str]:
+    """Screen, measure and plot; returns the rows of ``metrics.csv`` and the text of ``metrics.md``."""
+    if not oods:
+        raise ConfigError("give at least one --ood NAME=URI")
+    unknown = near - set(oods)
+    if unknown:
+        raise ConfigError(f"--near names {sorted(unknown)} are not --ood names {sorted(oods)}")
+    uris = [id_uri, *oods.values()]
+    if len(set(uris)) != len(uris):
+        raise ConfigError("the ID set and every OOD set need distinct URIs (rows are told apart by source)")
+    manifest = read_manifest(bundle, config.s3)
+    names = report_scores(manifest)
+    target = resolve(output, config.s3)
+    screen_settings = config.screen.model_copy(update={
+        "inputs": tuple(uris), "output": target.join("report").uri, "bundle": bundle, "overwrite": overwrite,
+        "passthrough_columns": (), "truth": None, "fit_if_missing": False,
+    })
+    summary, report_uri = screen(config.model_copy(update={"screen": screen_settings}))
+    by_set = _scores_by_source(resolve(report_uri, config.s3).join("rows"), {"id": id_uri, **oods}, names)
+    empty = [name for name, scores in by_set.items() if len(scores[names[0]]) == 0]
+    if empty:
+        raise ConfigError(f"no decodable rows in set(s) {empty}; see {report_uri}/summary.json")
+    sets = [OODSet(name, "near" if name in near else "far") for name in oods]
+    id_scores = by_set.pop("id")
+    rows = evaluate_scores(id_scores, by_set, sets)
+    target.join("metrics.csv").write_bytes(to_csv(rows).encode())
+    counts = ", ".join(f"{name} {len(scores[names[0]])}" for name, scores in by_set.items())
+    header = f"# OOD evaluation\n\nbundle `{manifest['bundle_id']}`; ID test {len(id_scores[names[0]])} images; OOD: {counts}\n\n"
+    markdown = header + to_markdown(rows, sets)
+    target.join("metrics.md").write_bytes(markdown.encode())
+    calibration = read_calibration(bundle, config.s3, manifest)
+    for name in names:
+        target.join("plots", f"roc_{name}.png").write_bytes(
+            roc_png(name, id_scores[name], {ood: scores[name] for ood, scores in by_set.items()})
+        )
+        groups = {"ID": id_scores[name], **{ood: scores[name] for ood, scores in by_set.items()}}
+        cut = threshold(calibration[name], config.screen.decision.alpha)
+        target.join("plots", f"hist_{name}.png").write_bytes(histogram_png(name, groups, cut))
+    target.join("evaluation.json").write_bytes(json.dumps(
+        {"bundle_id": manifest["bundle_id"], "id": id_uri, "ood": oods, "near": sorted(near),
+         "rows_per_s": summary["timings"]["rows_per_s"], "report": report_uri}, indent=2).encode())
+    return rows, markdown
+
+
+def evaluate_job(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    _, markdown = evaluate(
+        config, bundle=args.bundle, id_uri=args.id, oods=parse_named(args.ood), near=set(args.near or ()),
+        output=args.output, overwrite=bool(args.overwrite),
+    )
+    print(markdown)
+    print(f"written to {args.output}")
