@@ -76,7 +76,9 @@ def ray_head(temp_dir: Path, num_cpus: int = 2, timeout_s: float = 120) -> Itera
          f"--dashboard-port={dashboard_port}", f"--temp-dir={short}", "--disable-usage-stats",
          # the job agent's HTTP port (default 52365) is taken whenever another local cluster runs
          f"--dashboard-agent-listen-port={agent_port}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_venv_env(),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # no 30 s drain on SIGTERM (it lets Serve quiesce; a test cluster has nothing to drain)
+        env={**_venv_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
     )
     head = Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
     try:
