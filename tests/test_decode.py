@@ -73,3 +73,13 @@ def test_batch_decoder_keeps_every_row_and_marks_errors():
     assert out.column("label").to_pylist() == [1, 2, 3, 4, 5, 6]
     assert out.column("pixels").null_count == 4
     assert pixels_from_column(out.column("pixels"), 16)[0].std() > 5
+
+
+def test_batch_decoder_takes_known_errors_from_the_error_column_without_decoding():
+    good = good_images()["rgb.png"]
+    batch = pa.table({"img": pa.array([good, good], pa.binary()), "key": ["a", "b"], "why": [None, "shard is truncated"]})
+    decoder = BatchDecoder(image_column="img", id_column="key", source="s", size=8, limits=DecodeLimits(), error_column="why")
+    out = decoder(batch)
+    assert out.column("status").to_pylist() == ["ok", "error"]
+    assert out.column("error").to_pylist() == [None, "shard is truncated"]
+    assert out.column("pixels").null_count == 1

@@ -135,7 +135,8 @@ class BatchDecoder:
     """A Ray Data ``map_batches`` function (pyarrow in, pyarrow out) that never raises on bad rows.
 
     Output columns: ``id``, ``source``, ``status``, ``error``, ``pixels`` (null on error rows) and the
-    passthrough columns unchanged.
+    passthrough columns unchanged. A non-null value in ``error_column`` makes its row an error row with that
+    message, without decoding: for readers that know a row is broken before its bytes are looked at.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class BatchDecoder:
         limits: DecodeLimits,
         passthrough: tuple[str, ...] = (),
         id_uri_prefix: str = "",
+        error_column: str | None = None,
     ) -> None:
         self.image_column = image_column
         self.id_column = id_column
@@ -156,16 +158,21 @@ class BatchDecoder:
         self.limits = limits
         self.passthrough = passthrough
         self.id_uri_prefix = id_uri_prefix
+        self.error_column = error_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = _image_bytes(batch.column(self.image_column))
         ids = batch.column(self.id_column).cast(pa.string()).to_pylist()
         count = len(images)
         pixels = np.zeros((count, self.size, self.size, 3), dtype=np.uint8)
-        errors: list[str | None] = [None] * count
+        errors: list[str | None] = (
+            batch.column(self.error_column).to_pylist() if self.error_column else [None] * count
+        )
         for row, data in enumerate(images):
             if ids[row] is None:
                 errors[row] = f"missing id (null in column {self.id_column!r})"
+                continue
+            if errors[row] is not None:
                 continue
             try:
                 pixels[row] = decode_image(data, self.size, self.limits)
