@@ -1,0 +1,315 @@
+"""WebDataset shards: tar files whose members are grouped into samples by key.
+
+The format (webdataset/webdataset's spec, also what img2dataset writes): a member ``dir/000000001.jpg``
+belongs to the sample with key ``dir/000000001`` (the path up to the first dot of the file name) and is
+that sample's ``jpg`` file; a sample's members are adjacent in the archive. Members whose file name has no
+extension or starts with a dot (``._000000001.jpg`` from macOS tar) are not part of any sample.
+
+Everything here walks a shard through its tar headers with :mod:`tarfile` over a seekable
+``pyarrow.fs`` file: counting samples skips member data (locally it reads only the headers), and reading
+a shard holds one sample in memory at a time whatever the shard's size. A shard that ends early or holds a damaged header yields the samples
+before the break and then exactly one :class:`BrokenSample` naming the shard; counting and reading walk the
+same way, so the planned row count is the row count read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from rayood.storage import Location
+
+SHARD_EXTENSION = ".tar"
+# Columns every WebDataset row carries besides ``id``: the shard's URI and the sample key within it.
+SHARD_COLUMN, KEY_COLUMN = "shard", "key"
+IMAGE_FIELD, PROBLEM_FIELD = "image", "problem"
+# Remote header reads come in ranges this large: with small members (the usual case) counting reads the
+# whole shard at one request per MiB instead of one request per header; larger members are skipped over.
+REMOTE_HEADER_READ = 1 << 20
+LOCAL_HEADER_READ = 4096
+SAMPLE_READ_BUFFER = 8 << 20
+
+
+@dataclass(frozen=True)
+class WebSample:
+    """One sample: its key and its files by extension (``{"jpg": b"...", "json": b"..."}``), in shard order."""
+
+    key: str
+    files: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class BrokenSample:
+    """Where a shard stops being readable, or a sample that cannot be taken as one: ``error`` says why.
+
+    ``key`` is the sample that was being read (``None`` when the archive broke before its first member).
+    """
+
+    key: str | None
+    error: str
+
+
+@dataclass
+class _Group:
+    key: str
+    files: dict[str, bytes | None] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """``"dir/000001.seg.png"`` -> ``("dir/000001", "seg.png")``; None for names that belong to no sample."""
+    directory, base = posixpath.split(name)
+    if base.startswith(".") or "." not in base:
+        return None
+    stem, extension = base.split(".", 1)
+    return posixpath.join(directory, stem), extension
+
+
+def _finish(group: _Group) -> WebSample | BrokenSample:
+    if group.problem is not None:
+        return BrokenSample(group.key, group.problem)
+    return WebSample(group.key, group.files)  # type: ignore[arg-type]  # bytes when read with data
+
+
+def _broken_tail(group: _Group | None, problem: str) -> BrokenSample:
+    if group is None:
+        return BrokenSample(None, f"{problem}; no sample could be read")
+    return BrokenSample(group.key, f"{problem}; sample {group.key} may be incomplete and any later samples are lost")
+
+
+def _end_problem(archive: tarfile.TarFile, handle: BinaryIO, size: int, shard: str) -> str | None:
+    """After the last header: None when a zero block (end of archive) follows, else why the shard is broken.
+
+    :mod:`tarfile` ends iteration quietly on a short or invalid header, which would drop the rest of a cut
+    shard without a word; this check turns that into an error.
+    """
+    offset = archive.offset
+    if size - offset < tarfile.BLOCKSIZE:
+        return f"shard {shard} is truncated: it ends at byte {size}, where a tar header or the archive's end is due"
+    handle.seek(offset)
+    if handle.read(tarfile.BLOCKSIZE).count(0) == tarfile.BLOCKSIZE:
+        return None
+    return f"shard {shard} is corrupt: no valid tar header at byte {offset}"
+
+
+def _walk(handle: BinaryIO, size: int, shard: str, with_data: bool) -> Iterator[WebSample | BrokenSample]:
+    """The shard's samples in order; file contents only ``with_data`` (else every file maps to None)."""
+    try:
+        archive = tarfile.open(fileobj=handle, mode="r:")
+    except tarfile.TarError as error:
+        yield BrokenSample(None, f"shard {shard} is not a readable tar archive: {error}")
+        return
+    group: _Group | None = None
+    finished: set[str] = set()
+    while True:
+        try:
+            member = archive.next()
+            problem = _end_problem(archive, handle, size, shard) if member is None else None
+        except tarfile.TarError as error:
+            member, problem = None, f"shard {shard} is corrupt or truncated after byte {archive.offset}: {error}"
+        if member is None:
+            if problem is not None:
+                yield _broken_tail(group, problem)
+            elif group is not None:
+                yield _finish(group)
+            return
+        archive.members.clear()  # tarfile keeps every header it read; a shard can hold 100k members
+        parts = split_member_name(member.name) if member.isreg() else None
+        if parts is None:
+            continue
+        key, extension = parts
+        if group is None or key != group.key:
+            if group is not None:
+                yield _finish(group)
+                finished.add(group.key)
+            group = _Group(key)
+            if key in finished:
+                group.problem = (
+                    f"the files of sample {key} are not adjacent in shard {shard}: {member.name} comes after other"
+                    " samples (WebDataset keeps a sample's files together); this part was not screened"
+                )
+        if member.offset_data + member.size > size:
+            yield BrokenSample(
+                key,
+                f"shard {shard} is truncated: it ends at byte {size}, inside {member.name}, which needs"
+                f" {member.offset_data + member.size}; sample {key} is incomplete and any later samples are lost",
+            )
+            return
+        if extension in group.files and group.problem is None:
+            group.problem = f"sample {key} has two members named {member.name} in shard {shard}"
+        group.files[extension] = archive.extractfile(member).read() if with_data else None  # type: ignore[union-attr]
+
+
+def _open(fs: pafs.FileSystem, path: str, buffer_size: int) -> tuple[io.BufferedReader, int]:
+    raw = fs.open_input_file(path)
+    return io.BufferedReader(raw, buffer_size=buffer_size), raw.size()  # type: ignore[arg-type]
+
+
+def count_samples(fs: pafs.FileSystem, path: str, shard: str) -> int:
+    """How many rows reading this shard yields (samples plus at most one broken tail), from its headers only."""
+    buffer_size = LOCAL_HEADER_READ if isinstance(fs, pafs.LocalFileSystem) else REMOTE_HEADER_READ
+    handle, size = _open(fs, path, buffer_size)
+    with handle:
+        return sum(1 for _ in _walk(handle, size, shard, with_data=False))
+
+
+def read_samples(fs: pafs.FileSystem, path: str, shard: str) -> Iterator[WebSample | BrokenSample]:
+    """Every sample of one shard with its files, one at a time; ``shard`` (the URI) is used in messages."""
+    handle, size = _open(fs, path, SAMPLE_READ_BUFFER)
+    with handle:
+        yield from _walk(handle, size, shard, with_data=True)
+
+
+def _text_field(sample: WebSample, name: str) -> str | None:
+    """A passthrough value: the member ``<key>.<name>`` as text (stripped: ``cls`` files may end in a newline),
+    else field ``name`` of the ``json`` member, non-strings as JSON text."""
+    if name in sample.files:
+        return sample.files[name].decode("utf-8", errors="replace").strip()
+    if "json" not in sample.files:
+        return None
+    value = json.loads(sample.files["json"]).get(name)
+    return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def sample_row(
+    sample: WebSample | BrokenSample, shard: str, image_extensions: tuple[str, ...], columns: tuple[str, ...]
+) -> dict:
+    """One row for the decoder: ``id`` (``<shard>#<key>``), shard, key, the image bytes, the problem that
+    makes it an error row before decoding (or None), and ``columns`` as text (see :func:`_text_field`)."""
+    row = {
+        "id": shard if sample.key is None else f"{shard}#{sample.key}",
+        SHARD_COLUMN: shard, KEY_COLUMN: sample.key, IMAGE_FIELD: None, PROBLEM_FIELD: None,
+        **dict.fromkeys(columns),
+    }
+    if isinstance(sample, BrokenSample):
+        row[PROBLEM_FIELD] = sample.error
+        return row
+    try:
+        row.update({name: _text_field(sample, name) for name in columns})
+    except (ValueError, AttributeError) as error:  # invalid JSON, or JSON that is not an object
+        row[PROBLEM_FIELD] = f"cannot read {sample.key}.json for columns {list(columns)}: {error}"
+    image = next((ext for ext in sample.files if ext.lower() in image_extensions), None)
+    if image is None:
+        wanted, found = ", ".join(image_extensions), ", ".join(sample.files)
+        row[PROBLEM_FIELD] = f"sample {sample.key} has no image member ({wanted}); it has: {found}"
+    else:
+        row[IMAGE_FIELD] = sample.files[image]
+    return row
+
+
+class ShardReader:
+    """A Ray Data ``map_batches`` function: a batch of shards (``path``, ``shard`` URI) -> tables of sample rows.
+
+    A generator, so a shard streams out in blocks of at most ``rows_per_block`` rows or ``bytes_per_block``
+    image bytes: memory per task is one block, not one shard (shards are often 0.25-1 GB).
+    """
+
+    def __init__(
+        self,
+        fs: pafs.FileSystem,
+        image_extensions: tuple[str, ...],
+        columns: tuple[str, ...] = (),
+        rows_per_block: int = 256,
+        bytes_per_block: int = 64 << 20,
+    ) -> None:
+        self.fs = fs
+        self.image_extensions = image_extensions
+        self.columns = tuple(c for c in columns if c not in (SHARD_COLUMN, KEY_COLUMN))
+        self.rows_per_block = rows_per_block
+        self.bytes_per_block = bytes_per_block
+        self.schema = pa.schema(
+            [("id", pa.string()), (SHARD_COLUMN, pa.string()), (KEY_COLUMN, pa.string()), (IMAGE_FIELD, pa.binary()),
+             (PROBLEM_FIELD, pa.string()), *((name, pa.string()) for name in self.columns)]
+        )
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        rows: list[dict] = []
+        held = 0
+        for path, shard in zip(batch.column("path").to_pylist(), batch.column(SHARD_COLUMN).to_pylist()):
+            for sample in read_samples(self.fs, path, shard):
+                row = sample_row(sample, shard, self.image_extensions, self.columns)
+                rows.append(row)
+                held += len(row[IMAGE_FIELD] or b"")
+                if len(rows) >= self.rows_per_block or held >= self.bytes_per_block:
+                    yield pa.Table.from_pylist(rows, self.schema)
+                    rows, held = [], 0
+        if rows:
+            yield pa.Table.from_pylist(rows, self.schema)
+
+
+def write_shards(
+    samples: Iterable[WebSample],
+    location: Location,
+    *,
+    prefix: str = "",
+    max_samples: int = 10_000,
+    max_bytes: int = 1 << 30,
+) -> list[str]:
+    """Write samples as WebDataset shards ``<location>/<prefix>00000.tar``, ``...00001.tar``; returns their URIs.
+
+    A shard is closed once it holds ``max_samples`` samples or adding the next would pass ``max_bytes`` of
+    member data (a single larger sample still gets a shard of its own). Each sample's files become members
+    ``<key>.<extension>`` in the order given, so the shards read back key for key with :func:`read_samples`
+    (and with img2dataset's and webdataset's readers). Members carry mtime 0 and mode 0444, so the same
+    samples give byte-identical shards. Several writers can share a directory with distinct ``prefix``es
+    (one per input shard or task). Raises ValueError for a key or extension that would not read back as
+    written (empty, a dot in the key's file name, a slash in the extension) and for a key repeated within
+    a shard. Nothing is written for no samples.
+    """
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError("max_samples and max_bytes must be positive")
+    written: list[str] = []
+    archive: tarfile.TarFile | None = None
+    stream = None
+    keys: set[str] = set()
+    held = 0
+
+    def close() -> None:
+        if archive is not None:
+            archive.close()
+            stream.close()
+
+    try:
+        for sample in samples:
+            size = _check_sample(sample)
+            if archive is None or len(keys) >= max_samples or (keys and held + size > max_bytes):
+                close()
+                target = location.join(f"{prefix}{len(written):05d}{SHARD_EXTENSION}")
+                if not written:
+                    location.fs.create_dir(location.path, recursive=True)
+                stream = location.fs.open_output_stream(target.path)
+                archive = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT)
+                written.append(target.uri)
+                keys, held = set(), 0
+            if sample.key in keys:
+                raise ValueError(f"sample key {sample.key!r} repeats within shard {written[-1]}")
+            keys.add(sample.key)
+            held += size
+            for extension, data in sample.files.items():
+                info = tarfile.TarInfo(f"{sample.key}.{extension}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                archive.addfile(info, io.BytesIO(data))
+    finally:
+        close()
+    return written
+
+
+def _check_sample(sample: WebSample) -> int:
+    """The sample's member bytes; raises ValueError when it would not read back under the same key and files."""
+    base = posixpath.basename(sample.key)
+    if not base or "." in base or sample.key.startswith("/"):
+        raise ValueError(f"sample key {sample.key!r} must be a relative path whose file name has no dot")
+    if not sample.files:
+        raise ValueError(f"sample {sample.key!r} has no files")
+    for extension in sample.files:
+        if not extension or "/" in extension:
+            raise ValueError(f"sample {sample.key!r} has an invalid extension {extension!r}")
+    return sum(len(data) for data in sample.files.values())
