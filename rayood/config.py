@@ -235,6 +235,11 @@ class TrainSettings(_Strict):
     num_workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1, gt=0)
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="CPU threads per training worker (default: Ray's, the floor of cpus_per_worker). On a CPU-only "
+        "machine, the core count lets one worker use every core while Ray Data keeps a CPU slot to feed it",
+    )
     checkpoint_path: str | None = Field(default=None, description="Ray Train storage; default: <bundle>-checkpoints")
     max_failures: int = Field(
         default=3, ge=-1, description="worker-group restarts per stage, each from its last checkpoint; -1: no limit"
@@ -294,7 +299,7 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
-NOT_FINGERPRINTED = {"train": {"bundle", "overwrite", "checkpoint_path", "max_failures"}}
+NOT_FINGERPRINTED = {"train": {"bundle", "overwrite", "checkpoint_path", "max_failures", "torch_threads"}}
 
 
 class RayoodConfig(_Strict):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from rayood.config import ConfigError, load_config, parse_config, with_overrides
@@ -12,6 +14,20 @@ def write(tmp_path, text):
 def test_demo_config_is_valid():
     config = load_config("configs/demo.yaml")
     assert config.screen.decision.score == "layerwise_mfsim"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in Path("configs").glob("*.yaml")))
+def test_every_shipped_config_is_valid_and_its_decision_score_exists(name):
+    from rayood.bundle import report_scores, score_names
+
+    config = load_config(Path("configs") / name)
+    scores = report_scores({"scores": score_names(config.model), "fusion": config.model.fusion.enabled})
+    assert config.screen.decision.score in scores
+
+
+def test_fusion_scores_must_be_scores_of_the_model():
+    with pytest.raises(ConfigError, match=r"model: .*fusion\.scores \['knnn'\]"):
+        parse_config({"model": {"fusion": {"scores": ["knn", "knnn"]}}})
 
 
 def test_unknown_key_names_the_field_and_the_file(tmp_path):
