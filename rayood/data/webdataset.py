@@ -73,6 +73,18 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return posixpath.join(directory, stem), extension
 
 
+def sample_id(shard: str, key: str | None) -> str:
+    """A row's ``id``: ``<shard URI>#<key>``, unique across shards and datasets; the shard URI alone for the
+    error row of a shard that broke before its first sample."""
+    return shard if key is None else f"{shard}#{key}"
+
+
+def split_sample_id(row_id: str) -> tuple[str, str | None]:
+    """Inverse of :func:`sample_id`: ``(shard URI, key)``, for joining a report without ``shard``/``key`` columns."""
+    shard, separator, key = row_id.partition(SHARD_EXTENSION + "#")
+    return (shard + SHARD_EXTENSION, key) if separator else (row_id, None)
+
+
 def _finish(group: _Group) -> WebSample | BrokenSample:
     if group.problem is not None:
         return BrokenSample(group.key, group.problem)
@@ -185,7 +197,7 @@ def sample_row(
     """One row for the decoder: ``id`` (``<shard>#<key>``), shard, key, the image bytes, the problem that
     makes it an error row before decoding (or None), and ``columns`` as text (see :func:`_text_field`)."""
     row = {
-        "id": shard if sample.key is None else f"{shard}#{sample.key}",
+        "id": sample_id(shard, sample.key),
         SHARD_COLUMN: shard, KEY_COLUMN: sample.key, IMAGE_FIELD: None, PROBLEM_FIELD: None,
         **dict.fromkeys(columns),
     }
