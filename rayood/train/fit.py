@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 import torch
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
@@ -77,6 +77,8 @@ def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunC
         storage_path=checkpoints.path,
         storage_filesystem=checkpoints.fs,
         checkpoint_config=CheckpointConfig(num_to_keep=2),
+        # A failed worker restarts the whole group, which gets the latest checkpoint from get_checkpoint().
+        failure_config=FailureConfig(max_failures=config.train.max_failures),
     )
 
 
@@ -187,7 +189,7 @@ def fit(config: RayoodConfig) -> str:
     class_names, train_data = corpus.class_names, corpus.dataset(calibration=False)
     base = {
         "model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed,
-        "label_column": config.corpus.label_column,
+        "label_column": config.corpus.label_column, "torch_threads": train.torch_threads,
     }
     probe = build_backbone(config.model.backbone, config.model.preprocess, len(class_names))
     stage_dims = probe.stage_dims()

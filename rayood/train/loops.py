@@ -1,7 +1,8 @@
 """Ray Train loops (``train_loop_per_worker``): the backbone classifier and the DLSR feature denoiser.
 
-Both resume from ``ray.train.get_checkpoint()``: re-running a fit with the same run name and storage
-continues from the last checkpoint. Checkpoints are a single ``state.pt`` of plain tensors and numbers,
+Every loop resumes from ``ray.train.get_checkpoint()``: Ray Train hands it the latest checkpoint both when
+a failed worker group is restarted inside one fit and when a fit is re-run with the same run name and
+storage; the loop logs ``<stage> resumed_from_epoch=N`` and goes on from epoch N + 1. Checkpoints are a single ``state.pt`` of plain tensors and numbers,
 read back with ``weights_only=True``.
 """
 
@@ -94,6 +95,11 @@ def _batch_labels(batch: pa.Table, label_column: str, class_names: list[str], de
     return torch.tensor([index[label] for label in labels], dtype=torch.long, device=device)
 
 
+def _use_threads(config: dict) -> None:
+    if config.get("torch_threads"):
+        torch.set_num_threads(config["torch_threads"])
+
+
 def two_crop_transform(size: int, scale_min: float, flip: bool) -> v2.Compose:
     """SupCon's view augmentation: resized crop, optional flip, colour jitter, random greyscale."""
     steps = [v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True)]
@@ -111,6 +117,7 @@ def backbone_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(config["seed"] + rank)
     device = ray.train.torch.get_device()
+    _use_threads(config)
     _log_epoch("backbone", {"device": str(device), "workers": ray.train.get_context().get_world_size(),
                             "objective": optim.objective})
     backbone = build_backbone(settings.backbone, settings.preprocess, len(class_names))
@@ -129,6 +136,7 @@ def backbone_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
+        _log_epoch("backbone", {"resumed_from_epoch": start_epoch})
     model = ray.train.torch.prepare_model(model)
     shard = ray.train.get_dataset_shard("train")
     size = settings.preprocess.native_size
@@ -173,7 +181,9 @@ class EmaRun:
     """A diffusion model's training state: the model (prepared for DDP), its EMA copy, AdamW and an optional
     linear warm-up, restored from ``ray.train.get_checkpoint()`` when this run was interrupted before."""
 
-    def __init__(self, model: nn.Module, optim: OptimSettings, device: torch.device, warmup_steps: int | None = None):
+    def __init__(
+        self, stage: str, model: nn.Module, optim: OptimSettings, device: torch.device, warmup_steps: int | None = None
+    ):
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
         self.scheduler = None
@@ -191,6 +201,7 @@ class EmaRun:
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(self.resumed["scheduler"])
             self.start_epoch, self.step = int(self.resumed["epoch"]), int(self.resumed["step"])
+            _log_epoch(stage, {"resumed_from_epoch": self.start_epoch})
         self.ema.to(device)
         self.model = ray.train.torch.prepare_model(model)
 
@@ -228,6 +239,7 @@ def layerwise_loop(config: dict) -> None:
     optim = OptimSettings.model_validate(config["optim"])
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
+    _use_threads(config)
     _log_epoch("layerwise", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
     backbone = build_backbone(settings.backbone, settings.preprocess, len(config["class_names"]))
@@ -236,7 +248,7 @@ def layerwise_loop(config: dict) -> None:
     z0_all = _cache_features(backbone, config, settings.preprocess.native_size, device)
     del backbone
 
-    run = EmaRun(build_denoiser(settings, z0_all.shape[1]), optim, device)
+    run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
     schedule = schedule_for(settings.layerwise)
     steps = _steps_per_epoch(len(z0_all), optim.batch_size, device)
@@ -275,9 +287,10 @@ def ddpm_loop(config: dict) -> None:
     class_names: list[str] = config["class_names"]
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
+    _use_threads(config)
     _log_epoch("ddpm", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
-    run = EmaRun(build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
+    run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
     unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
     schedule = ddp_schedule(settings.ddp)
     shard = ray.train.get_dataset_shard("train")
