@@ -67,7 +67,34 @@ def _filter(report: FinishedReport, q: float, output: Location, score: str | Non
     print(render_filter(filter_report(report, q, output, score, overwrite), output.uri))
 
 
+def at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def filter_job(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     _filter(FinishedReport.open(args.report, config.s3), args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite))
 
+
+def audit_job(args: argparse.Namespace) -> None:
+    from rayood.audit.compare import MmdSettings
+    from rayood.audit.job import AuditRequest, render_text, run_audit
+
+    request = AuditRequest(
+        bundle=args.bundle, reference=args.reference, target=args.target, output=args.output, by=args.by,
+        overwrite=bool(args.overwrite), mmd=MmdSettings(args.permutations, args.mmd_max_rows, args.seed),
+        thumbnails=args.thumbnails,
+    )
+    result, output = run_audit(load_config(args.config), request)
+    print(render_text(result, output))
