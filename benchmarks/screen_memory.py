@@ -1,0 +1,83 @@
+"""Peak memory of a whole screening job (driver, Ray's processes, workers) on a corpus 1x and Nx as large.
+
+    python benchmarks/screen_memory.py --corpus ../shared/data/cifar10_test.parquet --bundle BUNDLE
+        [--config configs/cifar10.yaml] [--times 10] [--gpu]
+
+Runs ``jobs/screen.py`` as a child process (it starts its own local Ray cluster), samples the proportional
+set size (PSS: shared pages such as Ray's object store split between the processes that map them, so
+nothing is counted twice) of the child and all its descendants twice a second, and reports the peak of
+the sum for each corpus size and their ratio (target: the 10x run within 1.15x of the 1x run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import yaml
+from corpora import replicate
+
+from rayood.config import load_config
+
+
+def tree_pss(root: psutil.Process) -> int:
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def peak_pss(command: list[str], interval_s: float = 0.5) -> tuple[int, float, int]:
+    """Run ``command``; returns (peak PSS bytes of its process tree, wall seconds, exit status)."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        peak = max(peak, tree_pss(root))
+        time.sleep(interval_s)
+    return peak, time.perf_counter() - started, child.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, help="a Parquet corpus (image, id columns)")
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--config", default="configs/cifar10.yaml")
+    parser.add_argument("--times", type=int, default=10)
+    parser.add_argument("--workdir", default="rayood-bench/memory")
+    parser.add_argument("--gpu", action="store_true", help="score in a 1-GPU actor; Ray gets every CPU")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = args.config
+    if args.gpu:
+        data = load_config(args.config).model_dump(mode="json")
+        data["ray"]["num_cpus"] = None
+        data["screen"].update(device="cuda", num_gpus_per_actor=1, cpus_per_actor=2)
+        config_path = str(workdir / "config-gpu.yaml")
+        Path(config_path).write_text(yaml.safe_dump(data))
+    results = {}
+    for copies in (1, args.times):
+        corpus = replicate(Path(args.corpus), copies, workdir / f"corpus-x{copies}")
+        command = [sys.executable, "jobs/screen.py", "--config", config_path, "--input", str(corpus),
+                   "--output", str(workdir / f"report-x{copies}"), "--bundle", args.bundle, "--overwrite"]
+        peak, seconds, status = peak_pss(command)
+        if status != 0:
+            raise SystemExit(f"screening x{copies} failed with exit status {status}: {' '.join(command)}")
+        rows = pq.read_metadata(next((workdir / f"corpus-x{copies}").glob("*.parquet"))).num_rows * copies
+        results[f"x{copies}"] = {"rows": rows, "peak_pss_mib": round(peak / 2**20, 1), "wall_s": round(seconds, 1)}
+    results["ratio"] = round(results[f"x{args.times}"]["peak_pss_mib"] / results["x1"]["peak_pss_mib"], 3)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
