@@ -17,6 +17,10 @@ parser.add_argument("--report", required=True, help="a finished screening report
 parser.add_argument("--fdr", required=True, type=fdr_level, help="target false discovery rate Q, in (0, 1)")
 parser.add_argument("--output", required=True, help="directory or s3:// prefix for the lists")
 parser.add_argument("--score", help="score to decide on (default: the report's decision score)")
+parser.add_argument(
+    "--write-shards", metavar="DIR",
+    help="also write the kept samples, read back from the screened corpus, as WebDataset shards DIR/kept-*.tar",
+)
 
 if __name__ == "__main__":
     run(filter_job, parser)

@@ -47,7 +47,7 @@ def screen_job(args: argparse.Namespace) -> None:
     summary, report = screen(config)
     print(render(summary, report))
     if args.filter_fdr is not None:
-        _filter(FinishedReport.open(report, config.s3), args.filter_fdr, resolve(report, config.s3).join("filter"), None, False)
+        _filter(config, FinishedReport.open(report, config.s3), args.filter_fdr, resolve(report, config.s3).join("filter"))
 
 
 def fdr_level(text: str) -> float:
@@ -61,10 +61,14 @@ def fdr_level(text: str) -> float:
     return value
 
 
-def _filter(report: FinishedReport, q: float, output: Location, score: str | None, overwrite: bool) -> None:
+def _filter(
+    config: RayoodConfig, report: FinishedReport, q: float, output: Location, score: str | None = None,
+    overwrite: bool = False, shards: Location | None = None,
+) -> None:
     from rayood.decide.filter import filter_report, render as render_filter
 
-    print(render_filter(filter_report(report, q, output, score, overwrite), output.uri))
+    result = filter_report(report, q, output, score, overwrite, shards, config.corpus, config.s3)
+    print(render_filter(result, output.uri))
 
 
 def at_least(minimum: int):
@@ -84,7 +88,9 @@ def at_least(minimum: int):
 
 def filter_job(args: argparse.Namespace) -> None:
     config = load_config(args.config)
-    _filter(FinishedReport.open(args.report, config.s3), args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite))
+    shards = resolve(args.write_shards, config.s3) if args.write_shards else None
+    report = FinishedReport.open(args.report, config.s3)
+    _filter(config, report, args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite), shards)
 
 
 def audit_job(args: argparse.Namespace) -> None:

@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from scipy.stats import false_discovery_control
 
 from rayood.config import DecisionSettings
+from rayood.data.webdataset import read_samples
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.detectors.calibrate import ConformalReference
 from rayood.jobs import fdr_level
@@ -112,20 +114,20 @@ def test_bad_inputs_are_refused():
         BenjaminiHochberg.fit(np.array([0.1, 0.2]), 0.1).qvalues(np.array([0.15]))
 
 
-def write_report(directory, seed=0) -> pa.Table:
+def write_report(directory, seed=0, ids: list[str] | None = None, source: str = "s3://bucket/corpus") -> pa.Table:
     """A finished report in the real layout, its summary from the real summary code: two row files, error rows,
     two scores."""
     rng = np.random.default_rng(seed)
     calibration = {"mfsim": rng.standard_normal(500), "knn": rng.standard_normal(500)}
-    n_id, n_ood, n_err = 300, 100, 7
+    n_id, n_ood, n_err = (300, 100, 7) if ids is None else (len(ids) - len(ids) // 4 - 2, len(ids) // 4, 2)
     scores = {
         "mfsim": np.concatenate([rng.standard_normal(n_id), rng.normal(3.0, 1.0, n_ood), np.full(n_err, np.nan)]),
         "knn": np.concatenate([rng.standard_normal(n_id), rng.normal(1.0, 1.0, n_ood), np.full(n_err, np.nan)]),
     }
     ok = np.arange(n_id + n_ood + n_err) < n_id + n_ood
     columns = {
-        "id": pa.array([f"img/{i:04d}" for i in range(ok.size)]),
-        "source": pa.array(["s3://bucket/corpus"] * ok.size),
+        "id": pa.array(ids or [f"img/{i:04d}" for i in range(ok.size)]),
+        "source": pa.array([source] * ok.size),
         "status": pa.array(np.where(ok, "ok", "error").tolist()),
         "error": pa.array([None if good else "not an image: cannot identify image file" for good in ok]),
     }
@@ -232,3 +234,26 @@ def test_screen_job_filters_its_fresh_report(ray_cluster, tiny_bundle, demo_data
     assert summary["kept"] + summary["rejected"] == 120 and summary["errors"] == 0
     rejected = set(pq.read_table(output / "filter" / "reject.parquet").column("id").to_pylist())
     assert rejected == set(rows.index[bh.reject(rows["pvalue_layerwise_mfsim"].to_numpy())])
+
+
+def test_filter_job_writes_the_kept_samples_as_webdataset_shards(demo_data, tmp_path):
+    corpus_path = tmp_path / "corpus.parquet"
+    corpus = pq.read_table(demo_data[1]).slice(0, 48)
+    pq.write_table(corpus, corpus_path)
+    write_report(tmp_path / "report", ids=corpus.column("id").to_pylist(), source=str(corpus_path))
+    out, shards = tmp_path / "filtered", tmp_path / "shards"
+    result = run_job(
+        "filter.py", "--report", str(tmp_path / "report"), "--fdr", "0.1", "--output", str(out),
+        "--write-shards", str(shards), timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "filter.json").read_text())
+    kept = set(pq.read_table(out / "keep.parquet").column("id").to_pylist())
+    assert summary["shards"] == {"directory": str(shards), "files": 1, "samples": len(kept)} and 0 < len(kept) < 46
+    images = dict(zip(corpus.column("id").to_pylist(), corpus.column("image").to_pylist()))
+    samples = list(read_samples(pafs.LocalFileSystem(), str(shards / "kept-00000.tar"), "kept-00000.tar"))
+    metas = [json.loads(sample.files["rayood.json"]) for sample in samples]
+    assert sorted(meta["id"] for meta in metas) == sorted(kept)
+    assert [sample.key for sample in samples] == [f"{i:09d}" for i in range(len(kept))]
+    assert all(sample.files["png"] == images[meta["id"]] for sample, meta in zip(samples, metas))
+    assert all(meta["source"] == str(corpus_path) and meta["qvalue_mfsim"] > 0.1 for meta in metas)

@@ -1,8 +1,6 @@
-"""Thumbnails of the most OOD target images, read again from the corpus by id.
+"""Thumbnails of the most OOD target images, read again from the corpus by id (rayood.decide.originals).
 
-Reports hold no pixels (so they stay small), so the audit reads the few images it shows back from the
-inputs: an image-file input's ids are the files' URIs; a Parquet input is read for just those ids. An
-input that moved or cannot be read costs only its thumbnails, never the audit.
+An input that moved or cannot be read costs only its thumbnails, never the audit.
 """
 
 from __future__ import annotations
@@ -14,13 +12,12 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from PIL import Image
 
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.decode import DecodeError, DecodeLimits, decode_image
-from rayood.storage import StorageError, resolve
+from rayood.decide.originals import iter_originals
+from rayood.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +37,6 @@ def most_ood(table: pa.Table, score: str, count: int) -> list[dict]:
     ]
 
 
-def _read_images(source: str, ids: list[str], corpus: CorpusSettings, s3: S3Settings | None) -> dict[str, bytes]:
-    location = resolve(source, s3)
-    if all(i.startswith(location.uri) for i in ids):  # image files: the id is the file's URI
-        return {i: resolve(i, s3).read_bytes() for i in ids}
-    dataset = pads.dataset(location.path, filesystem=location.fs, format="parquet")
-    found = dataset.to_table(
-        columns=[corpus.id_column, corpus.image_column], filter=pc.field(corpus.id_column).isin(pa.array(ids))
-    )
-    return dict(zip(found.column(corpus.id_column).to_pylist(), found.column(corpus.image_column).to_pylist()))
-
-
 def data_uri(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -61,14 +47,17 @@ def attach_thumbnails(
     rows: list[dict], corpus: CorpusSettings, s3: S3Settings | None, size: int, limits: DecodeLimits = DecodeLimits()
 ) -> list[dict]:
     """Each row with ``thumbnail``: a PNG data URI of the image as the model saw it (``size`` pixels), or None."""
-    by_source: dict[str, list[str]] = defaultdict(list)
+    by_source: dict[str, set[str]] = defaultdict(set)
     for row in rows:
-        by_source[row["source"]].append(row["id"])
+        by_source[row["source"]].add(row["id"])
     images: dict[str, bytes] = {}
     for source, ids in by_source.items():
         try:
-            images.update(_read_images(source, ids, corpus, s3))
-        except (StorageError, OSError, pa.ArrowException) as error:
+            for row_id, files in iter_originals(source, ids, corpus, s3):
+                image = next((files[ext] for ext in files if ext.lower() in corpus.file_extensions), None)
+                if image is not None:
+                    images[row_id] = image
+        except (StorageError, OSError, ValueError, pa.ArrowException) as error:
             log.warning("no thumbnails from %s: %s", source, error)
     result = []
     for row in rows:

@@ -4,6 +4,7 @@
     DIR/reject.parquet  the same columns: rejected (called OOD); E[fraction of ID among them] <= Q
     DIR/errors.parquet  id, source, error: rows that could not be scored, so were not decided
     DIR/filter.json     Q, score, counts, the BH threshold; written last, so its presence means complete
+    SHARDS/kept-*.tar   optionally, the kept samples as WebDataset shards (rayood.decide.shards)
 
 Rows that could not be scored go to a list of their own: keeping them would pass undecodable or
 unreadable samples on unseen, rejecting them would count them as OOD discoveries they are not. The
@@ -21,8 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayood.config import CorpusSettings, S3Settings
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.decide.report import FinishedReport
+from rayood.decide.shards import prepare_shard_output, write_kept_shards
 from rayood.screen.output import OutputError
 from rayood.storage import Location, StorageError
 
@@ -53,11 +56,17 @@ def _why_undecided(batch: pa.RecordBatch, pcol: str) -> pa.Array:
     return pc.fill_null(batch.column("error"), f"status ok but no {pcol}")
 
 
-def filter_report(report: FinishedReport, q: float, output: Location, score: str | None = None, overwrite: bool = False) -> dict:
-    """Decide every scored row of ``report`` by BH at level ``q``; write the lists and return filter.json's content."""
+def filter_report(
+    report: FinishedReport, q: float, output: Location, score: str | None = None, overwrite: bool = False,
+    shards: Location | None = None, corpus: CorpusSettings = CorpusSettings(), s3: S3Settings | None = None,
+) -> dict:
+    """Decide every scored row of ``report`` by BH at level ``q``; write the lists (and, given ``shards``, the
+    kept samples as WebDataset shards there) and return filter.json's content."""
     score = report.check_score(score)
     pcol, qcol = f"pvalue_{score}", f"qvalue_{score}"
     prepare_output(output, overwrite)
+    if shards is not None:
+        prepare_shard_output(shards, overwrite)
     dataset = report.dataset()
     columns = ["id", "source", "status", "error", pcol]
 
@@ -95,7 +104,7 @@ def filter_report(report: FinishedReport, q: float, output: Location, score: str
                 counts["errors"] += undecided.num_rows
     except OSError as error:
         raise StorageError(f"cannot write the filter lists under {output.uri}: {error}") from None
-    result = {
+    result: dict = {
         "report": report.uri,
         "bundle_id": report.summary.get("bundle_id"),
         "score": score,
@@ -104,6 +113,9 @@ def filter_report(report: FinishedReport, q: float, output: Location, score: str
         "threshold_pvalue": bh.threshold,
         "files": {"keep": KEEP, "reject": REJECT, "errors": ERRORS},
     }
+    if shards is not None:
+        written = write_kept_shards(output.join(KEEP), pcol, qcol, shards, corpus, s3)
+        result["shards"] = {"directory": shards.uri, "files": len(written), "samples": counts["kept"]}
     output.join(RESULT).write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())
     return result
 
@@ -111,8 +123,10 @@ def filter_report(report: FinishedReport, q: float, output: Location, score: str
 def render(result: dict, output_uri: str) -> str:
     threshold = result["threshold_pvalue"]
     cut = f"p <= {threshold:.4g}" if threshold is not None else "nothing rejected"
+    shards = result.get("shards")
+    written = f"; kept samples in {shards['files']} shards under {shards['directory']}" if shards else ""
     return (
         f"rayood filter at FDR {result['fdr']} on {result['score']} ({cut}): kept {result['kept']}, "
-        f"rejected {result['rejected']}, not scored {result['errors']} -> {output_uri}"
+        f"rejected {result['rejected']}, not scored {result['errors']} -> {output_uri}{written}"
     )
 
