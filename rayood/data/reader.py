@@ -1,6 +1,7 @@
 """Planned sources -> one Ray Dataset of decoded rows (``id, source, status, error, pixels, ...``).
 
-Bytes are read with ``read_binary_files`` / ``read_parquet`` and decoded per row in a CPU
+Bytes are read with ``read_binary_files`` / ``read_parquet`` / a streaming read of WebDataset shards
+(:mod:`rayood.data.webdataset`) and decoded per row in a CPU
 ``map_batches`` step, never with ``read_images``: one corrupt file must become one error row, not a
 failed read task or a silently dropped block.
 """
@@ -11,6 +12,15 @@ import ray.data
 
 from rayood.data.decode import BatchDecoder, DecodeLimits
 from rayood.data.sources import SourcePlan
+from rayood.data.webdataset import IMAGE_FIELD, KEY_COLUMN, PROBLEM_FIELD, SHARD_COLUMN, ShardReader
+
+
+def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...]) -> ray.data.Dataset:
+    """One task per shard, streaming its samples out in blocks: a shard (often 0.25-1 GB) is never one row."""
+    shards = [{"path": path, SHARD_COLUMN: plan.location.uri_of(path)} for path in plan.paths]
+    return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
+        ShardReader(plan.location.fs, plan.image_extensions, passthrough), batch_format="pyarrow", batch_size=1
+    )
 
 
 def read_decoded(
@@ -30,6 +40,12 @@ def read_decoded(
             decoder = BatchDecoder(
                 image_column="bytes", id_column="path", source=plan.uri, size=size, limits=limits,
                 id_uri_prefix="s3://" if plan.uri.startswith("s3://") else "",
+            )
+        elif plan.kind == "webdataset":
+            raw = _read_shards(plan, passthrough)
+            decoder = BatchDecoder(
+                image_column=IMAGE_FIELD, id_column="id", source=plan.uri, size=size, limits=limits,
+                passthrough=tuple(dict.fromkeys([SHARD_COLUMN, KEY_COLUMN, *passthrough])), error_column=PROBLEM_FIELD,
             )
         else:
             columns = list(dict.fromkeys([image_column, id_column, *passthrough]))

@@ -8,13 +8,19 @@ report is checked against at the end: every input row comes out exactly once.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
+from rayood.data.webdataset import SHARD_EXTENSION, count_samples
 from rayood.storage import Location, StorageError, resolve
+
+# Shards are counted concurrently: on S3 each walk waits on range reads most of the time.
+SHARD_COUNT_THREADS = 16
 
 
 class InputError(ValueError):
@@ -24,11 +30,12 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class SourcePlan:
     uri: str
-    kind: Literal["images", "parquet"]
+    kind: Literal["images", "parquet", "webdataset"]
     location: Location
     paths: tuple[str, ...]
     rows: int
     skipped_files: tuple[str, ...] = ()
+    image_extensions: tuple[str, ...] = ()  # webdataset: a sample's image is its first member with one of these
 
 
 def _is_hidden(path: str, root: str) -> bool:
@@ -58,10 +65,31 @@ def _parquet_rows(location: Location, paths: list[str], required: list[str]) -> 
     return total
 
 
+def _webdataset_rows(location: Location, paths: list[str]) -> int:
+    """Samples in the shards, from their tar headers (plus one row per shard that breaks off, see webdataset)."""
+
+    def count(path: str) -> int:
+        try:
+            return count_samples(location.fs, path, location.uri_of(path))
+        except OSError as error:
+            raise InputError(f"cannot read WebDataset shard {location.uri_of(path)}: {error}") from None
+
+    with ThreadPoolExecutor(max_workers=min(SHARD_COUNT_THREADS, len(paths))) as pool:
+        return sum(pool.map(count, paths))
+
+
+def _webdataset_plan(
+    uri: str, location: Location, shards: list[str], corpus: CorpusSettings, skipped: Iterable[str] = ()
+) -> SourcePlan:
+    rows = _webdataset_rows(location, shards)
+    return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions)
+
+
 def plan_source(
     uri: str, corpus: CorpusSettings, s3: S3Settings | None = None, extra_columns: tuple[str, ...] = ()
 ) -> SourcePlan:
-    """Classify one URI (a Parquet file, a directory of Parquet files, or a directory of images)."""
+    """Classify one URI: a Parquet file or directory of them, a WebDataset shard (``.tar``) or directory of
+    them, or a directory of images. Extra columns of a WebDataset come from its samples and may be null."""
     location = resolve(uri, s3)
     try:
         info = location.info()
@@ -71,6 +99,8 @@ def plan_source(
         raise InputError(f"input not found: {uri}")
     required = [corpus.image_column, corpus.id_column, *extra_columns]
     if info.type.name == "File":
+        if location.path.endswith(SHARD_EXTENSION):
+            return _webdataset_plan(uri, location, [location.path], corpus)
         if not location.path.endswith(".parquet"):
             extension = posixpath.splitext(location.path)[1].lower().lstrip(".")
             if extension not in corpus.file_extensions:
@@ -84,9 +114,17 @@ def plan_source(
     parquet_files = [p for p in files if p.endswith(".parquet")]
     if parquet_files and len(parquet_files) == len(files):
         return SourcePlan(uri, "parquet", location, tuple(files), _parquet_rows(location, files, required))
+    images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
+    shards = [p for p in files if p.endswith(SHARD_EXTENSION)]
+    if shards:
+        if images:
+            raise InputError(
+                f"{uri} holds both WebDataset shards (.tar) and image files: give their directories as separate inputs"
+            )
+        chosen = set(shards)  # img2dataset writes a .parquet and a _stats.json beside each shard: skipped
+        return _webdataset_plan(uri, location, shards, corpus, (location.uri_of(p) for p in files if p not in chosen))
     if extra_columns:
         raise InputError(f"{uri} holds image files, which have no columns {list(extra_columns)} to pass through")
-    images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
     chosen = set(images)
     skipped = tuple(location.uri_of(p) for p in files if p not in chosen)
     if not images:
