@@ -6,7 +6,7 @@
 Runs ``jobs/screen.py`` as a child process (it starts its own local Ray cluster), samples the proportional
 set size (PSS: shared pages such as Ray's object store split between the processes that map them, so
 nothing is counted twice) of the child and all its descendants twice a second, and reports the peak of
-the sum for each corpus size and their ratio (target: the 10x run within 1.15x of the 1x run).
+the sum for each corpus size (Linux: /proc) and their ratio (target: the 10x run within 1.15x of the 1x run).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import yaml
 from corpora import replicate
@@ -26,12 +25,29 @@ from corpora import replicate
 from rayood.config import load_config
 
 
-def tree_pss(root: psutil.Process) -> int:
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        kids += [int(k) for k in task.read_text().split()]
+    return kids
+
+
+def _pss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_pss(root: int) -> int:
+    """PSS of a process and all its descendants, from /proc (Linux); processes that exit meanwhile count 0."""
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
         try:
-            total += process.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            total += _pss_bytes(pid)
+            pending += _children(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return total
 
@@ -40,9 +56,9 @@ def peak_pss(command: list[str], interval_s: float = 0.5) -> tuple[int, float, i
     """Run ``command``; returns (peak PSS bytes of its process tree, wall seconds, exit status)."""
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root, peak = psutil.Process(child.pid), 0
+    peak = 0
     while child.poll() is None:
-        peak = max(peak, tree_pss(root))
+        peak = max(peak, tree_pss(child.pid))
         time.sleep(interval_s)
     return peak, time.perf_counter() - started, child.returncode
 

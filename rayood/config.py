@@ -278,6 +278,11 @@ class ScreenSettings(_Strict):
     max_actors: int = Field(default=1, ge=1)
     num_gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="CPU threads per scoring actor (default: the floor of cpus_per_actor); on a CPU-only machine "
+        "the core count lets the actor use the cores that decoding leaves idle",
+    )
     passthrough_columns: tuple[str, ...] = ()
     embedding: bool = Field(default=False, description="add the penultimate features as a float16 column")
     decision: DecisionSettings = DecisionSettings()
