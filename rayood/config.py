@@ -288,6 +288,10 @@ class ScreenSettings(_Strict):
     decision: DecisionSettings = DecisionSettings()
     truth: TruthSettings | None = None
 
+    @property
+    def actor_threads(self) -> int:
+        return self.torch_threads or max(1, int(self.cpus_per_actor))
+
     @model_validator(mode="after")
     def _pool(self) -> ScreenSettings:
         if self.max_actors < self.min_actors:

@@ -59,7 +59,7 @@ def build_references(
         fn_constructor_kwargs={
             "model": config.model.model_dump(mode="json"), "class_names": class_names,
             "label_column": config.corpus.label_column, "state": state,
-            "device": screen.device, "cpu_threads": max(1, int(screen.cpus_per_actor)),
+            "device": screen.device, "cpu_threads": screen.actor_threads,
         },
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=screen.max_actors),
         num_gpus=screen.num_gpus_per_actor or None,

@@ -249,7 +249,7 @@ def _calibration_scores(config: RayoodConfig, data: ray.data.Dataset, names: lis
     scored = data.map_batches(
         ScoreActor,
         fn_constructor_kwargs={"bundle_uri": config.train.bundle, "s3": config.s3, "device": settings.device,
-                               "cpu_threads": max(1, int(settings.cpus_per_actor))},
+                               "cpu_threads": settings.actor_threads},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=settings.max_actors),
         num_gpus=settings.num_gpus_per_actor or None,
         num_cpus=settings.cpus_per_actor,
