@@ -22,7 +22,7 @@ parser.add_argument("--by", help="a column of the target (Parquet corpus or repo
 parser.add_argument("--permutations", type=at_least(1), default=MMD_PERMUTATIONS, help="MMD permutations (default %(default)s)")
 parser.add_argument(
     "--mmd-max-rows", type=at_least(2), default=MMD_MAX_ROWS,
-    help="embeddings per side in the MMD, subsampled beyond (memory (2 x this)^2 x 8 bytes; default %(default)s)",
+    help="embeddings per side in the MMD, subsampled beyond (memory 2 x (2 x this)^2 x 8 bytes; default %(default)s)",
 )
 parser.add_argument("--seed", type=int, default=0, help="seed of the MMD subsample and permutations")
 parser.add_argument("--thumbnails", type=at_least(0), default=24, help="most OOD target images shown (default %(default)s)")
