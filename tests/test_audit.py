@@ -130,7 +130,7 @@ def assert_self_contained(page: Page, thumbnails: int, histograms: int):
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def write_report(directory, corpus, shift: float, groups: list[str], seed: int) -> None:
+def write_report(directory, corpus, shift: float, groups: list[str], seed: int, embedding: bool = True) -> None:
     """A finished report in the real layout (summary from the real summary code) of the Parquet ``corpus``:
     one score, 8-d float16 embeddings shifted by ``shift``, a ``group`` column, and one error row."""
     rng = np.random.default_rng(seed)
@@ -150,6 +150,8 @@ def write_report(directory, corpus, shift: float, groups: list[str], seed: int) 
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float16()), 8, mask=pa.array(~ok)),
         "group": [groups[i % len(groups)] for i in range(n)],
     })
+    if not embedding:
+        table = table.drop_columns(["embedding"])
     (directory / ROWS).mkdir(parents=True)
     pq.write_table(table, directory / ROWS / "part-0.parquet")
     summary = summarize(
@@ -177,6 +179,11 @@ def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
     assert_self_contained(page, thumbnails=5, histograms=1)
     group_table = max(index for index, _ in page.rows)
     assert [cells[0] for index, cells in page.rows if index == group_table] == ["group", "a", "b&<x>"]
+
+    write_report(tmp_path / "plain", corpus, 1.0, ["a"], seed=3, embedding=False)
+    plain, _, _ = audit(reference, FinishedReport.open(str(tmp_path / "plain")), calibration_rows={"mfsim": 300})
+    assert plain["mmd"] == {"skipped": "no embeddings in the report: MMD skipped"}
+    assert "no embeddings in the report: MMD skipped" in render_html(plain, {}, [])
 
 
 @pytest.fixture(scope="module")

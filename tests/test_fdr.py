@@ -11,16 +11,20 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from PIL import Image
 from scipy.stats import false_discovery_control
 
-from rayood.config import DecisionSettings
-from rayood.data.webdataset import read_samples
+from rayood.config import CorpusSettings, DecisionSettings
+from rayood.data.webdataset import WebSample, read_samples, sample_id, write_shards
+from rayood.decide.originals import iter_originals
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.detectors.calibrate import ConformalReference
 from rayood.jobs import fdr_level
 from rayood.report.summary import summarize
 from rayood.screen.output import ROWS, SUCCESS, SUMMARY
+from rayood.storage import resolve
 from tests.conftest import tiny_config
+from tests.images import encode, gradient
 from tests.test_jobs import run_job
 
 Q = 0.1
@@ -257,3 +261,21 @@ def test_filter_job_writes_the_kept_samples_as_webdataset_shards(demo_data, tmp_
     assert [sample.key for sample in samples] == [f"{i:09d}" for i in range(len(kept))]
     assert all(sample.files["png"] == images[meta["id"]] for sample, meta in zip(samples, metas))
     assert all(meta["source"] == str(corpus_path) and meta["qvalue_mfsim"] > 0.1 for meta in metas)
+
+
+def test_originals_come_back_by_id_from_webdataset_shards_and_image_files(tmp_path):
+    """The reader behind --write-shards and the audit's thumbnails, on the two input kinds the Parquet test
+    above does not cover; ids that a source does not hold are not returned."""
+    png = encode(Image.fromarray(gradient()), "PNG")
+    shards = write_shards(
+        [WebSample(f"part/{i:04d}", {"jpg": png, "txt": f"caption {i}".encode()}) for i in range(5)],
+        resolve(str(tmp_path / "wds")), max_samples=3,
+    )
+    wanted = {sample_id(shards[0], "part/0001"), sample_id(shards[1], "part/0004"), sample_id(shards[1], "part/0009")}
+    found = dict(iter_originals(str(tmp_path / "wds"), wanted, CorpusSettings()))
+    assert set(found) == wanted - {sample_id(shards[1], "part/0009")}
+    assert found[sample_id(shards[1], "part/0004")] == {"jpg": png, "txt": b"caption 4"}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png)
+    files = dict(iter_originals(str(tmp_path / "images"), {str(tmp_path / "images" / "a.png")}, CorpusSettings()))
+    assert files == {str(tmp_path / "images" / "a.png"): {"png": png}}
