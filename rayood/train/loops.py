@@ -161,7 +161,7 @@ def backbone_loop(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(labels)
+            loss_sum += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
         scheduler.step()
@@ -267,7 +267,7 @@ def layerwise_loop(config: dict) -> None:
             optimizer.step()
             step += 1
             ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
-            loss_sum += float(loss)
+            loss_sum += loss.item()
         done = epoch + 1
         save = done % optim.checkpoint_every == 0 or done == optim.epochs
         state = run.state(done, step)
@@ -319,7 +319,7 @@ def ddpm_loop(config: dict) -> None:
             warmup.step()
             step += 1
             ema_update(ema, unwrap(unet), optim.ema_decay, step)
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             batches += 1
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step}
