@@ -108,7 +108,9 @@ def test_a_second_run_never_mixes_rows_and_scores_are_reproducible(parquet_repor
         np.testing.assert_allclose(second[f"score_{name}"], first[f"score_{name}"], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_an_unfinished_report_is_redone_and_foreign_dirs_are_left_alone(tiny_bundle, demo_data, tmp_path):
+def test_an_unfinished_report_of_another_run_is_refused_or_redone_and_foreign_dirs_are_left_alone(
+    tiny_bundle, demo_data, tmp_path
+):
     unfinished = tmp_path / "unfinished"
     (unfinished / "rows").mkdir(parents=True)
     (unfinished / "_STARTED").write_text("{}")
@@ -116,7 +118,10 @@ def test_an_unfinished_report_is_redone_and_foreign_dirs_are_left_alone(tiny_bun
     pq.write_table(corpus.slice(0, 5).select(["id"]), unfinished / "rows" / "stale.parquet")
     small = tmp_path / "small.parquet"
     pq.write_table(corpus.slice(0, 60), small)
-    summary, _ = screen(corpus_config(tiny_bundle, [small], unfinished))
+    with pytest.raises(OutputError, match="unfinished report of another run"):
+        screen(corpus_config(tiny_bundle, [small], unfinished))
+    assert (unfinished / "rows" / "stale.parquet").exists()
+    summary, _ = screen(corpus_config(tiny_bundle, [small], unfinished, overwrite=True))
     assert summary["expected_rows"] == 60
     assert read_report(unfinished).num_rows == summary["expected_rows"]
     foreign = tmp_path / "foreign"

@@ -1,12 +1,16 @@
 """The report directory: its states, and the markers that keep two runs from mixing rows.
 
-    OUTPUT/_STARTED       written first (run id, start time)
-    OUTPUT/rows/*.parquet one row per input
-    OUTPUT/summary.json   counts, quantiles, thresholds, timings, bundle id
+    OUTPUT/_STARTED       written first: the run's fingerprint and every attempt (run id, start time)
+    OUTPUT/rows/*.parquet one row per input; each file is named ``<run id>_...`` after the attempt that wrote it
+    OUTPUT/summary.json   counts, quantiles, thresholds, timings, bundle id (over all rows)
+    OUTPUT/ray_data_stats.txt  Ray Data's per-operator timings of the last attempt (where the time went)
     OUTPUT/_SUCCESS       written last: only a report with it is complete
 
-A finished report is replaced only with ``overwrite``; an unfinished one from an earlier attempt is
-cleared and redone; a non-empty directory that is not a rayood report is never touched.
+A finished report is replaced only with ``overwrite``. An unfinished one is resumed when it was started
+for the same fingerprint (inputs, bundle, row-shaping settings): its complete row files are kept, a file
+cut short by a kill (no Parquet footer) is deleted, and the (source, id) keys already written are handed
+back so the run skips those inputs. An unfinished report of another run is refused unless ``overwrite``,
+which discards it. A non-empty directory that is not a rayood report is never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
 from rayood.storage import Location
@@ -24,23 +33,42 @@ STARTED = "_STARTED"
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
 ROWS = "rows"
+KEY = ("source", "id")
 
 
 class OutputError(RuntimeError):
     """An output location that this run must not write to."""
 
 
+@dataclass(frozen=True)
+class Written:
+    """What earlier attempts of this run left under ``rows/``: ids per source, and how many rows and files.
+
+    The keys are held on the driver as Python strings, about 100 bytes per row plus the id's length: ten
+    million rows take a gigabyte or so. Only the ids of Parquet sources travel to the read tasks (once per
+    task, through the object store); image-file ids are used at planning time and go nowhere.
+    """
+
+    ids: dict[str, frozenset[str]] = field(default_factory=dict)
+    rows: int = 0
+    files: int = 0
+
+
 class ReportTarget:
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, fingerprint: str) -> None:
         self.location = location
         self.rows = location.join(ROWS)
+        self.fingerprint = fingerprint
         self.run_id = uuid.uuid4().hex[:12]
 
-    def prepare(self, overwrite: bool) -> None:
+    def prepare(self, overwrite: bool) -> Written:
+        """Make the output ready for this attempt; returns the rows it can reuse (none for a fresh report)."""
         location = self.location
         if location.exists() and not location.is_dir():
             raise OutputError(f"output {location.uri} is a file, not a directory")
         entries = location.list_files() if location.is_dir() else []
+        attempts: list[dict] = []
+        written = Written()
         if entries:
             if location.join(SUCCESS).exists():
                 if not overwrite:
@@ -49,12 +77,62 @@ class ReportTarget:
                         "(or set screen.overwrite) to replace it, or choose another --output"
                     )
                 log.warning("replacing the finished report at %s", location.uri)
+                location.delete_contents()
             elif location.join(STARTED).exists():
-                log.warning("clearing an unfinished report at %s from an earlier attempt", location.uri)
+                started = self._read_started()
+                if overwrite:
+                    log.warning("discarding the unfinished report at %s", location.uri)
+                    location.delete_contents()
+                elif started.get("fingerprint") != self.fingerprint:
+                    raise OutputError(
+                        f"output {location.uri} holds an unfinished report of another run (other inputs, bundle "
+                        "or screen settings); pass --overwrite to discard it, or choose another --output"
+                    )
+                else:
+                    attempts = started["attempts"]
+                    written = self._scan_rows()
+                    log.info(
+                        "resuming the unfinished report at %s: reusing %d rows from %d files of %d earlier attempt(s)",
+                        location.uri, written.rows, written.files, len(attempts),
+                    )
             else:
                 raise OutputError(f"output {location.uri} is not empty and is not a rayood report; refusing to write")
-            location.delete_contents()
-        location.join(STARTED).write_bytes(json.dumps({"run_id": self.run_id, "started": utc_now()}).encode())
+        attempts = [*attempts, {"run_id": self.run_id, "started": utc_now()}]
+        marker = {"fingerprint": self.fingerprint, "attempts": attempts}
+        location.join(STARTED).write_bytes(json.dumps(marker, indent=2).encode())
+        return written
+
+    def _read_started(self) -> dict:
+        try:
+            return json.loads(self.location.join(STARTED).read_bytes())
+        except ValueError:  # cut short by a kill while it was written, or not ours
+            return {}
+
+    def _scan_rows(self) -> Written:
+        """Keys of every complete row file; a file without a readable footer is deleted (its rows are redone)."""
+        tables, files = [], 0
+        for info in self.rows.list_files() if self.rows.is_dir() else []:
+            try:
+                with self.rows.fs.open_input_file(info.path) as handle:
+                    tables.append(pq.read_table(handle, columns=list(KEY)))
+                files += 1
+            except (OSError, pa.ArrowInvalid) as error:
+                log.warning("deleting the unreadable row file %s (%s): its rows are redone", self.location.uri_of(info.path), error)
+                self.rows.fs.delete_file(info.path)
+        if not tables:
+            return Written()
+        keys = pa.concat_tables(tables)
+        unusable = keys.column("id").null_count or keys.num_rows - keys.group_by(list(KEY)).aggregate([]).num_rows
+        if unusable:
+            raise OutputError(
+                f"the unfinished report at {self.location.uri} has rows without an id or with a repeated "
+                "(source, id), so it cannot be resumed row by row; pass --overwrite to start it again"
+            )
+        ids = {
+            source: frozenset(keys.filter(pc.equal(keys.column("source"), source)).column("id").to_pylist())
+            for source in pc.unique(keys.column("source")).to_pylist()
+        }
+        return Written(ids, keys.num_rows, files)
 
     def finish(self, summary: dict) -> None:
         self.location.join(SUMMARY).write_bytes(json.dumps(summary, indent=2, sort_keys=True).encode())

@@ -2,21 +2,30 @@
 
 All checks that can fail on configuration or inputs run before Ray starts. The report is read back at
 the end and its row count compared with the planned one: a mismatch fails the run (no ``_SUCCESS``).
+A run killed part-way resumes when started again with the same output: the rows its earlier attempts
+wrote are kept and their inputs are not read or scored again (``rayood.screen.output``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import ray.data
+import ray.exceptions
+from ray.data.datasource import FilenameProvider
 
 from rayood.bundle import read_calibration, read_manifest
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import DecodeLimits
 from rayood.data.reader import read_decoded
-from rayood.data.sources import plan_sources
+from rayood.data.sources import InputError, SourcePlan, plan_sources
 from rayood.report.summary import summarize
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
@@ -35,6 +44,42 @@ def _require(value: object, field: str) -> None:
         raise ConfigError(f"{field} is not set (in the config, or by its command-line flag)")
 
 
+# Settings that shape no report row: an attempt may change them and still resume the report.
+NOT_FINGERPRINTED = {
+    "output", "bundle", "overwrite", "fit_if_missing", "device", "batch_size", "decode_batch_size", "min_actors",
+    "max_actors", "num_gpus_per_actor", "cpus_per_actor", "torch_threads", "truth",
+}
+# Row files hold this many batches: a kill loses at most the rows not yet in a file (and those being scored),
+# while a large corpus still makes few enough files to list and read back quickly.
+BATCHES_PER_FILE = 16
+# Retries of a batch whose scoring actor died; finite, so that an input that kills every actor it meets
+# fails the job instead of restarting actors for ever (Ray Data's default is -1, unlimited).
+ACTOR_TASK_RETRIES = 3
+
+
+def run_fingerprint(config: RayoodConfig, plans: list[SourcePlan], bundle_id: str) -> str:
+    """What a report's rows depend on: the planned inputs (files and row counts), the bundle, the corpus
+    layout and the row-shaping screen settings. Attempts with the same fingerprint may share a report."""
+    payload = {
+        "inputs": [[plan.uri, plan.kind, list(plan.paths), plan.rows] for plan in plans],
+        "bundle_id": bundle_id,
+        "corpus": config.corpus.model_dump(mode="json"),
+        "screen": config.screen.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class AttemptFilenames(FilenameProvider):
+    """Row files named after the attempt that wrote them: never the same name in two attempts."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"{self.run_id}_{write_uuid}_{task_index:06}"
+
+
 def screen(config: RayoodConfig) -> tuple[dict, str]:
     """Run one screening; returns the summary and the report URI."""
     settings = config.screen
@@ -48,37 +93,49 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {manifest['scores']}")
     plans = plan_sources(settings.inputs, config.corpus, config.s3, settings.passthrough_columns)
     expected_rows = sum(plan.rows for plan in plans)
-    target = ReportTarget(resolve(settings.output, config.s3))
-    target.prepare(settings.overwrite)
+    target = ReportTarget(resolve(settings.output, config.s3), run_fingerprint(config, plans, manifest["bundle_id"]))
+    written = target.prepare(settings.overwrite)
 
     init_ray(config.ray)
     started = time.perf_counter()
-    decoded = read_decoded(
-        plans,
-        image_column=config.corpus.image_column,
-        id_column=config.corpus.id_column,
-        size=preprocess["native_size"],
-        limits=DecodeLimits(max_bytes=preprocess["max_bytes"], max_pixels=preprocess["max_pixels"]),
-        passthrough=settings.passthrough_columns,
-        batch_size=settings.decode_batch_size,
-    )
-    scored = decoded.map_batches(
-        ScoreActor,
-        fn_constructor_kwargs={
-            "bundle_uri": settings.bundle,
-            "s3": config.s3,
-            "device": settings.device,
-            "decision": settings.decision,
-            "passthrough": settings.passthrough_columns,
-            "cpu_threads": max(1, int(settings.cpus_per_actor)),
-        },
-        compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
-        num_gpus=settings.num_gpus_per_actor or None,
-        num_cpus=settings.cpus_per_actor,
-        batch_size=settings.batch_size,
-        batch_format="pyarrow",
-    )
-    scored.write_parquet(target.rows.path, filesystem=target.rows.fs)
+    with _inputs_stay_readable(plans):
+        decoded = read_decoded(
+            plans,
+            image_column=config.corpus.image_column,
+            id_column=config.corpus.id_column,
+            size=preprocess["native_size"],
+            limits=DecodeLimits(max_bytes=preprocess["max_bytes"], max_pixels=preprocess["max_pixels"]),
+            passthrough=settings.passthrough_columns,
+            batch_size=settings.decode_batch_size,
+            written=written.ids,
+        )
+        if decoded is None:
+            log.info("every input row is in the report already")
+        else:
+            # One batch per actor task: a file's rows are decoded in one read task, so its block would else be
+            # scored, and written, in one piece.
+            scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
+                ScoreActor,
+                fn_constructor_kwargs={
+                    "bundle_uri": settings.bundle,
+                    "s3": config.s3,
+                    "device": settings.device,
+                    "decision": settings.decision,
+                    "passthrough": settings.passthrough_columns,
+                    "cpu_threads": max(1, int(settings.cpus_per_actor)),
+                },
+                compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
+                max_restarts=-1,
+                max_task_retries=ACTOR_TASK_RETRIES,
+                num_gpus=settings.num_gpus_per_actor or None,
+                num_cpus=settings.cpus_per_actor,
+                batch_size=settings.batch_size,
+                batch_format="pyarrow",
+            )
+            scored.write_parquet(
+                target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
+                min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
+            )
     elapsed = time.perf_counter() - started
 
     needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in manifest["scores"])]
@@ -96,7 +153,51 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         truth=settings.truth,
         skipped_files=sum(len(plan.skipped_files) for plan in plans),
     )
-    if summary["rows"] != expected_rows:
-        raise AccountingError(f"the report at {target.location.uri} has {summary['rows']} rows, expected {expected_rows}")
+    summary["reused_rows"] = written.rows
+    _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
     target.finish(summary)
     return summary, target.location.uri
+
+
+@contextmanager
+def _inputs_stay_readable(plans: list[SourcePlan]) -> Iterator[None]:
+    """Turn an I/O error that names a planned input (deleted after planning, access withdrawn, retries used
+    up) into an InputError naming its URI; every other failure passes through unchanged."""
+    try:
+        yield
+    except Exception as error:
+        unreadable = _unreadable_input(error)
+        text = str(unreadable) if unreadable else ""
+        named = [plan.location.uri_of(p) for plan in plans for p in plan.paths if p in text]
+        if not named:
+            raise
+        raise InputError(
+            f"cannot read {max(named, key=len)} any more ({type(unreadable).__name__}: {text}); it was there when "
+            "the run was planned. Rows written so far are kept: run again once it is back, or with --overwrite "
+            "if the corpus changed"
+        ) from error
+
+
+def _unreadable_input(error: BaseException | None) -> OSError | None:
+    """The I/O error behind a failed run (an object deleted after planning, access denied, retries used up),
+    looked for through Ray's task-error wrappers; None when something else failed."""
+    while error is not None:
+        if isinstance(error, ray.exceptions.RayTaskError):  # subclasses its cause's type: look inside first
+            error = error.cause
+        elif isinstance(error, OSError):
+            return error
+        else:
+            error = error.__cause__
+    return None
+
+
+def _check_accounting(report: pa.Table, expected_rows: int, *, resumed: bool, uri: str) -> None:
+    """Every planned row once. A resumed report must also hold each (source, id) once: attempts meet on those
+    keys, so a repeat means two attempts wrote the same input (an input repeating an id of its own is only
+    counted in a fresh report, as ``duplicate_ids``)."""
+    if report.num_rows != expected_rows:
+        hint = " (resumed: ids repeated within an input cannot be resumed, pass --overwrite)" if resumed else ""
+        raise AccountingError(f"the report at {uri} has {report.num_rows} rows, expected {expected_rows}{hint}")
+    repeated = report.num_rows - report.group_by(["source", "id"]).aggregate([]).num_rows
+    if resumed and repeated:
+        raise AccountingError(f"the report at {uri} holds {repeated} (source, id) keys more than once")
