@@ -1,0 +1,99 @@
+"""A scoring actor killed (SIGKILL) mid-run on the in-process cluster: Ray restarts it, its batches run again,
+and the report holds every row once with the scores of an undisturbed run."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from rayood.screen.pipeline import screen
+from tests.conftest import tiny_config
+
+CORPUS_ROWS = 400
+SMALL_BATCHES = {"batch_size": 8, "decode_batch_size": 16}  # row files of 8 x 16 rows
+
+
+def read_rows(output):
+    return pads.dataset(output / "rows", format="parquet").to_table().to_pandas().set_index("id").sort_index()
+
+
+def descendants(root: int) -> set[int]:
+    """Processes below ``root`` (this test's in-process cluster: raylet, GCS and their workers), from /proc."""
+    children: dict[int, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(ppid, set()).add(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def score_actor_pids() -> list[int]:
+    """Scoring actors of this test's cluster: processes titled ``ray::<actor class>...`` by Ray, of Ray Data's
+    actor class ``_MapWorker``; while a screening runs, the ScoreActor pool is its only actor-pool stage."""
+    pids = []
+    for pid in descendants(os.getpid()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and "MapWorker" in title:
+            pids.append(pid)
+    return pids
+
+
+def kill_a_score_actor_once_it_wrote(output, killed: dict, stop: threading.Event) -> None:
+    while not stop.is_set():
+        pids = score_actor_pids() if list((output / "rows").glob("*.parquet")) else []
+        if pids:
+            killed.update(pid=pids[0], files=len(list((output / "rows").glob("*.parquet"))))
+            os.kill(pids[0], signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    while not stop.is_set():  # Ray starts a replacement: the same actor in a new process
+        replacements = [pid for pid in score_actor_pids() if pid != killed["pid"]]
+        if replacements:
+            killed["replacement"] = replacements[0]
+            return
+        time.sleep(0.2)
+
+
+def test_a_killed_scoring_actor_is_restarted_and_every_row_comes_out_once(tiny_bundle, demo_data, tmp_path):
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pq.read_table(demo_data[1] / "corpus.parquet").slice(0, CORPUS_ROWS), corpus)
+    reference_output, output = tmp_path / "reference", tmp_path / "report"
+    screen(tiny_config(screen={"inputs": [str(corpus)], "output": str(reference_output), "bundle": tiny_bundle}))
+
+    killed: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_a_score_actor_once_it_wrote, args=(output, killed, stop), daemon=True)
+    killer.start()
+    try:
+        summary, _ = screen(tiny_config(
+            screen={"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle, **SMALL_BATCHES}
+        ))
+    finally:
+        stop.set()
+        killer.join(30)
+    assert killed, "no scoring actor was killed while the job ran"
+    assert killed["files"] < len(list((output / "rows").glob("*.parquet"))), "the kill must land part-way"
+    assert "replacement" in killed, "no new scoring actor process after the kill"
+
+    reference, report = read_rows(reference_output), read_rows(output)
+    assert report.index.is_unique and list(report.index) == sorted(pq.read_table(corpus).column("id").to_pylist())
+    assert summary["rows"] == summary["expected_rows"] == CORPUS_ROWS and summary["errors"] == 0
+    for name in (c for c in reference.columns if c.startswith(("score_", "pvalue_"))):
+        np.testing.assert_allclose(report[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
