@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from rayood.data.sources import InputError
 from rayood.report.metrics import auroc
@@ -54,11 +55,40 @@ def test_every_corpus_row_comes_out_once_with_scores_and_pvalues(parquet_report,
     report = read_report(output)
     assert sorted(report.column("id").to_pylist()) == sorted(source_ids)
     assert summary["rows"] == summary["expected_rows"] == len(source_ids) and summary["errors"] == 0
-    for name in SCORES:
+    for name in [*SCORES, "fused"]:
         assert report.column(f"score_{name}").null_count == 0
         pvalues = report.column(f"pvalue_{name}").to_numpy()
         assert ((pvalues > 0) & (pvalues <= 1)).all()
     assert (output / "_SUCCESS").exists() and json.loads((output / "summary.json").read_text()) == summary
+    assert "embedding" not in report.column_names  # only on request
+
+
+def test_embedding_column_holds_the_penultimate_features(tiny_bundle, tmp_path):
+    from rayood.bundle import load_bundle
+    from rayood.data.decode import decode_image
+    from rayood.models.backbones import uint8_to_unit
+
+    corpus = tmp_path / "images"
+    corpus.mkdir()
+    for name, data in good_images().items():
+        (corpus / name).write_bytes(data)
+    (corpus / "broken.png").write_bytes(b"\x89PNG not really")
+    config = tiny_config(screen={"inputs": [str(corpus)], "output": str(tmp_path / "out"), "bundle": tiny_bundle,
+                                 "embedding": True})
+    screen(config)
+    report = read_report(tmp_path / "out")
+    bundle = load_bundle(tiny_bundle)
+    embedding = report.column("embedding")
+    assert str(embedding.type) == f"fixed_size_list<element: halffloat>[{bundle.manifest['stage_dims'][-1]}]"
+    rows = report.to_pylist()
+    for row in rows:
+        if row["status"] != "ok":
+            assert row["embedding"] is None
+            continue
+        pixels = decode_image(open(row["id"], "rb").read(), 32)
+        expected = bundle.backbone.features(uint8_to_unit(torch.from_numpy(pixels[None]))).penultimate[0]
+        assert np.asarray(row["embedding"], dtype=np.float32) == pytest.approx(expected.detach().numpy(), rel=2e-3, abs=2e-3)
+    assert sum(row["status"] != "ok" for row in rows) == 1
 
 
 def test_ood_scores_higher_than_id(parquet_report):

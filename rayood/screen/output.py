@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STARTED = "_STARTED"
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
+STATS = "ray_data_stats.txt"
 ROWS = "rows"
 KEY = ("source", "id")
 

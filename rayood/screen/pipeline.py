@@ -21,7 +21,7 @@ import ray.data
 import ray.exceptions
 from ray.data.datasource import FilenameProvider
 
-from rayood.bundle import read_calibration, read_manifest
+from rayood.bundle import read_calibration, read_manifest, report_scores
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import DecodeLimits
 from rayood.data.reader import read_decoded
@@ -29,7 +29,7 @@ from rayood.data.sources import InputError, SourcePlan, plan_sources
 from rayood.report.summary import summarize
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
-from rayood.screen.output import ReportTarget
+from rayood.screen.output import STATS, ReportTarget
 from rayood.storage import resolve
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,9 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     manifest = read_manifest(settings.bundle, config.s3)
     calibration = read_calibration(settings.bundle, config.s3, manifest)
     preprocess = manifest["model"]["preprocess"]
-    if settings.decision.score not in manifest["scores"]:
-        raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {manifest['scores']}")
+    scores = report_scores(manifest)
+    if settings.decision.score not in scores:
+        raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {scores}")
     plans = plan_sources(settings.inputs, config.corpus, config.s3, settings.passthrough_columns)
     expected_rows = sum(plan.rows for plan in plans)
     target = ReportTarget(resolve(settings.output, config.s3), run_fingerprint(config, plans, manifest["bundle_id"]))
@@ -122,7 +123,8 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                     "device": settings.device,
                     "decision": settings.decision,
                     "passthrough": settings.passthrough_columns,
-                    "cpu_threads": max(1, int(settings.cpus_per_actor)),
+                    "cpu_threads": settings.actor_threads,
+                    "embedding": settings.embedding,
                 },
                 compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
                 max_restarts=-1,
@@ -136,15 +138,16 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                 target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
                 min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
             )
+            target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
     elapsed = time.perf_counter() - started
 
-    needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in manifest["scores"])]
+    needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in scores)]
     if settings.truth:
         needed.append(settings.truth.column)
     report = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet").to_table(columns=needed)
     summary = summarize(
         report,
-        score_names=list(manifest["scores"]),
+        score_names=scores,
         calibration=calibration,
         decision=settings.decision,
         expected_rows=expected_rows,
