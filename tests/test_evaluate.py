@@ -84,8 +84,9 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
                 for name, group in (("id", "id"), ("photos", "far_ood"))
             }
             assert float(row["auroc"]) == pytest.approx(auroc(values["id"], values["photos"]), abs=1e-6)
-    knn_far = next(r for r in rows if r["score"] == "knn" and r["ood_set"] == "photos")
-    assert float(knn_far["auroc"]) > 0.8
+    # sets told apart correctly: some detector separates the photo crops from held-out digits (mixed-up sets
+    # would put every score near 0.5)
+    assert max(float(r["auroc"]) for r in rows if r["ood_set"] == "photos") > 0.9
     markdown = (output / "metrics.md").read_text()
     assert "**AUROC**" in markdown and "**FPR@95TPR**" in markdown and "| digits59 | near (mean) |" in markdown
     for name in scores:
