@@ -39,28 +39,43 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
-def tree_pss(root: int) -> int:
-    """PSS of a process and all its descendants, from /proc (Linux); processes that exit meanwhile count 0."""
-    total, pending = 0, [root]
+def _name(pid: int) -> str:
+    """A process's role: Ray sets worker titles (``ray::MapWorker...``, ``ray::IDLE``); others by program."""
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    title = words[0].decode(errors="replace").split(" ")[0]
+    if title.startswith("ray::"):
+        return title.split("(")[0]
+    return Path(title).name if not title.endswith("python") else "python " + Path(words[1].decode()).name
+
+
+def tree_pss(root: int) -> dict[str, int]:
+    """PSS per process role over a process and all its descendants, from /proc (Linux); processes that exit
+    meanwhile count 0."""
+    by_role: dict[str, int] = {}
+    pending = [root]
     while pending:
         pid = pending.pop()
         try:
-            total += _pss_bytes(pid)
+            role = _name(pid)
+            by_role[role] = by_role.get(role, 0) + _pss_bytes(pid)
             pending += _children(pid)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             continue
-    return total
+    return by_role
 
 
-def peak_pss(command: list[str], interval_s: float = 0.5) -> tuple[int, float, int]:
-    """Run ``command``; returns (peak PSS bytes of its process tree, wall seconds, exit status)."""
+def peak_pss(command: list[str], interval_s: float = 0.5) -> tuple[int, dict[str, int], float, int]:
+    """Run ``command``; returns (peak PSS bytes of its process tree, the per-role split at that moment,
+    wall seconds, exit status)."""
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
+    peak, split = 0, {}
     while child.poll() is None:
-        peak = max(peak, tree_pss(child.pid))
+        by_role = tree_pss(child.pid)
+        if sum(by_role.values()) > peak:
+            peak, split = sum(by_role.values()), by_role
         time.sleep(interval_s)
-    return peak, time.perf_counter() - started, child.returncode
+    return peak, split, time.perf_counter() - started, child.returncode
 
 
 def main() -> None:
@@ -86,11 +101,14 @@ def main() -> None:
         corpus = replicate(Path(args.corpus), copies, workdir / f"corpus-x{copies}")
         command = [sys.executable, "jobs/screen.py", "--config", config_path, "--input", str(corpus),
                    "--output", str(workdir / f"report-x{copies}"), "--bundle", args.bundle, "--overwrite"]
-        peak, seconds, status = peak_pss(command)
+        peak, split, seconds, status = peak_pss(command)
         if status != 0:
             raise SystemExit(f"screening x{copies} failed with exit status {status}: {' '.join(command)}")
         rows = pq.read_metadata(next((workdir / f"corpus-x{copies}").glob("*.parquet"))).num_rows * copies
-        results[f"x{copies}"] = {"rows": rows, "peak_pss_mib": round(peak / 2**20, 1), "wall_s": round(seconds, 1)}
+        results[f"x{copies}"] = {
+            "rows": rows, "peak_pss_mib": round(peak / 2**20, 1), "wall_s": round(seconds, 1),
+            "at_peak_mib": {role: round(size / 2**20, 1) for role, size in sorted(split.items(), key=lambda kv: -kv[1])},
+        }
     results["ratio"] = round(results[f"x{args.times}"]["peak_pss_mib"] / results["x1"]["peak_pss_mib"], 3)
     print(json.dumps(results, indent=2))
 
