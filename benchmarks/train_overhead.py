@@ -75,7 +75,7 @@ def main() -> None:
         torch.set_num_threads(threads)
     init_ray(config.ray)
     corpus = _read_id_corpus(config, plan_sources(config.train.data, config.corpus, extra_columns=("label",)))
-    train_rows = corpus.dataset(calibration=False)
+    train_rows = corpus.training_dataset(config.train.seed)
     table = pa.concat_tables([batch for batch in train_rows.iter_batches(batch_format="pyarrow", batch_size=4096)])
     pixels = pixels_from_column(table.column("pixels"), config.model.preprocess.native_size)
     names = corpus.class_names
