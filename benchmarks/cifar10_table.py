@@ -2,7 +2,7 @@
 
     python benchmarks/cifar10_table.py --data ../shared/data [--config configs/cifar10.yaml] [--gpu]
 
-``--data`` is a folder with the benchmark Parquet files (cifar10_train/test, tin32_val, mnist32_test,
+``--data`` is a folder with the benchmark Parquet files (cifar10_train, cifar10_train_b, cifar10_test, tin32_val, mnist32_test,
 dtd32; ../shared/data/SOURCES.md says where each comes from). ``--gpu`` fits with ``train.use_gpu`` and
 scores in 1-GPU actors with the same epochs and models as the config: same budget, different hardware.
 Writes WORKDIR/evaluation (metrics.csv, metrics.md, plots) and prints the stage timings as JSON.
@@ -19,6 +19,7 @@ from rayood.config import load_config, with_overrides
 from rayood.evaluate import evaluate
 from rayood.train.fit import fit
 
+TRAIN_FILES = ("cifar10_train.parquet", "cifar10_train_b.parquet")
 OOD_SETS = {"tin": "tin32_val.parquet", "mnist": "mnist32_test.parquet", "textures": "dtd32.parquet"}
 NEAR = {"tin"}
 
@@ -33,7 +34,7 @@ def main() -> None:
     data, workdir = Path(args.data), Path(args.workdir)
     config = load_config(args.config)
     bundle = str(workdir / "bundle")
-    config = with_overrides(config, "train", data=(str(data / "cifar10_train.parquet"),), bundle=bundle, overwrite=True)
+    config = with_overrides(config, "train", data=tuple(str(data / name) for name in TRAIN_FILES), bundle=bundle, overwrite=True)
     if args.gpu:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": None})})
         config = with_overrides(config, "train", use_gpu=True, cpus_per_worker=4)

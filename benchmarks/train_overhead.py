@@ -4,55 +4,49 @@
         [--epochs 3] [--gpu]
 
 Both fit the config's backbone with the same objective, augmentation, optimiser, epochs and batch size on the
-same decoded images. The plain loop gets the pixels as one in-memory tensor; Ray Train gets them the way
-``jobs/train.py`` does (a materialised Ray Dataset streamed to the worker, checkpoints to local storage).
-Prints both wall times and plain / Ray Train (target >= 0.9), measured in one run.
+same decoded images, through the same epoch code (``BackboneEpoch``). The plain loop gets the pixels as one
+in-memory tensor; Ray Train gets them the way ``jobs/train.py`` does (a materialised Ray Dataset that the
+worker reads once into its cache; checkpoints to local storage), and its time includes starting the worker
+group, reading the shard and checkpointing. Prints both wall times and plain / Ray Train (target >= 0.9),
+measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 
-import numpy as np
-import pyarrow as pa
 import torch
 
 from rayood.config import load_config, with_overrides
-from rayood.data.decode import pixels_from_column
 from rayood.data.sources import plan_sources
-from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.runtime import init_ray
 from rayood.storage import resolve
+from rayood.train.augment import Augmenter, two_crop_transform
+from rayood.train.cache import CachedShard
 from rayood.train.fit import _fit_stage, _read_id_corpus
-from rayood.train.loops import augment, backbone_loop
-from rayood.train.objectives import BackboneObjective
+from rayood.train.loops import BackboneEpoch, backbone_loop, new_backbone_objective
+from rayood.train.recipe import Lookahead
 
 
-def plain_loop(config, pixels: np.ndarray, labels: np.ndarray, device: torch.device) -> float:
-    """The backbone loop's arithmetic without Ray: returns wall seconds."""
+def plain_loop(config, data: CachedShard, device: torch.device) -> float:
+    """The backbone loop's arithmetic (``BackboneEpoch``) without Ray: returns wall seconds."""
     optim, settings = config.train.backbone, config.model
     torch.manual_seed(config.train.seed)
-    backbone = build_backbone(settings.backbone, settings.preprocess, int(labels.max()) + 1)
-    model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=0.9, nesterov=True, weight_decay=optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, optim.epochs))
-    generator = torch.Generator().manual_seed(config.train.seed)
-    images_all, labels_all = torch.from_numpy(pixels), torch.from_numpy(labels)
+    model, optimizer = new_backbone_objective(settings, optim, int(data.labels.max()) + 1, data, None)
+    model = model.to(device, memory_format=torch.channels_last)
+    lookahead = Lookahead(model) if optim.lookahead else None
+    augmenter = Augmenter(list(config.train.augment), len(data), config.train.seed)
+    views = two_crop_transform(settings.preprocess.native_size, optim.crop_scale_min, "flip" in config.train.augment)
+    steps = math.ceil(len(data) / optim.batch_size)
+    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, device)
     started = time.perf_counter()
-    for _ in range(optim.epochs):
-        model.train()
-        order = torch.randperm(len(labels_all), generator=generator)
-        for start in range(0, len(order), optim.batch_size):
-            index = order[start : start + optim.batch_size]
-            images = augment(uint8_to_unit(images_all[index].to(device)), config.train.augment, generator)
-            loss, _ = model(images, labels_all[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+    step = 0
+    for epoch in range(optim.epochs):
+        _, _, _, step = epoch_run(epoch, step, torch.Generator().manual_seed(epoch))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
@@ -75,23 +69,21 @@ def main() -> None:
         torch.set_num_threads(threads)
     init_ray(config.ray)
     corpus = _read_id_corpus(config, plan_sources(config.train.data, config.corpus, extra_columns=("label",)))
-    train_rows = corpus.training_dataset(config.train.seed)
-    table = pa.concat_tables([batch for batch in train_rows.iter_batches(batch_format="pyarrow", batch_size=4096)])
-    pixels = pixels_from_column(table.column("pixels"), config.model.preprocess.native_size)
+    train_rows = corpus.training_dataset()
     names = corpus.class_names
-    labels = np.array([names.index(str(v)) for v in table.column("label").to_pylist()], dtype=np.int64)
+    data = CachedShard.load(train_rows, config.model.preprocess.native_size, "label", names, config.train.cache_max_bytes)
 
     with tempfile.TemporaryDirectory() as checkpoints:
         base = {"model": config.model.model_dump(mode="json"), "class_names": names, "seed": config.train.seed,
-                "label_column": "label", "torch_threads": threads}
+                "label_column": "label", "torch_threads": threads, "cache_max_bytes": config.train.cache_max_bytes}
         started = time.perf_counter()
         _fit_stage(config, resolve(checkpoints), "backbone", backbone_loop,
                    {**base, "optim": config.train.backbone.model_dump(), "augment": list(config.train.augment),
                     "init_state": None}, train_rows)
         ray_s = time.perf_counter() - started
-    plain_s = plain_loop(config, pixels, labels, torch.device("cuda" if args.gpu else "cpu"))
+    plain_s = plain_loop(config, data, torch.device("cuda" if args.gpu else "cpu"))
     print(json.dumps({
-        "images": len(labels), "epochs": args.epochs, "batch_size": config.train.backbone.batch_size,
+        "images": len(data), "epochs": args.epochs, "batch_size": config.train.backbone.batch_size,
         "device": "cuda" if args.gpu else "cpu", "torch_threads": torch.get_num_threads(),
         "plain_s": round(plain_s, 1), "ray_train_s": round(ray_s, 1), "ratio_plain_over_ray": round(plain_s / ray_s, 3),
     }, indent=2))

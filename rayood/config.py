@@ -84,15 +84,15 @@ class PreprocessSettings(_Strict):
 class BackboneSettings(_Strict):
     """The feature extractor and classifier shared by every detector."""
 
-    arch: Literal["cifar_resnet", "resnet18", "resnet50"] = "cifar_resnet"
-    widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), description="cifar_resnet stage widths")
-    blocks: tuple[int, ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage")
+    arch: Literal["cifar_resnet", "cifar_fast", "resnet18", "resnet50"] = "cifar_resnet"
+    widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths")
+    blocks: tuple[int, ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)")
     cifar_stem: bool = Field(default=True, description="torchvision ResNets: 3x3 stride-1 stem, no max-pool")
     init_weights: str | None = Field(default=None, description="URI of a state_dict to start from")
 
     @model_validator(mode="after")
     def _stages_match(self) -> BackboneSettings:
-        if len(self.widths) != len(self.blocks) or not self.widths:
+        if not self.widths or (self.arch == "cifar_resnet" and len(self.widths) != len(self.blocks)):
             raise ValueError("widths and blocks need the same, non-zero number of stages")
         if min(self.widths) < 1 or min(self.blocks) < 1:
             raise ValueError("widths and blocks must be positive")
@@ -219,6 +219,15 @@ class BackboneOptimSettings(OptimSettings):
     alpa_dim: int = Field(default=80, ge=1)
     projection_dim: int = Field(default=128, ge=1)
     crop_scale_min: float = Field(default=0.2, gt=0, le=1, description="two-crop RandomResizedCrop scale")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="Nesterov momentum")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    schedule: Literal["cosine", "warmup_linear"] = Field(
+        default="cosine", description="per-step learning rate: cosine decay, or a linear rise and fall (fast recipes)"
+    )
+    warmup_fraction: float = Field(default=0.23, gt=0, lt=1, description="warmup_linear: share of steps to the peak")
+    norm_lr_scale: float = Field(default=1.0, gt=0, description="BatchNorm learning-rate multiplier (decay divided)")
+    lookahead: bool = Field(default=False, description="pull the weights to their running average every 5 steps")
+    whitening_bias_epochs: int = Field(default=3, ge=0, description="cifar_fast: epochs the whitening bias trains")
 
 
 class DiffusionOptimSettings(OptimSettings):
@@ -247,7 +256,10 @@ class TrainSettings(_Strict):
     run_name: str = "rayood"
     calibration_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
-    augment: tuple[Literal["crop", "flip"], ...] = ("crop", "flip")
+    augment: tuple[Literal["crop", "translate", "flip", "alternating_flip"], ...] = ("crop", "flip")
+    cache_max_bytes: int = Field(
+        default=8 * 2**30, ge=1, description="decoded training pixels one worker may hold in memory (uint8)"
+    )
     backbone: BackboneOptimSettings = BackboneOptimSettings(epochs=10, lr=0.05)
     layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
     ddpm: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
@@ -308,7 +320,27 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
-NOT_FINGERPRINTED = {"train": {"bundle", "overwrite", "checkpoint_path", "max_failures", "torch_threads"}}
+SHARED_STAGE_INPUTS = ("corpus", "model.preprocess", "train.data", "train.seed", "train.calibration_fraction",
+                      "train.num_workers")
+STAGE_INPUTS = {
+    "backbone": ("model.backbone", "train.backbone", "train.augment"),
+    "layerwise": ("model.layerwise", "train.layerwise"),
+    "ddpm": ("model.ddp", "train.ddpm", "train.augment"),
+}
+STAGE_UPSTREAM = {"layerwise": ("backbone",)}
+TEST_TIME_ONLY = {  # settings a stage's training never reads
+    "model.layerwise": {"noise_level", "ddim_steps"},
+    "model.ddp": {"enabled", "levels", "stride", "draws", "guidance", "compare", "chunk_rows"},
+}
+
+
+def _dump_path(config: BaseModel, path: str) -> object:
+    value: object = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude=TEST_TIME_ONLY.get(path))
+    return list(value) if isinstance(value, tuple) else value
 
 
 class RayoodConfig(_Strict):
@@ -328,15 +360,12 @@ class RayoodConfig(_Strict):
             )
         return self
 
-    def fingerprint(self, *sections: str) -> str:
-        """A short stable hash of some sections, to name Ray Train runs so that the same settings resume.
-
-        Where the result goes (bundle, checkpoints, overwrite) and how often a failed stage is retried are left
-        out: they do not change what is fitted.
-        """
-        payload = {
-            name: getattr(self, name).model_dump(mode="json", exclude=NOT_FINGERPRINTED.get(name)) for name in sections
-        }
+    def stage_fingerprint(self, stage: str) -> str:
+        """A short stable hash of what one Ray Train stage's result depends on (``STAGE_INPUTS``, plus the
+        stages it reads), so that tuning the denoiser resumes the fitted backbone instead of refitting it."""
+        paths = (*SHARED_STAGE_INPUTS, *STAGE_INPUTS[stage])
+        payload = {path: _dump_path(self, path) for path in paths}
+        payload["upstream"] = [self.stage_fingerprint(name) for name in STAGE_UPSTREAM.get(stage, ())]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -1,4 +1,5 @@
-"""Training batches mix classes even when the ID corpus is sorted by class (as CIFAR-10 files often are)."""
+"""Training batches mix classes even when the ID corpus is sorted by class (as CIFAR-10 files often are),
+and a worker's cached shard holds every training row once."""
 
 import io
 
@@ -7,7 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+import torch
+
+from rayood.data.decode import pixels_to_column
 from rayood.data.sources import plan_sources
+from rayood.train.cache import CachedShard, CacheTooLarge
 from rayood.train.fit import _read_id_corpus
 from tests.conftest import tiny_config
 
@@ -30,11 +35,29 @@ def test_batches_from_a_class_sorted_corpus_hold_many_classes(ray_cluster, tmp_p
     }), path)
     config = tiny_config(train={"data": [str(path)], "calibration_fraction": 0.1})
     corpus = _read_id_corpus(config, plan_sources(config.train.data, config.corpus, extra_columns=("label",)))
-    # what a training worker sees: Ray Train's streaming split, the loops' local shuffle buffer of 8 batches
-    shard = corpus.training_dataset(seed=0).streaming_split(1, equal=True)[0]
-    batches = shard.iter_batches(
-        batch_size=BATCH, batch_format="pyarrow", local_shuffle_buffer_size=BATCH * 8, local_shuffle_seed=0
-    )
-    distinct = [len(set(batch.column("label").to_pylist())) for batch in batches if batch.num_rows == BATCH]
-    # in file order a 512-row buffer spans at most 3 classes of 300 rows
-    assert len(distinct) > 30 and np.mean(distinct) >= 6, distinct
+    # what a training worker sees: Ray Train's streaming split, read once into the cache
+    shard = corpus.training_dataset().streaming_split(1, equal=True)[0]
+    names = [str(c) for c in range(CLASSES)]
+    data = CachedShard.load(shard, config.model.preprocess.native_size, "label", names, max_bytes=10**9)
+    assert len(data) == corpus.rows(False).num_rows and data.pixels.dtype == torch.uint8
+    # each cached row keeps its own label: the pixel value was written from the class
+    assert torch.equal(((data.pixels[:, 0, 0, 0].long() - data.pixels[:, 0, 0, 0].long() % 20) // 20), data.labels)
+    steps = len(data) // BATCH
+    batches = list(data.epoch_batches(BATCH, steps, torch.Generator().manual_seed(0)))
+    distinct = [len(set(data.labels[index].tolist())) for index in batches]
+    assert np.mean(distinct) >= 9, distinct  # 64 draws from 10 equal classes: 9.99 expected
+    seen = torch.cat(batches)
+    assert len(set(seen.tolist())) == len(seen)  # an epoch draws each row at most once
+
+
+def test_cache_refuses_a_shard_over_its_limit(ray_cluster):
+    import ray.data
+
+    pixels = pixels_to_column(np.zeros((10, 8, 8, 3), np.uint8))
+    rows = ray.data.from_arrow(pa.table({"pixels": pixels, "label": ["a"] * 10}))
+    try:
+        CachedShard.load(rows, 8, "label", ["a"], max_bytes=5 * 8 * 8 * 3)
+    except CacheTooLarge as error:
+        assert "train.cache_max_bytes" in str(error)
+    else:
+        raise AssertionError("a shard of 10 images passed a limit of 5")

@@ -1,8 +1,14 @@
 """Backbones with feature taps: one forward pass gives logits and every stage's feature map.
 
-Two families behind one interface (``stem`` -> ``stages`` -> pooled -> ``fc``):
+Three families behind one interface (``stem`` -> ``stages`` -> pooled -> ``fc``):
 - ``cifar_resnet``: a narrow CIFAR-style ResNet (3x3 stem, no max-pool) whose widths and depths come
   from config, small enough to fit in minutes on a laptop CPU;
+- ``cifar_fast``: the three-block convolutional net of the fast CIFAR-10 training recipes (Keller Jordan's
+  airbench, 2024: 94% test accuracy in about 10 epochs with ~2M parameters), built here from its published
+  description: a frozen 2x2 patch-whitening stem fitted to the ID data, then three groups of conv -> max-pool
+  -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU, BatchNorm scales frozen at 1, logits scaled by 1/9.
+  One departure: the classifier reads the *average*-pooled last map (airbench max-pools), so that the
+  penultimate vector, the KNN bank's global vector and the multi-scale regions are all averages of one map;
 - ``resnet18`` / ``resnet50``: torchvision's models (``weights=None``; start from local weights with
   ``init_weights``), optionally with the CIFAR stem, for GPU clusters.
 
@@ -69,6 +75,80 @@ def _cifar_resnet(settings: BackboneSettings) -> tuple[nn.Module, nn.ModuleList,
     return stem, stages, in_channels
 
 
+FAST_WHITEN_PATCH = 2
+FAST_BN_MOMENTUM = 0.4  # airbench's 0.6 in its own convention (weight of the old running value)
+FAST_BN_EPS = 1e-12
+FAST_LOGIT_SCALE = 1 / 9
+
+
+class _FastConv(nn.Conv2d):
+    """3x3 'same' convolution whose first in_channels filters start as identities (airbench's partial Dirac init)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 3, padding="same", bias=False)
+        with torch.no_grad():
+            nn.init.dirac_(self.weight[: min(in_channels, out_channels)])
+
+
+def _fast_norm(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, eps=FAST_BN_EPS, momentum=FAST_BN_MOMENTUM)
+    norm.weight.requires_grad_(False)  # scale fixed at 1: only the shift is learned
+    return norm
+
+
+def _fast_group(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        _FastConv(in_channels, out_channels), nn.MaxPool2d(2), _fast_norm(out_channels), nn.GELU(),
+        _FastConv(out_channels, out_channels), _fast_norm(out_channels), nn.GELU(),
+    )
+
+
+class PatchWhitening(nn.Conv2d):
+    """A 2x2 convolution whose frozen filters whiten image patches: the covariance eigenvectors of ID patches
+    divided by the square root of their eigenvalues, and their negatives (so 2 x 12 filters for RGB)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 2 * 3 * FAST_WHITEN_PATCH**2, FAST_WHITEN_PATCH, padding=0, bias=True)
+        self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def fit(self, normalised: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the filters from normalised ID images (N, 3, H, W); a few thousand are plenty."""
+        patches = normalised.float().unfold(2, FAST_WHITEN_PATCH, 1).unfold(3, FAST_WHITEN_PATCH, 1)
+        patches = patches.transpose(1, 3).reshape(-1, 3 * FAST_WHITEN_PATCH**2)
+        patches = patches - patches.mean(dim=0)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None])
+        filters = filters.reshape(-1, 3, FAST_WHITEN_PATCH, FAST_WHITEN_PATCH)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
+
+
+def _cifar_fast(settings: BackboneSettings) -> tuple[nn.Module, nn.ModuleList, int]:
+    widths = settings.widths
+    stem = nn.Sequential(PatchWhitening(), nn.GELU())
+    stages = nn.ModuleList()
+    in_channels = stem[0].out_channels
+    for width in widths:
+        stages.append(_fast_group(in_channels, width))
+        in_channels = width
+    return stem, stages, in_channels
+
+
+class ScaledLinear(nn.Linear):
+    """A bias-free linear classifier whose logits are multiplied by a constant (airbench: 1/9)."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+_BUILDERS = {"cifar_resnet": _cifar_resnet, "cifar_fast": _cifar_fast}
+
+
 def _torchvision_resnet(settings: BackboneSettings) -> tuple[nn.Module, nn.ModuleList, int]:
     net = (resnet18 if settings.arch == "resnet18" else resnet50)(weights=None)
     if settings.cifar_stem:
@@ -84,16 +164,30 @@ class FeatureBackbone(nn.Module):
 
     def __init__(self, settings: BackboneSettings, preprocess: PreprocessSettings, num_classes: int) -> None:
         super().__init__()
-        build = _cifar_resnet if settings.arch == "cifar_resnet" else _torchvision_resnet
+        build = _BUILDERS.get(settings.arch, _torchvision_resnet)
         self.stem, self.stages, feature_dim = build(settings)
-        self.fc = nn.Linear(feature_dim, num_classes)
+        self.fc = (
+            ScaledLinear(feature_dim, num_classes, FAST_LOGIT_SCALE) if settings.arch == "cifar_fast"
+            else nn.Linear(feature_dim, num_classes)
+        )
         self.input_size = preprocess.input_size
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def whitening(self) -> PatchWhitening | None:
+        """The data-fitted first layer of ``cifar_fast``; None for the other architectures."""
+        first = self.stem[0]
+        return first if isinstance(first, PatchWhitening) else None
+
+    def fit_whitening(self, images: torch.Tensor) -> None:
+        """Fit the whitening stem (if any) to ID images in [0, 1] at native size, before training."""
+        if self.whitening is not None:
+            self.whitening.fit(self.prepare(images))
+
     def stage_dims(self) -> list[int]:
         """Channels of each tapped map (stem first), found by a dry run so every architecture agrees."""
-        probe = torch.zeros(1, 3, 8, 8, device=self.mean.device)
+        probe = torch.zeros(1, 3, 32, 32, device=self.mean.device)
         was_training = self.training
         self.eval()
         with torch.no_grad():

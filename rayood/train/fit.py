@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,7 @@ def _only(split: bool):
 
 
 def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunConfig:
-    name = f"{config.train.run_name}-{stage}-{config.fingerprint('corpus', 'model', 'train')}"
+    name = f"{config.train.run_name}-{stage}-{config.stage_fingerprint(stage)}"
     return RunConfig(
         name=name,
         storage_path=checkpoints.path,
@@ -93,10 +94,12 @@ def _fit_stage(config: RayoodConfig, checkpoints: Location, stage: str, loop, lo
         run_config=_run_config(config, checkpoints, stage),
         datasets={"train": data},
     )
+    started = time.perf_counter()
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"the {stage} stage finished without a checkpoint")
-    log.info("%s stage done: %s", stage, result.metrics)
+    log.info("%s stage done in %.0f s: %s", stage, time.perf_counter() - started, result.metrics)
+    result.metrics["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
 
@@ -131,11 +134,10 @@ class IdCorpus:
     def dataset(self, calibration: bool) -> ray.data.Dataset:
         return self.tagged.map_batches(_only(calibration), batch_format="pyarrow")
 
-    def training_dataset(self, seed: int) -> ray.data.Dataset:
-        """The training rows with their blocks in a random order. Corpora are often sorted by class (the
-        benchmark CIFAR-10 file is), decoded blocks are small, and the loops' local shuffle buffer holds a
-        few blocks: without this, every batch held one or two classes and the backbone did not learn (BENCHMARKS.md)."""
-        return self.dataset(calibration=False).randomize_block_order(seed=seed)
+    def training_dataset(self) -> ray.data.Dataset:
+        """The training rows. The loops decode their shard once and shuffle it whole each epoch
+        (``train/cache.py``), so a corpus sorted by class (as the benchmark CIFAR-10 files are) needs nothing here."""
+        return self.dataset(calibration=False)
 
     def summary(self, train: TrainSettings) -> dict:
         return {
@@ -192,10 +194,11 @@ def fit(config: RayoodConfig) -> str:
 
     init_ray(config.ray)
     corpus = _read_id_corpus(config, plans)
-    class_names, train_data = corpus.class_names, corpus.training_dataset(train.seed)
+    class_names, train_data = corpus.class_names, corpus.training_dataset()
     base = {
         "model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed,
         "label_column": config.corpus.label_column, "torch_threads": train.torch_threads,
+        "cache_max_bytes": train.cache_max_bytes,
     }
     probe = build_backbone(config.model.backbone, config.model.preprocess, len(class_names))
     stage_dims = probe.stage_dims()
@@ -227,7 +230,9 @@ def fit(config: RayoodConfig) -> str:
         )
         ddpm_state = load_state(ddpm_result.checkpoint)["ema"]
         training["ddpm"] = _plain(ddpm_result.metrics)
+    started = time.perf_counter()
     bank, gaussian = build_references(config, train_data, class_names, backbone_state)
+    training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
 
     bundle.delete_contents()
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
@@ -242,7 +247,9 @@ def fit(config: RayoodConfig) -> str:
     )
     write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
 
+    started = time.perf_counter()
     calibration = _calibration_scores(config, corpus.dataset(calibration=True), manifest["scores"])
+    manifest["training"]["calibration"] = {"wall_s": round(time.perf_counter() - started, 1)}
     write_calibration(bundle, calibration)
     manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
     write_manifest(bundle, manifest)

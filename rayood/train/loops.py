@@ -1,4 +1,7 @@
-"""Ray Train loops (``train_loop_per_worker``): the backbone classifier and the DLSR feature denoiser.
+"""Ray Train loops (``train_loop_per_worker``): the backbone classifier, the DLSR feature denoiser and DDP's DDPM.
+
+Each loop reads its worker's shard of the ID corpus once (decoded pixels or cached features) and shuffles it
+whole every epoch; Ray Train provides the worker group, the shards, checkpoints and restarts.
 
 Every loop resumes from ``ray.train.get_checkpoint()``: Ray Train hands it the latest checkpoint both when
 a failed worker group is restarted inside one fit and when a fit is re-run with the same run name and
@@ -21,7 +24,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
 from rayood.data.decode import pixels_from_column
@@ -30,12 +32,14 @@ from rayood.detectors.layerwise import layer_features, schedule_for
 from rayood.models.backbones import build_backbone, load_matching, uint8_to_unit
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
+from rayood.train.augment import Augmenter, two_crop_transform
+from rayood.train.cache import CachedShard
 from rayood.train.objectives import BackboneObjective
+from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learning_rates
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-PAD = 4
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -72,27 +76,8 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         ema_buffer.copy_(buffer)
 
 
-def augment(images: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
-    """Random crops (reflect-padded by 4 px) and horizontal flips, per sample, on a (N, 3, H, W) batch."""
-    if "crop" in kinds:
-        n, _, h, w = images.shape
-        padded = F.pad(images, (PAD, PAD, PAD, PAD), mode="reflect")
-        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator).tolist()
-        images = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
-    if "flip" in kinds:
-        flip = torch.rand(images.shape[0], generator=generator) < 0.5
-        images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
-    return images
-
-
 def _batch_images(batch: pa.Table, size: int, device: torch.device) -> torch.Tensor:
     return uint8_to_unit(torch.from_numpy(pixels_from_column(batch.column("pixels"), size).copy())).to(device)
-
-
-def _batch_labels(batch: pa.Table, label_column: str, class_names: list[str], device: torch.device) -> torch.Tensor:
-    index = {name: i for i, name in enumerate(class_names)}
-    labels = batch.column(label_column).cast(pa.string()).to_pylist()
-    return torch.tensor([index[label] for label in labels], dtype=torch.long, device=device)
 
 
 def _use_threads(config: dict) -> None:
@@ -100,17 +85,72 @@ def _use_threads(config: dict) -> None:
         torch.set_num_threads(config["torch_threads"])
 
 
-def two_crop_transform(size: int, scale_min: float, flip: bool) -> v2.Compose:
-    """SupCon's view augmentation: resized crop, optional flip, colour jitter, random greyscale."""
-    steps = [v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True)]
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
-    return v2.Compose(steps)
+def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
+    return CachedShard.load(
+        ray.train.get_dataset_shard("train"), settings.preprocess.native_size, config["label_column"],
+        config["class_names"], config["cache_max_bytes"],
+    )
+
+
+WHITENING_SAMPLE = 5000
+
+
+class BackboneEpoch:
+    """One epoch of backbone training over a cached shard; shared by the Ray Train loop and the plain-loop
+    benchmark, so that the overhead benchmark compares the same arithmetic."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lookahead: Lookahead | None,
+                 data: CachedShard, augmenter: Augmenter, views, optim: BackboneOptimSettings, steps: int,
+                 device: torch.device) -> None:
+        self.model, self.optimizer, self.lookahead = model, optimizer, lookahead
+        self.data, self.augmenter, self.views, self.optim = data, augmenter, views, optim
+        self.steps, self.total, self.device = steps, steps * optim.epochs, device
+
+    def __call__(self, epoch: int, step: int, generator: torch.Generator) -> tuple[float, int, int, int]:
+        """Returns (loss sum, correct, seen, the step count after the epoch)."""
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for index in self.data.epoch_batches(self.optim.batch_size, self.steps, generator):
+            set_learning_rates(self.optimizer, lr_factor(step, self.total, self.optim), epoch, self.optim)
+            images = self.data.images(index, self.device)
+            labels = self.data.labels[index].to(self.device)
+            if self.optim.objective != "cross_entropy":  # two views each; positives: same-class views, its twin too
+                images = torch.cat([torch.stack([self.views(i) for i in images]) for _ in range(2)])
+                labels = torch.cat([labels, labels])
+            else:
+                images = self.augmenter(images, generator, index, epoch)
+            loss, logits = self.model(images.contiguous(memory_format=torch.channels_last), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            step += 1
+            if self.lookahead is not None:
+                self.lookahead.step(unwrap(self.model), step, self.total)
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        return loss_sum, correct, seen, step
+
+
+def new_backbone_objective(
+    settings: ModelSettings, optim: BackboneOptimSettings, num_classes: int, data: CachedShard, init_state: dict | None
+) -> tuple[BackboneObjective, torch.optim.SGD]:
+    """A fresh backbone (started from ``init_state``, else with its whitening fitted to the data) in its
+    objective, and the optimiser over both."""
+    backbone = build_backbone(settings.backbone, settings.preprocess, num_classes)
+    if init_state is not None:
+        load_matching(backbone, init_state)
+    else:  # with several workers rank 0's whitening wins: DDP broadcasts its parameters when the model is prepared
+        backbone.fit_whitening(data.images(torch.arange(min(WHITENING_SAMPLE, len(data))), torch.device("cpu")))
+    model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim,
+                              optim.label_smoothing)
+    whitening = backbone.whitening
+    return model, build_optimizer(model, optim, whitening.bias if whitening is not None else None)
 
 
 def backbone_loop(config: dict) -> None:
-    """Fit the backbone with its configured objective (SGD, momentum 0.9, cosine schedule)."""
+    """Fit the backbone with its configured objective: Nesterov SGD, a per-step schedule, optional lookahead,
+    on the worker's shard decoded once (``CachedShard``) with a fresh permutation per epoch."""
     settings = ModelSettings.model_validate(config["model"])
     optim = BackboneOptimSettings.model_validate(config["optim"])
     class_names: list[str] = config["class_names"]
@@ -118,63 +158,43 @@ def backbone_loop(config: dict) -> None:
     torch.manual_seed(config["seed"] + rank)
     device = ray.train.torch.get_device()
     _use_threads(config)
+    data = _cached_shard(config, settings)
     _log_epoch("backbone", {"device": str(device), "workers": ray.train.get_context().get_world_size(),
-                            "objective": optim.objective})
-    backbone = build_backbone(settings.backbone, settings.preprocess, len(class_names))
-    if config.get("init_state") is not None:
-        load_matching(backbone, config["init_state"])
-    model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=optim.lr, momentum=0.9, nesterov=True, weight_decay=optim.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, optim.epochs))
-    start_epoch = 0
+                            "objective": optim.objective, "cached_rows": len(data)})
+    model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, config.get("init_state"))
+    start_epoch, step, saved = 0, 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        state = load_state(checkpoint)
-        model.load_state_dict({**state["heads"], **{f"backbone.{k}": v for k, v in state["model"].items()}})
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
+        saved = load_state(checkpoint)
+        model.load_state_dict({**saved["heads"], **{f"backbone.{k}": v for k, v in saved["model"].items()}})
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch, step = int(saved["epoch"]), int(saved["step"])
         _log_epoch("backbone", {"resumed_from_epoch": start_epoch})
-    model = ray.train.torch.prepare_model(model)
-    shard = ray.train.get_dataset_shard("train")
+    model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
+    lookahead = Lookahead(unwrap(model)) if optim.lookahead else None
+    if lookahead is not None and saved is not None:
+        lookahead.load_state_dict(saved["lookahead"])
     size = settings.preprocess.native_size
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
-    contrastive = optim.objective != "cross_entropy"
+    steps = _steps_per_epoch(len(data), optim.batch_size, device)
+    augmenter = Augmenter(config["augment"], len(data), config["seed"] * 1000 + rank)
     views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
+    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, device)
     for epoch in range(start_epoch, optim.epochs):
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for batch in shard.iter_batches(
-            batch_size=optim.batch_size, batch_format="pyarrow",
-            local_shuffle_buffer_size=optim.batch_size * 8, local_shuffle_seed=config["seed"] + epoch,
-        ):
-            images = _batch_images(batch, size, device)
-            labels = _batch_labels(batch, config["label_column"], class_names, device)
-            if contrastive:  # two views of every image; positives are same-class views, its twin included
-                images = torch.cat([torch.stack([views(i) for i in images]) for _ in range(2)])
-                labels = torch.cat([labels, labels])
-            else:
-                images = augment(images, config["augment"], generator)
-            loss, logits = model(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        scheduler.step()
+        generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
+        loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
         _log_epoch("backbone", metrics)
         if done % optim.checkpoint_every == 0 or done == optim.epochs:
-            _report(metrics, {
+            state = {
                 "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": done,
-            })
-    if checkpoint and start_epoch >= optim.epochs:  # finished before: hand the last state back as the result
-        _report({"epoch": start_epoch}, state)
+                "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
+            }
+            if lookahead is not None:
+                state["lookahead"] = lookahead.state_dict()
+            _report(metrics, state)
+    if saved is not None and start_epoch >= optim.epochs:  # finished before: hand the last state back as the result
+        _report({"epoch": start_epoch}, saved)
 
 
 class EmaRun:
@@ -293,20 +313,17 @@ def ddpm_loop(config: dict) -> None:
     run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
     unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
     schedule = ddp_schedule(settings.ddp)
-    shard = ray.train.get_dataset_shard("train")
-    size = settings.preprocess.native_size
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
-    flip = ["flip"] if "flip" in config["augment"] else []
+    data = _cached_shard(config, settings)
+    steps = _steps_per_epoch(len(data), optim.batch_size, device)
+    flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
     null = len(class_names)
     for epoch in range(start_epoch, optim.epochs):
         unet.train()
+        generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
         loss_sum, batches = 0.0, 0
-        for batch in shard.iter_batches(
-            batch_size=optim.batch_size, batch_format="pyarrow",
-            local_shuffle_buffer_size=optim.batch_size * 8, local_shuffle_seed=config["seed"] + epoch,
-        ):
-            x0 = augment(_batch_images(batch, size, device), flip, generator) * 2 - 1
-            labels = _batch_labels(batch, config["label_column"], class_names, device)
+        for index in data.epoch_batches(optim.batch_size, steps, generator):
+            x0 = flip(data.images(index, device), generator) * 2 - 1
+            labels = data.labels[index].to(device)
             dropped = torch.rand(len(labels), generator=generator).to(device) < settings.ddp.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, null), labels)
             t = torch.randint(0, settings.ddp.timesteps, (len(labels),), generator=generator).to(device)

@@ -32,7 +32,7 @@ def supervised_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) -> t
 class BackboneObjective(nn.Module):
     """The backbone plus whatever its objective trains alongside; ``forward`` returns (loss, logits).
 
-    - ``cross_entropy``: cross-entropy on the backbone's logits;
+    - ``cross_entropy``: cross-entropy on the backbone's logits (optionally label-smoothed);
     - ``supcon``: SupCon on a projection MLP (C -> C -> projection_dim) of the pooled last map;
     - ``alpa_train``: SupCon + ``alpa_weight`` x ALPA (MODE-T); ``alpa_finetune``: ALPA alone (MODE-F).
     Contrastive objectives also fit the linear classifier on *detached* features (a linear probe), so the
@@ -41,8 +41,9 @@ class BackboneObjective(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, objective: str, alpa_weight: float = 1.0,
-                 projection_dim: int = 128, alpa_dim: int = 80) -> None:
+                 projection_dim: int = 128, alpa_dim: int = 80, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = label_smoothing
         self.backbone = backbone
         self.objective = objective
         self.alpa_weight = alpa_weight
@@ -59,7 +60,7 @@ class BackboneObjective(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone.features(images)
         if self.objective == "cross_entropy":
-            return F.cross_entropy(features.logits, labels), features.logits
+            return F.cross_entropy(features.logits, labels, label_smoothing=self.label_smoothing), features.logits
         last = features.stage_maps[-1]
         pooled = last.mean(dim=(2, 3))
         logits = self.backbone.fc(pooled.detach())
