@@ -177,7 +177,12 @@ class FusionSettings(_Strict):
 
     enabled: bool = True
     rule: Literal["cauchy", "fisher"] = "cauchy"
-    scores: tuple[str, ...] = Field(default=(), description="scores to fuse; empty = every score of the bundle")
+    scores: tuple[str, ...] = Field(default=(), description="scores to fuse; empty = chosen by ``choose``")
+    choose: Literal["synthetic_outliers", "all"] = Field(
+        default="synthetic_outliers",
+        description="with no scores listed: greedy selection on synthetic outliers made from ID images, or all",
+    )
+    synthetic_per_kind: int = Field(default=200, ge=10, description="synthetic outliers of each kind")
 
 
 class ModelSettings(_Strict):
@@ -233,6 +238,12 @@ class BackboneOptimSettings(OptimSettings):
 class DiffusionOptimSettings(OptimSettings):
     warmup_steps: int = Field(default=500, ge=0, description="linear learning-rate warm-up")
     grad_clip: float = Field(default=1.0, gt=0)
+    timesteps: Literal["all", "levels"] = Field(
+        default="all",
+        description="DDPM training noise levels: all of 0..T-1 (a full generative model, the paper), or only "
+        "0..max(model.ddp.levels), the part DDP's reconstructions ever run through (the same budget buys a better "
+        "denoiser there)",
+    )
 
 
 class TrainSettings(_Strict):
@@ -297,6 +308,7 @@ class ScreenSettings(_Strict):
     )
     passthrough_columns: tuple[str, ...] = ()
     embedding: bool = Field(default=False, description="add the penultimate features as a float16 column")
+    predictions: bool = Field(default=False, description="add the classifier's ID class as predicted_class")
     decision: DecisionSettings = DecisionSettings()
     truth: TruthSettings | None = None
 
@@ -330,7 +342,7 @@ STAGE_INPUTS = {
 STAGE_UPSTREAM = {"layerwise": ("backbone",)}
 TEST_TIME_ONLY = {  # settings a stage's training never reads
     "model.layerwise": {"noise_level", "ddim_steps"},
-    "model.ddp": {"enabled", "levels", "stride", "draws", "guidance", "compare", "chunk_rows"},
+    "model.ddp": {"enabled", "stride", "draws", "guidance", "compare", "chunk_rows"},  # levels: see timesteps
 }
 
 

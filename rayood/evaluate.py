@@ -5,7 +5,8 @@ All sets go through one ``screen()`` call (one actor pool, the very pipeline use
 
     OUTPUT/report/          the screening report of every set (rows, summary.json, _SUCCESS)
     OUTPUT/metrics.csv      score, ood_set, kind, auroc, fpr_at_95_tpr, aupr_in, aupr_out (+ near/far means)
-    OUTPUT/metrics.md       the same as Markdown tables, OpenOOD's layout
+    OUTPUT/metrics.md       the same as Markdown tables, OpenOOD's layout, under the classifier's ID test accuracy
+    OUTPUT/evaluation.json  sets, throughput and ``id_accuracy`` (null when the ID set is not labelled Parquet)
     OUTPUT/plots/roc_<score>.png, OUTPUT/plots/hist_<score>.png
 """
 
@@ -16,14 +17,17 @@ import json
 import logging
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rayood.bundle import read_calibration, read_manifest, report_scores
 from rayood.config import ConfigError, RayoodConfig, load_config
+from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
 from rayood.report.evaluation import OODSet, evaluate_scores, to_csv, to_markdown
 from rayood.report.plots import histogram_png, roc_png
+from rayood.screen.actor import PREDICTED_CLASS
 from rayood.screen.pipeline import screen
 from rayood.storage import resolve
 
@@ -55,6 +59,31 @@ def _scores_by_source(report_rows, sources: dict[str, str], names: list[str]) ->
     return result
 
 
+def _id_accuracy(config: RayoodConfig, report_rows, id_uri: str) -> float | None:
+    """Share of the ID set's scored rows whose ``predicted_class`` is their label; None when the ID set is not a
+    Parquet corpus with ``corpus.label_column`` (its labels are read from it by id, not passed through the
+    report, so the OOD sets need no label column)."""
+    label, id_column = config.corpus.label_column, config.corpus.id_column
+    try:
+        plan = plan_source(id_uri, config.corpus, config.s3, extra_columns=(label,))
+    except InputError:
+        return None
+    if plan.kind != "parquet":
+        return None
+    truth = pads.dataset(list(plan.paths), filesystem=plan.location.fs, format="parquet").to_table(
+        columns=[id_column, label]
+    )
+    truth = pa.table({"id": truth.column(id_column).cast(pa.string()), "truth": truth.column(label).cast(pa.string())})
+    predicted = pads.dataset(report_rows.path, filesystem=report_rows.fs, format="parquet").to_table(
+        columns=["id", PREDICTED_CLASS], filter=(pc.field("source") == id_uri) & (pc.field("status") == "ok")
+    )
+    joined = predicted.join(truth, "id")
+    if joined.num_rows == 0:
+        return None
+    correct = pc.equal(joined.column(PREDICTED_CLASS), joined.column("truth")).cast(pa.int64())
+    return pc.sum(correct).as_py() / joined.num_rows
+
+
 def evaluate(
     config: RayoodConfig, *, bundle: str, id_uri: str, oods: dict[str, str], near: set[str], output: str,
     overwrite: bool = False,
@@ -73,7 +102,7 @@ def evaluate(
     target = resolve(output, config.s3)
     screen_settings = config.screen.model_copy(update={
         "inputs": tuple(uris), "output": target.join("report").uri, "bundle": bundle, "overwrite": overwrite,
-        "passthrough_columns": (), "truth": None, "fit_if_missing": False,
+        "passthrough_columns": (), "truth": None, "fit_if_missing": False, "predictions": True,
     })
     summary, report_uri = screen(config.model_copy(update={"screen": screen_settings}))
     by_set = _scores_by_source(resolve(report_uri, config.s3).join("rows"), {"id": id_uri, **oods}, names)
@@ -85,7 +114,12 @@ def evaluate(
     rows = evaluate_scores(id_scores, by_set, sets)
     target.join("metrics.csv").write_bytes(to_csv(rows).encode())
     counts = ", ".join(f"{name} {len(scores[names[0]])}" for name, scores in by_set.items())
-    header = f"# OOD evaluation\n\nbundle `{manifest['bundle_id']}`; ID test {len(id_scores[names[0]])} images; OOD: {counts}\n\n"
+    accuracy = _id_accuracy(config, resolve(report_uri, config.s3).join("rows"), id_uri)
+    accuracy_text = "not measured (the ID set has no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
+    header = (
+        f"# OOD evaluation\n\nbundle `{manifest['bundle_id']}`; ID test {len(id_scores[names[0]])} images "
+        f"(classifier accuracy {accuracy_text}); OOD: {counts}\n\n"
+    )
     markdown = header + to_markdown(rows, sets)
     target.join("metrics.md").write_bytes(markdown.encode())
     calibration = read_calibration(bundle, config.s3, manifest)
@@ -98,6 +132,7 @@ def evaluate(
         target.join("plots", f"hist_{name}.png").write_bytes(histogram_png(name, groups, cut))
     target.join("evaluation.json").write_bytes(json.dumps(
         {"bundle_id": manifest["bundle_id"], "id": id_uri, "ood": oods, "near": sorted(near),
+         "id_accuracy": accuracy, "heldout_accuracy": manifest.get("heldout_accuracy"),
          "rows_per_s": summary["timings"]["rows_per_s"], "report": report_uri}, indent=2).encode())
     return rows, markdown
 

@@ -17,6 +17,7 @@ TINY_MODEL = {
     "backbone": {"arch": "cifar_resnet", "widths": [8, 16, 32, 32], "blocks": [1, 1, 1, 1]},
     "layerwise": {"num_blocks": 2, "hidden_multiplier": 1.0, "time_embed_dim": 32},
     "ddp": {"base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 1},
+    "fusion": {"synthetic_per_kind": 100},
 }
 NO_DDP = {"ddp": {"enabled": False}}  # for tests about other things: DDP is the slow score
 TINY_TRAIN = {

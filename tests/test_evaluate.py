@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import runpy
 import sys
 
@@ -87,7 +88,16 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
     # sets told apart correctly: some detector separates the photo crops from held-out digits (mixed-up sets
     # would put every score near 0.5)
     assert max(float(r["auroc"]) for r in rows if r["ood_set"] == "photos") > 0.9
+    # the classifier's accuracy on the labelled ID set, recomputed from the report's predicted_class
+    evaluation = json.loads((output / "evaluation.json").read_text())
+    id_rows = ok.filter(pc.equal(ok.column("source"), str(evaluation_sets["id"])))
+    labels = dict(zip(*(pq.read_table(evaluation_sets["id"]).column(c).cast("string").to_pylist() for c in ("id", "label"))))
+    predicted = id_rows.column("predicted_class").to_pylist()
+    expected = np.mean([p == labels[i] for i, p in zip(id_rows.column("id").to_pylist(), predicted)])
+    assert evaluation["id_accuracy"] == pytest.approx(expected) and expected > 0.5  # 5 classes: chance is 0.2
+    assert 0.2 < evaluation["heldout_accuracy"] <= 1.0
     markdown = (output / "metrics.md").read_text()
+    assert f"classifier accuracy {100 * expected:.2f}%" in markdown
     assert "**AUROC**" in markdown and "**FPR@95TPR**" in markdown and "| digits59 | near (mean) |" in markdown
     for name in scores:
         for kind in ("roc", "hist"):

@@ -59,3 +59,46 @@ def test_unscored_rows_stay_unscored_and_p_of_one_is_finite():
     statistic = fused.statistic({"a": np.array([np.nan, -100.0, 0.0]), "b": np.array([0.0, -100.0, 0.0])})
     assert np.isnan(statistic[0]) and np.isfinite(statistic[1:]).all()
     assert statistic[1] < statistic[2]  # scores below every reference row: the most ID-like
+
+
+def test_synthetic_outliers_keep_what_each_kind_promises():
+    from rayood.detectors.synthetic import KINDS, synthetic_outliers
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    labels = np.repeat(np.array(["a", "b"]), 20)
+    outliers, kinds = synthetic_outliers(images, labels, per_kind=10, seed=1)
+    assert outliers.shape == (50, 32, 32, 3) and outliers.dtype == np.uint8
+    assert [kinds.count(kind) for kind in KINDS] == [10] * 5
+    kinds = np.array(kinds)
+    originals = {image.tobytes() for image in images}
+    for image in outliers[kinds == "pixel_permute"]:  # same colours, new places
+        sorted_pixels = np.sort(image.reshape(-1, 3).view("V3").ravel())
+        assert any(np.array_equal(sorted_pixels, np.sort(o.reshape(-1, 3).view("V3").ravel())) for o in images)
+        assert image.tobytes() not in originals
+    for image in outliers[kinds == "rotate"]:
+        assert any(np.array_equal(np.rot90(image, -k, axes=(0, 1)), o) for o in images for k in (1, 2, 3))
+    for image in outliers[kinds == "patch_shuffle"]:  # the same 16 patches of 8 x 8
+        patches = sorted(image[y:y + 8, x:x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8))
+        assert any(patches == sorted(o[y:y + 8, x:x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8))
+                   for o in images)
+    blurred = outliers[kinds == "blur"].astype(float)
+    assert np.abs(np.diff(blurred, axis=1)).mean() < 0.2 * np.abs(np.diff(images.astype(float), axis=1)).mean()
+
+
+def test_fusion_choice_keeps_complementary_scores_and_drops_useless_ones():
+    from rayood.detectors.fusion import choose_fused_scores
+
+    rng = np.random.default_rng(0)
+    n_id, n_kind = 2000, 300
+    calibration = {name: rng.normal(size=n_id) for name in ("sees_blur", "sees_shuffle", "noise")}
+    kinds = np.repeat(["blur", "patch_shuffle"], n_kind)
+    outliers = {
+        "sees_blur": np.where(kinds == "blur", rng.normal(3, 1, 2 * n_kind), rng.normal(size=2 * n_kind)),
+        "sees_shuffle": np.where(kinds == "patch_shuffle", rng.normal(3, 1, 2 * n_kind), rng.normal(size=2 * n_kind)),
+        "noise": rng.normal(size=2 * n_kind),
+    }
+    choice = choose_fused_scores(calibration, outliers, kinds, ["noise", "sees_blur", "sees_shuffle"], "cauchy")
+    assert sorted(choice["scores"]) == ["sees_blur", "sees_shuffle"]
+    assert choice["steps"][-1]["mean_auroc"] > max(choice["single_mean_auroc"].values()) + 0.1
+    assert 0.4 < choice["single_mean_auroc"]["noise"] < 0.6

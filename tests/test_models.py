@@ -13,6 +13,7 @@ from rayood.models.diffusion import (
     [
         (BackboneSettings(arch="cifar_resnet", widths=(8, 16, 32), blocks=(1, 2, 1)), [8, 8, 16, 32]),
         (BackboneSettings(arch="resnet18", cifar_stem=True), [64, 64, 128, 256, 512]),
+        (BackboneSettings(arch="cifar_fast", widths=(8, 16, 16)), [24, 8, 16, 16]),
     ],
 )
 def test_backbone_taps_every_stage_in_one_pass(settings, dims):
@@ -21,8 +22,31 @@ def test_backbone_taps_every_stage_in_one_pass(settings, dims):
     features = model.features(torch.rand(2, 3, 16, 16))
     assert features.logits.shape == (2, 7)
     assert [m.shape[1] for m in features.stage_maps] == dims
-    assert features.stage_maps[0].shape[-1] == 32, "inputs are upsampled from native to input size"
+    assert features.stage_maps[0].shape[-1] in (31, 32), "inputs are upsampled from native to input size"
     assert features.penultimate.shape == (2, dims[-1])
+
+
+def test_fast_backbone_whitens_id_patches_and_keeps_the_whitening_in_its_state():
+    settings = BackboneSettings(arch="cifar_fast", widths=(8, 16, 16))
+    model = build_backbone(settings, PreprocessSettings(), num_classes=3)
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(400, 3, 34, 34, generator=generator), 3, 1)  # correlated pixels
+    images = (smooth * 0.5 + torch.rand(400, 3, 1, 1, generator=generator) * 0.5).clamp(0, 1)
+    model.fit_whitening(images)
+    whitening = model.whitening
+    assert not whitening.weight.requires_grad and whitening.bias.requires_grad
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(model.prepare(images), whitening.weight[:12])  # the 12 eigen-filters
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = torch.cov(flat.T)
+    off_diagonal = covariance - torch.diag(covariance.diagonal())
+    assert off_diagonal.abs().max() < 0.01, "whitened patch dimensions are uncorrelated"
+    # unit variance, shrunk only where an eigenvalue is comparable to the eps that keeps small ones finite
+    assert covariance.diagonal().min() > 0.8 and covariance.diagonal().max() < 1.001, covariance.diagonal()
+    assert torch.equal(whitening.weight[12:], -whitening.weight[:12])
+    restored = build_backbone(settings, PreprocessSettings(), num_classes=3)
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.whitening.weight, whitening.weight)
 
 
 def test_uint8_to_unit_is_nchw_in_unit_range():

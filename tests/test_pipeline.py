@@ -47,6 +47,12 @@ def test_bundle_records_what_it_was_fitted_on(tiny_bundle):
     assert data["train_rows"] + data["calibration_rows"] + data["error_rows"] == data["rows"]
     assert manifest["calibration"]["rows"] == data["calibration_rows"] > 100
     assert manifest["training"]["backbone"]["epoch"] == 4
+    assert 0.5 < manifest["heldout_accuracy"] <= 1.0  # 5 digit classes: chance is 0.2
+    # fused scores chosen on synthetic outliers: a non-empty subset, with the evidence that chose it
+    fusion = manifest["fusion"]
+    assert fusion["scores"] and set(fusion["scores"]) <= set(SCORES) and fusion["synthetic_outliers"] >= 5 * 100
+    assert set(fusion["single_mean_auroc"]) == set(SCORES)
+    assert [step["add"] for step in fusion["steps"]] == fusion["scores"]
 
 
 def test_every_corpus_row_comes_out_once_with_scores_and_pvalues(parquet_report, demo_data):

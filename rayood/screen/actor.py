@@ -4,7 +4,7 @@ It loads the bundle once, scores the rows that decoded, and leaves error rows un
 scores, so the row count out equals the row count in. Plain Python: tests call it without Ray.
 With a decision (screening, not calibration) it adds p-values, ``is_ood`` and ``score_fused``; with
 ``embedding`` the penultimate features as a fixed-size float16 list (half the bytes; audits only need
-distances between them).
+distances between them); with ``predictions`` the classifier's ID class as ``predicted_class``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rayood.detectors.fusion import FUSED
 from rayood.screen.scorer import Scorer, pick_device
 
 KEY_COLUMNS = ("id", "source", "status", "error")
+PREDICTED_CLASS = "predicted_class"
 
 
 class ScoreActor:
@@ -35,6 +36,7 @@ class ScoreActor:
         passthrough: tuple[str, ...] = (),
         cpu_threads: int = 1,
         embedding: bool = False,
+        predictions: bool = False,
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         calibrated = decision is not None
@@ -43,6 +45,7 @@ class ScoreActor:
         self.decision = decision
         self.passthrough = passthrough
         self.embedding = embedding
+        self.class_names = self.bundle.manifest["class_names"] if predictions else None
         self.size = self.bundle.settings.preprocess.native_size
         self.names = self.bundle.report_scores if calibrated else self.bundle.score_names
         if decision is not None and decision.score not in self.names:
@@ -58,7 +61,7 @@ class ScoreActor:
         failed = ~ok
         names = self.names
         values = {name: np.full(len(ok), np.nan) for name in self.bundle.score_names}
-        embedding = None
+        embedding, predicted = None, np.zeros(len(ok), dtype=np.int64)
         if ok.any():
             pixels = pixels_from_column(batch.column("pixels"), self.size)[ok]
             ids = [i for i, flag in zip(batch.column("id").to_pylist(), ok) if flag]
@@ -66,6 +69,7 @@ class ScoreActor:
             for name, scores in scored.scores.items():
                 values[name][ok] = scores
             embedding = scored.embedding
+            predicted[ok] = scored.predicted
         if self.fusion is not None:
             values[FUSED] = self.fusion.statistic(values)
         columns = {name: batch.column(name) for name in KEY_COLUMNS}
@@ -79,6 +83,8 @@ class ScoreActor:
             columns["is_ood"] = pa.array(decided, pa.bool_(), mask=failed)
         if self.embedding:
             columns["embedding"] = self._embedding_column(embedding, ok)
+        if self.class_names is not None:
+            columns[PREDICTED_CLASS] = pa.array([self.class_names[i] for i in predicted], pa.string(), mask=failed)
         for name in self.passthrough:
             columns[name] = batch.column(name)
         return pa.table(columns)

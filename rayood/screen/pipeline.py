@@ -125,6 +125,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                     "passthrough": settings.passthrough_columns,
                     "cpu_threads": settings.actor_threads,
                     "embedding": settings.embedding,
+                    "predictions": settings.predictions,
                 },
                 compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
                 max_restarts=-1,

@@ -25,6 +25,7 @@ def pick_device(preference: str) -> torch.device:
 class ScoredBatch(NamedTuple):
     scores: dict[str, np.ndarray]  # float64, one array per detector score
     embedding: np.ndarray  # float32 (n, d) penultimate features: free, the detectors computed them anyway
+    predicted: np.ndarray  # int64 (n,) the classifier's ID class index
 
 
 class Scorer:
@@ -53,4 +54,5 @@ class Scorer:
         return ScoredBatch(
             {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names},
             features.penultimate.float().cpu().numpy(),
+            features.logits.argmax(dim=1).cpu().numpy(),
         )

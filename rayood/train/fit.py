@@ -1,11 +1,14 @@
-"""Fitting a model bundle: read and split the ID corpus, two Ray Train stages, calibration, bundle.
+"""Fitting a model bundle: read and split the ID corpus, Ray Train stages, references, calibration, bundle.
 
 1. Read and decode the ID corpus with the screening reader, drop rows that fail to decode (counted),
    and split it by a hash of each id into a training part and a held-out calibration part.
-2. Ray Train: the backbone classifier (cross-entropy on the ID labels).
-3. Ray Train: the DLSR feature denoiser on the frozen backbone's layer features.
+2. Ray Train: the backbone classifier; the DLSR feature denoiser on the frozen backbone's layer features;
+   DDP's pixel DDPM when DDP is on. Each stage resumes from its checkpoints (run names fingerprint what
+   the stage reads).
+3. Ray Data batch inference: the KNN / multi-scale bank and the Mahalanobis statistics.
 4. Score the held-out part with the screening actor (the very code screening runs) and store those
-   scores in the bundle: the reference for p-values and thresholds.
+   scores in the bundle: the reference for p-values and thresholds; the classifier's held-out accuracy.
+5. Choose the fused scores on synthetic outliers made from training images (ID-only evidence).
 
 The manifest is written last, after calibration: a bundle without it is incomplete.
 """
@@ -32,12 +35,14 @@ from rayood.bundle import (
     state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig, TrainSettings
-from rayood.data.decode import STATUS_OK, DecodeLimits
+from rayood.data.decode import STATUS_OK, DecodeLimits, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.models.backbones import build_backbone, load_matching
 from rayood.runtime import init_ray
-from rayood.screen.actor import ScoreActor
+from rayood.detectors.fusion import choose_fused_scores
+from rayood.detectors.synthetic import synthetic_outliers
+from rayood.screen.actor import PREDICTED_CLASS, ScoreActor
 from rayood.storage import Location, resolve
 from rayood.train.bank import build_references
 from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_state
@@ -248,8 +253,15 @@ def fit(config: RayoodConfig) -> str:
     write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
 
     started = time.perf_counter()
-    calibration = _calibration_scores(config, corpus.dataset(calibration=True), manifest["scores"])
+    calibration, accuracy = _calibration_scores(config, corpus.dataset(calibration=True), manifest["scores"])
     manifest["training"]["calibration"] = {"wall_s": round(time.perf_counter() - started, 1)}
+    fusion = config.model.fusion
+    if manifest["fusion"] and not fusion.scores and fusion.choose == "synthetic_outliers":
+        started = time.perf_counter()
+        manifest["fusion"] = {"rule": fusion.rule, **_choose_fusion(config, corpus, manifest["scores"], calibration)}
+        manifest["training"]["fusion_choice"] = {"wall_s": round(time.perf_counter() - started, 1)}
+    manifest["heldout_accuracy"] = round(accuracy, 4)
+    log.info("classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy)
     write_calibration(bundle, calibration)
     manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
     write_manifest(bundle, manifest)
@@ -257,20 +269,57 @@ def fit(config: RayoodConfig) -> str:
     return bundle.uri
 
 
-def _calibration_scores(config: RayoodConfig, data: ray.data.Dataset, names: list[str]) -> dict[str, np.ndarray]:
+def _scored(config: RayoodConfig, data: ray.data.Dataset, columns: list[str], **actor: object) -> pa.Table:
+    """Rows scored by the screening actor with the bundle's weights (no decision), gathered on the driver."""
     settings = config.screen
     scored = data.map_batches(
         ScoreActor,
         fn_constructor_kwargs={"bundle_uri": config.train.bundle, "s3": config.s3, "device": settings.device,
-                               "cpu_threads": settings.actor_threads},
+                               "cpu_threads": settings.actor_threads, **actor},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=settings.max_actors),
         num_gpus=settings.num_gpus_per_actor or None,
         num_cpus=settings.cpus_per_actor,
         batch_size=settings.batch_size,
         batch_format="pyarrow",
     )
-    table = pa.concat_tables(ray.get(scored.select_columns([f"score_{n}" for n in names]).to_arrow_refs()))
-    return {name: table.column(f"score_{name}").to_numpy() for name in names}
+    return pa.concat_tables(ray.get(scored.select_columns(columns).to_arrow_refs()))
+
+
+def _calibration_scores(
+    config: RayoodConfig, data: ray.data.Dataset, names: list[str]
+) -> tuple[dict[str, np.ndarray], float]:
+    """The held-out rows' scores, and the classifier's accuracy on them (the bundle's held-out accuracy)."""
+    label = config.corpus.label_column
+    columns = [*(f"score_{n}" for n in names), PREDICTED_CLASS, label]
+    table = _scored(config, data, columns, passthrough=(label,), predictions=True)
+    correct = pc.equal(table.column(PREDICTED_CLASS), table.column(label).cast(pa.string()))
+    accuracy = pc.sum(correct.cast(pa.int64())).as_py() / max(1, table.num_rows)
+    return {name: table.column(f"score_{name}").to_numpy() for name in names}, accuracy
+
+
+def _choose_fusion(
+    config: RayoodConfig, corpus: IdCorpus, names: list[str], calibration: dict[str, np.ndarray]
+) -> dict:
+    """Which scores ``fused`` combines, chosen on synthetic outliers made from training rows
+    (``detectors/synthetic.py``) against half of the held-out ID rows; never on OOD test data."""
+    fusion, label = config.model.fusion, config.corpus.label_column
+    training = corpus.rows(False).num_rows
+    wanted = min(training, 4 * fusion.synthetic_per_kind)
+    sample = corpus.dataset(calibration=False).random_sample(min(1.0, wanted / training), seed=config.train.seed)
+    table = pa.concat_tables(ray.get(sample.select_columns(["pixels", label]).to_arrow_refs()))
+    images = pixels_from_column(table.column("pixels"), config.model.preprocess.native_size)
+    labels = np.asarray(table.column(label).cast(pa.string()).to_pylist())
+    outliers, kinds = synthetic_outliers(images, labels, fusion.synthetic_per_kind, config.train.seed)
+    rows = pa.table({
+        "id": [f"synthetic/{kind}/{i}" for i, kind in enumerate(kinds)], "source": ["synthetic"] * len(kinds),
+        "status": [STATUS_OK] * len(kinds), "error": pa.nulls(len(kinds), pa.string()),
+        "pixels": pixels_to_column(outliers),
+    })
+    scored = _scored(config, ray.data.from_arrow(rows), [f"score_{n}" for n in names])
+    scores = {name: scored.column(f"score_{name}").to_numpy() for name in names}
+    choice = choose_fused_scores(calibration, scores, np.asarray(kinds), names, fusion.rule)
+    log.info("fused scores chosen on %d synthetic outliers: %s", len(kinds), choice["scores"])
+    return {**choice, "synthetic_outliers": len(kinds)}
 
 
 def _plain(metrics: dict | None) -> dict:

@@ -316,6 +316,7 @@ def ddpm_loop(config: dict) -> None:
     data = _cached_shard(config, settings)
     steps = _steps_per_epoch(len(data), optim.batch_size, device)
     flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
+    highest_t = settings.ddp.timesteps - 1 if optim.timesteps == "all" else max(settings.ddp.levels)
     null = len(class_names)
     for epoch in range(start_epoch, optim.epochs):
         unet.train()
@@ -326,7 +327,7 @@ def ddpm_loop(config: dict) -> None:
             labels = data.labels[index].to(device)
             dropped = torch.rand(len(labels), generator=generator).to(device) < settings.ddp.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, null), labels)
-            t = torch.randint(0, settings.ddp.timesteps, (len(labels),), generator=generator).to(device)
+            t = torch.randint(0, highest_t + 1, (len(labels),), generator=generator).to(device)
             noise = torch.randn(x0.shape, generator=generator).to(device)
             loss = F.mse_loss(unet(schedule.q_sample(x0, t, noise), t, labels), noise)
             optimizer.zero_grad(set_to_none=True)
