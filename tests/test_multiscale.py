@@ -48,7 +48,7 @@ def test_region_vectors_on_a_4x4_map_are_global_quadrants_centre():
     torch.testing.assert_close(vectors, normalise(torch.stack(expected, dim=1)))
 
 
-@pytest.mark.parametrize("size", [(5, 5), (3, 7), (1, 1)])
+@pytest.mark.parametrize("size", [(5, 5), (3, 7), (1, 1), (3, 3)])
 def test_region_vectors_on_odd_maps(size):
     h, w = size
     feature_map = torch.rand(1, 4, h, w)
@@ -59,6 +59,10 @@ def test_region_vectors_on_odd_maps(size):
         torch.testing.assert_close(vectors[0, 1], normalise(feature_map[0, :, :3, :3].mean((1, 2))))
         torch.testing.assert_close(vectors[0, 4], normalise(feature_map[0, :, 2:, 2:].mean((1, 2))))
         torch.testing.assert_close(vectors[0, 5], normalise(feature_map[0, :, 1:4, 1:4].mean((1, 2))))
+    if size == (3, 3):  # cifar_fast's last map: the centre is the middle cell, not a repeat of a quadrant
+        torch.testing.assert_close(vectors[0, 5], normalise(feature_map[0, :, 1, 1]))
+    if size == (3, 7):
+        torch.testing.assert_close(vectors[0, 5], normalise(feature_map[0, :, 1:2, 2:5].mean((1, 2))))
 
 
 def test_cross_scale_decision_takes_the_best_matching_region():

@@ -2,7 +2,8 @@
 
 Per image, R L2-normalised vectors from the last feature map: the global average, the ``grid`` x ``grid``
 region averages (adaptive pooling: overlapping windows on odd sizes) and optionally the centre region
-(the middle ceil(H/2) x ceil(W/2) window). The bank holds every region vector of every ID training image in
+(per side, the middle window of about half the side that is exactly centred: 2 of 4 as in MODE's 4 x 4 map,
+1 of 3, 3 of 5 or 7). The bank holds every region vector of every ID training image in
 one index, scales mixed. Scores (higher = more OOD):
 - ``multiscale``: min over an image's R vectors of the distance to its k-th neighbour in the mixed bank;
 - ``knn``: the distance of the global vector to its k-th neighbour among the banks' global vectors.
@@ -23,6 +24,13 @@ def region_count(settings: MultiscaleSettings) -> int:
     return 1 + settings.grid**2 + int(settings.centre)
 
 
+def _centred_half(side: int) -> int:
+    """ceil(side / 2), less one where that could not sit in the exact middle (a 2-cell window of 3 would be
+    the top-left quadrant again)."""
+    half = math.ceil(side / 2)
+    return half if (side - half) % 2 == 0 else max(1, half - 1)
+
+
 def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> torch.Tensor:
     """(N, C, H, W) -> (N, R, C), L2-normalised; index 0 is the global vector."""
     n, c, h, w = feature_map.shape
@@ -30,7 +38,7 @@ def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> t
     grid = F.adaptive_avg_pool2d(feature_map, settings.grid)  # (N, C, g, g)
     vectors.append(grid.flatten(2).transpose(1, 2))
     if settings.centre:
-        ch, cw = math.ceil(h / 2), math.ceil(w / 2)
+        ch, cw = _centred_half(h), _centred_half(w)
         top, left = (h - ch) // 2, (w - cw) // 2
         vectors.append(feature_map[:, :, top : top + ch, left : left + cw].mean(dim=(2, 3))[:, None])
     return normalise(torch.cat(vectors, dim=1))
