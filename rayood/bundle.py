@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import posixpath
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,8 +52,41 @@ DDPM_FILE = "ddpm.pt"
 MAHALANOBIS_FILE = "mahalanobis.npz"
 
 
+BUNDLE_FILES = frozenset(
+    {MANIFEST, BACKBONE_FILE, LAYERWISE_FILE, CALIBRATION_FILE, BANK_FILE, DDPM_FILE, MAHALANOBIS_FILE}
+)
+
+
 class BundleError(RuntimeError):
     """A bundle that is missing, incomplete or does not match this version of rayood."""
+
+
+def check_bundle_target(target: Location, overwrite: bool) -> None:
+    """Refuse, before any work, a fit whose output would replace what it must not.
+
+    An empty or missing location is fine; one holding only bundle files (a finished bundle, or the remains of
+    a fit that died before its manifest) may be replaced, a finished one only with ``overwrite``. Anything
+    else is someone's data: refused, never deleted.
+    """
+    names = {posixpath.relpath(info.path, target.path) for info in target.list_files()} if target.is_dir() else set()
+    if target.exists() and not target.is_dir():
+        raise BundleError(f"{target.uri} is a file, not a directory for a model bundle")
+    foreign = sorted(names - BUNDLE_FILES)
+    if foreign:
+        raise BundleError(
+            f"{target.uri} holds files that are not part of a rayood bundle ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); refusing to write a bundle there: choose a new or empty output"
+        )
+    if MANIFEST in names and not overwrite:
+        raise BundleError(f"a bundle already exists at {target.uri}; pass --overwrite or choose another --output")
+
+
+def clear_bundle(target: Location) -> None:
+    """Delete the bundle files at ``target`` (and nothing else)."""
+    for name in BUNDLE_FILES:
+        location = target.join(name)
+        if location.exists():
+            location.fs.delete_file(location.path)
 
 
 def library_versions() -> dict[str, str]:

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from rayood.bundle import (
-    BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, BundleError, load_bundle, new_manifest, state_dict_bytes,
-    write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
+    BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, MANIFEST, BundleError, check_bundle_target,
+    clear_bundle, load_bundle, new_manifest, state_dict_bytes, write_bank, write_calibration, write_file,
+    write_mahalanobis, write_manifest,
 )
+from rayood.config import ConfigError
 from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone
 from rayood.models.diffusion import build_denoiser
@@ -104,3 +106,34 @@ def test_format_version_is_checked(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(BundleError, match="format_version 99"):
         load_bundle(str(tmp_path))
+
+
+def test_a_fit_never_writes_over_data_that_is_not_a_bundle(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "precious.jpg").write_bytes(b"x")
+    with pytest.raises(BundleError, match="not part of a rayood bundle"):
+        check_bundle_target(resolve(str(data)), overwrite=True)
+    assert (data / "sub" / "precious.jpg").read_bytes() == b"x"
+    check_bundle_target(resolve(str(tmp_path / "new")), overwrite=False)  # missing: fine
+    location, _ = make_bundle(tmp_path / "bundle")
+    with pytest.raises(BundleError, match="--overwrite"):
+        check_bundle_target(location, overwrite=False)
+    check_bundle_target(location, overwrite=True)
+    location.join(MANIFEST).fs.delete_file(location.join(MANIFEST).path)  # a fit that died before its manifest
+    check_bundle_target(location, overwrite=False)
+    (tmp_path / "bundle" / "notes.txt").write_text("mine")
+    clear_bundle(location)
+    assert [p.name for p in (tmp_path / "bundle").iterdir()] == ["notes.txt"], "only bundle files are deleted"
+
+
+def test_train_job_refuses_a_foreign_output_before_any_cluster_work(demo_data, tmp_path):
+    from rayood.train.fit import fit
+    from tests.conftest import tiny_config
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"x")
+    config = tiny_config(train={"data": [str(demo_data[0])], "bundle": str(tmp_path / "photos"), "overwrite": True})
+    with pytest.raises(ConfigError, match="not part of a rayood bundle"):
+        fit(config)
+    assert (tmp_path / "photos" / "holiday.jpg").exists()

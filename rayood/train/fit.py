@@ -31,7 +31,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
-    BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, MANIFEST, new_manifest, score_names,
+    BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, BundleError, check_bundle_target, clear_bundle,
+    new_manifest, score_names,
     state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig, TrainSettings
@@ -192,8 +193,10 @@ def fit(config: RayoodConfig) -> str:
         raise ConfigError("train.bundle is not set (where to write the model bundle)")
     plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,))
     bundle = resolve(train.bundle, config.s3)
-    if bundle.join(MANIFEST).exists() and not train.overwrite:
-        raise ConfigError(f"a bundle already exists at {train.bundle}; pass --overwrite or choose another --output")
+    try:
+        check_bundle_target(bundle, train.overwrite)
+    except BundleError as error:
+        raise ConfigError(str(error)) from None
     checkpoints = resolve(train.checkpoint_path or f"{train.bundle.rstrip('/')}-checkpoints", config.s3)
     init_state = _init_state(config)
 
@@ -239,7 +242,7 @@ def fit(config: RayoodConfig) -> str:
     bank, gaussian = build_references(config, train_data, class_names, backbone_state)
     training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
 
-    bundle.delete_contents()
+    clear_bundle(bundle)
     write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(bundle, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
     write_bank(bundle, bank)
