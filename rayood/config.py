@@ -88,6 +88,9 @@ class BackboneSettings(_Strict):
     widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths")
     blocks: tuple[int, ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)")
     cifar_stem: bool = Field(default=True, description="torchvision ResNets: 3x3 stride-1 stem, no max-pool")
+    classifier_pool: Literal["avg", "max"] = Field(
+        default="avg", description="global pooling of the last map into the penultimate vector the classifier reads"
+    )
     init_weights: str | None = Field(default=None, description="URI of a state_dict to start from")
 
     @model_validator(mode="after")

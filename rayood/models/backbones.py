@@ -7,8 +7,8 @@ Three families behind one interface (``stem`` -> ``stages`` -> pooled -> ``fc``)
   airbench, 2024: 94% test accuracy in about 10 epochs with ~2M parameters), built here from its published
   description: a frozen 2x2 patch-whitening stem fitted to the ID data, then three groups of conv -> max-pool
   -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU, BatchNorm scales frozen at 1, logits scaled by 1/9.
-  One departure: the classifier reads the *average*-pooled last map (airbench max-pools), so that the
-  penultimate vector, the KNN bank's global vector and the multi-scale regions are all averages of one map;
+  ``classifier_pool: max`` is airbench's global max-pool before the classifier; ``avg`` (the default, as in
+  ResNets) keeps the penultimate vector the same average that KNN's and MODE's global vector is;
 - ``resnet18`` / ``resnet50``: torchvision's models (``weights=None``; start from local weights with
   ``init_weights``), optionally with the CIFAR stem, for GPU clusters.
 
@@ -33,14 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Features:
-    """What one backbone pass yields: classifier logits and each tapped stage's map (stem first)."""
+    """What one backbone pass yields: classifier logits, each tapped stage's map (stem first) and the pooled
+    last map the classifier reads (``penultimate``)."""
 
     logits: torch.Tensor
     stage_maps: list[torch.Tensor]
-
-    @property
-    def penultimate(self) -> torch.Tensor:
-        return self.stage_maps[-1].mean(dim=(2, 3))
+    penultimate: torch.Tensor
 
 
 class _BasicBlock(nn.Module):
@@ -171,6 +169,7 @@ class FeatureBackbone(nn.Module):
             else nn.Linear(feature_dim, num_classes)
         )
         self.input_size = preprocess.input_size
+        self.classifier_pool = settings.classifier_pool
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
 
@@ -209,8 +208,8 @@ class FeatureBackbone(nn.Module):
 
     def features(self, images: torch.Tensor) -> Features:
         maps = self._maps(self.prepare(images))
-        logits = self.fc(maps[-1].mean(dim=(2, 3)))
-        return Features(logits=logits, stage_maps=maps)
+        pooled = maps[-1].amax(dim=(2, 3)) if self.classifier_pool == "max" else maps[-1].mean(dim=(2, 3))
+        return Features(logits=self.fc(pooled), stage_maps=maps, penultimate=pooled)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images).logits
