@@ -1,9 +1,11 @@
 """What DDP's noise-and-denoise does to ID and OOD images: the measurements behind its AUROC.
 
     python benchmarks/ddp_reconstruction.py --bundle rayood-cifar10/bundle --data ../shared/data [--per-set 300]
+        [--levels 60 120 240]
 
 For a fixed random sample of each set (CIFAR-10 test as ID; TIN, MNIST, Textures as OOD), reconstructs every
-image once at the bundle's largest DDP level with its stride and guidance, then reports per set:
+image once at each level (default: the bundle's largest DDP level) with the bundle's stride and guidance
+(a level must be a multiple of the stride), then reports per level and set:
 - ``psnr_db``: reconstruction against input (how much of the image survives);
 - ``class_kept``: share whose predicted class survives (on ID: whether the level destroys ID semantics);
 - ``confidence_in`` / ``confidence_out``: mean max-softmax before and after (DDP's premise: OOD inputs are
@@ -44,9 +46,8 @@ def _sample(path: Path, count: int, size: int) -> tuple[torch.Tensor, np.ndarray
 
 
 @torch.no_grad()
-def measure(bundle, images: torch.Tensor, ids: list[str], labels: np.ndarray | None) -> dict:
+def measure(bundle, level: int, images: torch.Tensor, ids: list[str], labels: np.ndarray | None) -> dict:
     ddp, settings = bundle.ddp, bundle.settings.ddp
-    level = max(settings.levels)
     before, after, recon_all = [], [], []
     for start in range(0, len(images), BATCH):
         x = images[start : start + BATCH]
@@ -80,22 +81,23 @@ def main() -> None:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data", required=True, help="folder with the benchmark Parquet files")
     parser.add_argument("--per-set", type=int, default=300)
+    parser.add_argument("--levels", type=int, nargs="+", help="noise levels to reconstruct from")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle, require_calibration=False)
     if bundle.ddp is None:
         raise SystemExit("this bundle has no DDP model (model.ddp.enabled was false)")
     size = bundle.settings.preprocess.native_size
-    class_names = bundle.manifest["class_names"]
-    table = {}
+    index = {name: i for i, name in enumerate(bundle.manifest["class_names"])}
+    settings = bundle.settings.ddp
+    levels = args.levels or [max(settings.levels)]
+    table: dict[int, dict] = {level: {} for level in levels}
     for name, file in SETS.items():
         images, labels, ids = _sample(Path(args.data) / file, args.per_set, size)
-        is_id = "ID" in name
-        index = {name: i for i, name in enumerate(class_names)}
-        ordered = np.array([index.get(str(v), -1) for v in labels]) if is_id else None
-        table[name] = measure(bundle, images, ids, ordered)
-    settings = bundle.settings.ddp
-    print(json.dumps({"level": max(settings.levels), "stride": settings.stride, "guidance": settings.guidance,
-                      "training": bundle.manifest["training"].get("ddpm"), "sets": table}, indent=2))
+        ordered = np.array([index.get(str(v), -1) for v in labels]) if "ID" in name else None
+        for level in levels:
+            table[level][name] = measure(bundle, level, images, ids, ordered)
+    print(json.dumps({"stride": settings.stride, "guidance": settings.guidance,
+                      "training": bundle.manifest["training"].get("ddpm"), "levels": table}, indent=2))
 
 
 if __name__ == "__main__":
