@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -68,9 +69,10 @@ def check_bundle_target(target: Location, overwrite: bool) -> None:
     a fit that died before its manifest) may be replaced, a finished one only with ``overwrite``. Anything
     else is someone's data: refused, never deleted.
     """
-    names = {posixpath.relpath(info.path, target.path) for info in target.list_files()} if target.is_dir() else set()
-    if target.exists() and not target.is_dir():
+    kind = target.info().type
+    if kind == pafs.FileType.File:
         raise BundleError(f"{target.uri} is a file, not a directory for a model bundle")
+    names = {posixpath.relpath(i.path, target.path) for i in target.list_files()} if kind == pafs.FileType.Directory else set()
     foreign = sorted(names - BUNDLE_FILES)
     if foreign:
         raise BundleError(

@@ -355,7 +355,7 @@ def _dump_path(config: BaseModel, path: str) -> object:
         value = getattr(value, part)
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude=TEST_TIME_ONLY.get(path))
-    return list(value) if isinstance(value, tuple) else value
+    return value
 
 
 class RayoodConfig(_Strict):

@@ -23,6 +23,7 @@ import pyarrow.dataset as pads
 
 from rayood.bundle import read_calibration, read_manifest, report_scores
 from rayood.config import ConfigError, RayoodConfig, load_config
+from rayood.data.decode import STATUS_OK
 from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
 from rayood.report.evaluation import OODSet, evaluate_scores, to_csv, to_markdown
@@ -75,7 +76,7 @@ def _id_accuracy(config: RayoodConfig, report_rows, id_uri: str) -> float | None
     )
     truth = pa.table({"id": truth.column(id_column).cast(pa.string()), "truth": truth.column(label).cast(pa.string())})
     predicted = pads.dataset(report_rows.path, filesystem=report_rows.fs, format="parquet").to_table(
-        columns=["id", PREDICTED_CLASS], filter=(pc.field("source") == id_uri) & (pc.field("status") == "ok")
+        columns=["id", PREDICTED_CLASS], filter=(pc.field("source") == id_uri) & (pc.field("status") == STATUS_OK)
     )
     joined = predicted.join(truth, "id")
     if joined.num_rows == 0:

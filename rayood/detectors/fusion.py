@@ -79,23 +79,18 @@ def choose_fused_scores(
     ``pvalue_fused`` stays valid whatever is chosen. Returns the chosen names and the evidence for the manifest.
     """
     even = {name: np.asarray(calibration[name])[0::2] for name in names}
-    references = {name: ConformalReference(even[name][0::2]) for name in names}
-    cap = 1.0 - 1.0 / (len(next(iter(even.values()))[0::2]) + 1.0)
-
-    def fused(chosen: list[str], rows: Mapping[str, np.ndarray]) -> np.ndarray:
-        pvalues = np.stack([np.minimum(references[n].pvalues(rows[n]), cap) for n in chosen], axis=1)
-        return combine(pvalues, rule)
-
-    held = {name: even[name][1::2] for name in names}
     kinds = np.asarray(kinds)
-    single = {name: _mean_auroc(fused([name], held), fused([name], outliers), kinds) for name in names}
+
+    def mean_auroc(chosen: list[str]) -> float:
+        # FusedScore on the even half: its even rows are the p-values' reference, its odd rows' T the ID side
+        fused = FusedScore(even, chosen, rule)
+        return _mean_auroc(fused.calibration, fused.statistic(outliers), kinds)
+
+    single = {name: mean_auroc([name]) for name in names}
     chosen: list[str] = [max(names, key=single.get)]
     steps = [{"add": chosen[0], "mean_auroc": single[chosen[0]]}]
     while len(chosen) < len(names):
-        trials = {
-            name: _mean_auroc(fused([*chosen, name], held), fused([*chosen, name], outliers), kinds)
-            for name in names if name not in chosen
-        }
+        trials = {name: mean_auroc([*chosen, name]) for name in names if name not in chosen}
         best = max(trials, key=trials.get)
         if trials[best] < steps[-1]["mean_auroc"] + MIN_GAIN:
             break

@@ -36,10 +36,11 @@ def lr_factor(step: int, total: int, optim: BackboneOptimSettings) -> float:
 def build_optimizer(model: nn.Module, optim: BackboneOptimSettings, whitening_bias: nn.Parameter | None) -> torch.optim.SGD:
     """Nesterov SGD; groups named ``norm`` (BatchNorm), ``whitening`` (frozen after a few epochs) and ``other``."""
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    whitening_ids = {id(whitening_bias)} if whitening_bias is not None else set()
     trainable = [p for p in model.parameters() if p.requires_grad]
     norm = [p for p in trainable if id(p) in norm_ids]
-    whitening = [p for p in trainable if whitening_bias is not None and p is whitening_bias]
-    other = [p for p in trainable if id(p) not in norm_ids and not any(p is w for w in whitening)]
+    whitening = [p for p in trainable if id(p) in whitening_ids]
+    other = [p for p in trainable if id(p) not in norm_ids | whitening_ids]
     scale = optim.norm_lr_scale
     groups = [
         {"name": "norm", "params": norm, "lr": optim.lr * scale, "weight_decay": optim.weight_decay / scale},
