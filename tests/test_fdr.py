@@ -279,3 +279,21 @@ def test_originals_come_back_by_id_from_webdataset_shards_and_image_files(tmp_pa
     (tmp_path / "images" / "a.png").write_bytes(png)
     files = dict(iter_originals(str(tmp_path / "images"), {str(tmp_path / "images" / "a.png")}, CorpusSettings()))
     assert files == {str(tmp_path / "images" / "a.png"): {"png": png}}
+
+
+def test_originals_are_looked_up_in_the_recorded_source_never_read_from_a_path_made_of_an_id(tmp_path):
+    """A Parquet row whose id looks like a file or a shard member outside the corpus gets its own bytes back,
+    and an image-directory source never reads a file it did not list (issue 12, item 2: a data leak)."""
+    secret, own = encode(Image.fromarray(gradient()), "PNG"), encode(Image.fromarray(gradient()[::-1].copy()), "PNG")
+    (tmp_path / "secret.png").write_bytes(secret)
+    shards = write_shards([WebSample("k", {"png": secret})], resolve(str(tmp_path / "elsewhere")))
+    corpus = tmp_path / "corpus.parquet"
+    by_path, by_shard = f"{corpus}/../secret.png", sample_id(shards[0], "k")
+    pq.write_table(pa.table({"id": [by_path, by_shard], "image": [own, own]}), corpus)
+    for row_id in (by_path, by_shard):
+        assert dict(iter_originals(str(corpus), {row_id}, CorpusSettings())) == {row_id: {"png": own}}
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(own)
+    outside = {str(tmp_path / "images" / ".." / "secret.png"), sample_id(shards[0], "k")}
+    assert dict(iter_originals(str(tmp_path / "images"), outside, CorpusSettings())) == {}

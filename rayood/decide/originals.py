@@ -1,8 +1,9 @@
 """Samples read back from the corpus a report was screened from, by report id.
 
 Reports hold no pixels, so the jobs that need images (audit thumbnails, kept shards) read them again from
-each row's ``source``: a WebDataset row's id is ``<shard URI>#<key>`` (every member of the sample comes
-back), an image-file row's id is the file's URI, and a Parquet input is read once for the wanted ids.
+each row's ``source``, planned again as screening planned it: a WebDataset row's id is ``<shard URI>#<key>``
+(every member of the sample comes back), an image-file row's id is the file's URI, and a Parquet input is read
+once for the wanted ids.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pyarrow.dataset as pads
 from PIL import Image, UnidentifiedImageError
 
 from rayood.config import CorpusSettings, S3Settings
+from rayood.data.sources import plan_source
 from rayood.data.webdataset import WebSample, read_samples, sample_id, split_sample_id
-from rayood.storage import resolve
 
 FORMAT_EXTENSIONS = {"jpeg": "jpg", "tiff": "tif"}
 
@@ -39,25 +40,31 @@ def iter_originals(
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(id, files by extension)`` of the rows of ``source`` whose id is in ``ids``, reading the input once.
 
+    The source is planned again exactly as screening planned it, and an id is looked up only among what that
+    plan holds: a file it listed, a sample of a shard it listed, a row of its Parquet files. An id is never
+    turned into a path (a Parquet id such as ``<source>/../secret`` or ``/x/y.tar#k`` must not read that file).
     Ids that are not found are simply not yielded; callers decide whether that matters."""
     if not ids:
         return
-    location = resolve(source, s3)
-    keys = [split_sample_id(i) for i in ids]
-    if all(key is not None for _, key in keys):
+    plan = plan_source(source, corpus, s3)
+    fs = plan.location.fs
+    paths_by_uri = {plan.location.uri_of(path): path for path in plan.paths}
+    if plan.kind == "webdataset":
         by_shard: dict[str, set[str]] = defaultdict(set)
-        for shard, key in keys:
-            by_shard[shard].add(key)
+        for shard, key in map(split_sample_id, ids):
+            if key is not None and shard in paths_by_uri:
+                by_shard[shard].add(key)
         for shard, wanted in sorted(by_shard.items()):
-            shard_location = resolve(shard, s3)
-            for sample in read_samples(shard_location.fs, shard_location.path, shard):
+            for sample in read_samples(fs, paths_by_uri[shard], shard):
                 if isinstance(sample, WebSample) and sample.key in wanted:
                     yield sample_id(shard, sample.key), dict(sample.files)
-    elif all(i.startswith(location.uri) for i in ids):
-        for i in sorted(ids):
-            yield i, {posixpath.splitext(i)[1].lstrip(".").lower(): resolve(i, s3).read_bytes()}
+    elif plan.kind == "images":
+        for uri in sorted(ids & paths_by_uri.keys()):
+            with fs.open_input_stream(paths_by_uri[uri]) as handle:
+                data = handle.read()
+            yield uri, {posixpath.splitext(uri)[1].lstrip(".").lower(): data}
     else:
-        dataset = pads.dataset(location.path, filesystem=location.fs, format="parquet")
+        dataset = pads.dataset(list(plan.paths), filesystem=fs, format="parquet")
         wanted = pc.field(corpus.id_column).isin(pa.array(sorted(ids)))
         for batch in dataset.to_batches(columns=[corpus.id_column, corpus.image_column], filter=wanted):
             for i, data in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
