@@ -84,11 +84,30 @@ def check_bundle_target(target: Location, overwrite: bool) -> None:
 
 
 def clear_bundle(target: Location) -> None:
-    """Delete the bundle files at ``target`` (and nothing else)."""
-    for name in BUNDLE_FILES:
+    """Delete the bundle files at ``target`` (and nothing else), the manifest first: what remains never loads."""
+    for name in [MANIFEST, *sorted(BUNDLE_FILES - {MANIFEST})]:
         location = target.join(name)
         if location.exists():
             location.fs.delete_file(location.path)
+
+
+def promote_bundle(staged: Location, target: Location) -> None:
+    """Replace the bundle at ``target`` with the complete one at ``staged``, then delete ``staged``.
+
+    A fit writes its bundle into a staging location and promotes it only once it is complete, so the old
+    bundle serves until then. The old manifest is deleted first and the new one copied last: at every moment
+    ``target`` is the old bundle, no bundle (``load_bundle`` refuses it), or the new bundle. Object stores
+    have no rename, so this is a copy; a crash during it leaves the staged copy for the next fit to redo.
+    """
+    clear_bundle(target)
+    target.fs.create_dir(target.path, recursive=True)
+    weights = sorted(name for name in BUNDLE_FILES - {MANIFEST} if staged.join(name).exists())
+    for name in [*weights, MANIFEST]:
+        pafs.copy_files(
+            staged.join(name).path, target.join(name).path,
+            source_filesystem=staged.fs, destination_filesystem=target.fs,
+        )
+    clear_bundle(staged)
 
 
 def library_versions() -> dict[str, str]:

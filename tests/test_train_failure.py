@@ -1,5 +1,6 @@
 """A Ray Train worker killed (SIGKILL) in the middle of a fit on a real multi-process cluster: the stage is
-restarted from its last checkpoint, not from epoch 0, and the fit writes a valid bundle."""
+restarted from its last checkpoint, not from epoch 0, and the fit writes a valid bundle. Then a refit with
+``--overwrite`` killed while its new bundle is half written: the old bundle still loads, unchanged."""
 
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from rayood.bundle import load_bundle
+from rayood.train.fit import STAGING
 from tests.cluster import RAY, ray_head
 from tests.conftest import NO_DDP, TINY_MODEL, TINY_TRAIN
 
@@ -72,9 +74,25 @@ def test_a_killed_train_worker_resumes_from_the_last_checkpoint(demo_data, tmp_p
             wait_for(lambda: registered_checkpoint(checkpoints), "registered backbone checkpoint", job, log)
             os.kill(pid, signal.SIGKILL)
             assert job.wait(timeout=400) == 0, log.read_text()[-3000:]
+            first = json.loads((bundle / "manifest.json").read_text())
+            assert not list((checkpoints / STAGING).glob("*")), "the staged bundle was promoted, not left behind"
+
+            # the refit resumes every finished stage, writes its weights and is killed during calibration
+            refit_log = tmp_path / "refit.log"
+            with open(refit_log, "wb") as refit_output:
+                job = subprocess.Popen(
+                    [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), "--overwrite"],
+                    stdout=refit_output, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+                )
+            wait_for(lambda: (checkpoints / STAGING / "manifest.json").exists(), "staged manifest", job, refit_log)
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=60)
         finally:
             if job.poll() is None:
                 os.killpg(job.pid, signal.SIGKILL)
+    kept = load_bundle(str(bundle))
+    assert kept.manifest["bundle_id"] == first["bundle_id"] and kept.manifest == first
+    assert not (checkpoints / STAGING / "calibration.parquet").exists(), "the refit was killed too late to test this"
 
     text = log.read_text()
     resumed = [int(n) for n in re.findall(r"backbone resumed_from_epoch=(\d+)", text)]

@@ -10,7 +10,9 @@
    scores in the bundle: the reference for p-values and thresholds; the classifier's held-out accuracy.
 5. Choose the fused scores on synthetic outliers made from training images (ID-only evidence).
 
-The manifest is written last, after calibration: a bundle without it is incomplete.
+The bundle is written into a staging folder beside the checkpoints and promoted to ``train.bundle`` only
+when complete, manifest last (``bundle.promote_bundle``): until then the old bundle there keeps serving, and a
+crash at any point never leaves a half bundle that loads.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
     BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, BundleError, check_bundle_target, clear_bundle,
-    new_manifest, score_names,
-    state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
+    new_manifest, promote_bundle, score_names, state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig, TrainSettings
 from rayood.data.decode import STATUS_OK, DecodeLimits, pixels_from_column, pixels_to_column
@@ -51,6 +52,7 @@ from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_st
 log = logging.getLogger(__name__)
 
 SPLIT_BUCKETS = 10_000
+STAGING = "bundle-staging"  # under the checkpoint location
 
 
 class SplitTagger:
@@ -242,42 +244,46 @@ def fit(config: RayoodConfig) -> str:
     bank, gaussian = build_references(config, train_data, class_names, backbone_state)
     training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
 
-    clear_bundle(bundle)
-    write_file(bundle, BACKBONE_FILE, state_dict_bytes(backbone_state))
-    write_file(bundle, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
-    write_bank(bundle, bank)
-    write_mahalanobis(bundle, gaussian.means(), gaussian.precision())
+    staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
+    clear_bundle(staged)
+    write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
+    write_file(staged, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
+    write_bank(staged, bank)
+    write_mahalanobis(staged, gaussian.means(), gaussian.precision())
     if ddpm_state is not None:
-        write_file(bundle, DDPM_FILE, state_dict_bytes(ddpm_state))
+        write_file(staged, DDPM_FILE, state_dict_bytes(ddpm_state))
     manifest = new_manifest(
         config.model, class_names, stage_dims, score_names(config.model), bank.shape,
         data=corpus.summary(train), training=training,
     )
-    write_manifest(bundle, manifest)  # weights readable by the scoring actors; calibration still missing
+    write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing
 
     started = time.perf_counter()
-    calibration, accuracy = _calibration_scores(config, corpus.dataset(calibration=True), manifest["scores"])
+    calibration, accuracy = _calibration_scores(config, staged.uri, corpus.dataset(calibration=True), manifest["scores"])
     manifest["training"]["calibration"] = {"wall_s": round(time.perf_counter() - started, 1)}
     fusion = config.model.fusion
     if manifest["fusion"] and not fusion.scores and fusion.choose == "synthetic_outliers":
         started = time.perf_counter()
-        manifest["fusion"] = {"rule": fusion.rule, **_choose_fusion(config, corpus, manifest["scores"], calibration)}
+        manifest["fusion"] = {"rule": fusion.rule, **_choose_fusion(config, staged.uri, corpus, manifest["scores"], calibration)}
         manifest["training"]["fusion_choice"] = {"wall_s": round(time.perf_counter() - started, 1)}
     manifest["heldout_accuracy"] = round(accuracy, 4)
     log.info("classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy)
-    write_calibration(bundle, calibration)
+    write_calibration(staged, calibration)
     manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
-    write_manifest(bundle, manifest)
+    write_manifest(staged, manifest)
+    promote_bundle(staged, bundle)
     log.info("wrote the model bundle %s to %s", manifest["bundle_id"], bundle.uri)
     return bundle.uri
 
 
-def _scored(config: RayoodConfig, data: ray.data.Dataset, columns: list[str], **actor: object) -> pa.Table:
+def _scored(
+    config: RayoodConfig, bundle_uri: str, data: ray.data.Dataset, columns: list[str], **actor: object
+) -> pa.Table:
     """Rows scored by the screening actor with the bundle's weights (no decision), gathered on the driver."""
     settings = config.screen
     scored = data.map_batches(
         ScoreActor,
-        fn_constructor_kwargs={"bundle_uri": config.train.bundle, "s3": config.s3, "device": settings.device,
+        fn_constructor_kwargs={"bundle_uri": bundle_uri, "s3": config.s3, "device": settings.device,
                                "cpu_threads": settings.actor_threads, **actor},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=settings.max_actors),
         num_gpus=settings.num_gpus_per_actor or None,
@@ -289,19 +295,19 @@ def _scored(config: RayoodConfig, data: ray.data.Dataset, columns: list[str], **
 
 
 def _calibration_scores(
-    config: RayoodConfig, data: ray.data.Dataset, names: list[str]
+    config: RayoodConfig, bundle_uri: str, data: ray.data.Dataset, names: list[str]
 ) -> tuple[dict[str, np.ndarray], float]:
     """The held-out rows' scores, and the classifier's accuracy on them (the bundle's held-out accuracy)."""
     label = config.corpus.label_column
     columns = [*(f"score_{n}" for n in names), PREDICTED_CLASS, label]
-    table = _scored(config, data, columns, passthrough=(label,), predictions=True)
+    table = _scored(config, bundle_uri, data, columns, passthrough=(label,), predictions=True)
     correct = pc.equal(table.column(PREDICTED_CLASS), table.column(label).cast(pa.string()))
     accuracy = pc.sum(correct.cast(pa.int64())).as_py() / max(1, table.num_rows)
     return {name: table.column(f"score_{name}").to_numpy() for name in names}, accuracy
 
 
 def _choose_fusion(
-    config: RayoodConfig, corpus: IdCorpus, names: list[str], calibration: dict[str, np.ndarray]
+    config: RayoodConfig, bundle_uri: str, corpus: IdCorpus, names: list[str], calibration: dict[str, np.ndarray]
 ) -> dict:
     """Which scores ``fused`` combines, chosen on synthetic outliers made from training rows
     (``detectors/synthetic.py``) against half of the held-out ID rows; never on OOD test data."""
@@ -318,7 +324,7 @@ def _choose_fusion(
         "status": [STATUS_OK] * len(kinds), "error": pa.nulls(len(kinds), pa.string()),
         "pixels": pixels_to_column(outliers),
     })
-    scored = _scored(config, ray.data.from_arrow(rows), [f"score_{n}" for n in names])
+    scored = _scored(config, bundle_uri, ray.data.from_arrow(rows), [f"score_{n}" for n in names])
     scores = {name: scored.column(f"score_{name}").to_numpy() for name in names}
     choice = choose_fused_scores(calibration, scores, np.asarray(kinds), names, fusion.rule)
     log.info("fused scores chosen on %d synthetic outliers: %s", len(kinds), choice["scores"])
