@@ -325,7 +325,19 @@ class ScreenSettings(_Strict):
             raise ValueError("max_actors must be >= min_actors")
         if self.truth and self.truth.column not in self.passthrough_columns:
             raise ValueError(f"truth.column {self.truth.column!r} must also be in passthrough_columns")
+        clashes = [c for c in self.passthrough_columns if c in COMPUTED_COLUMNS or c.startswith(COMPUTED_PREFIXES)]
+        if clashes:
+            raise ValueError(
+                f"passthrough_columns {clashes} would overwrite columns that screening computes "
+                f"({', '.join(COMPUTED_COLUMNS)}, {'*, '.join(COMPUTED_PREFIXES)}*): rename them in the input"
+            )
         return self
+
+
+# Report columns that screening writes itself; an input column passed through under one of these names would
+# replace the computed value (a row with status "ok" and garbage bytes would stay "ok").
+COMPUTED_COLUMNS = ("id", "source", "status", "error", "is_ood", "predicted_class", "embedding", "shard", "key")
+COMPUTED_PREFIXES = ("score_", "pvalue_", "qvalue_")
 
 
 class DemoSettings(_Strict):

@@ -64,6 +64,13 @@ def test_truth_column_must_be_passed_through():
         parse_config({"screen": {"truth": {"column": "group", "id_values": ["id"]}}})
 
 
+@pytest.mark.parametrize("name", ["status", "id", "source", "is_ood", "score_knn", "pvalue_fused", "predicted_class"])
+def test_passthrough_columns_may_not_replace_computed_ones(name):
+    with pytest.raises(ConfigError, match=f"screen.*passthrough_columns.*{name}"):
+        parse_config({"screen": {"passthrough_columns": ["label", name]}})
+    parse_config({"screen": {"passthrough_columns": ["label", "status_note"]}})
+
+
 def test_command_line_overrides_are_validated():
     config = parse_config({})
     changed = with_overrides(config, "screen", inputs=("a", "b"), output=None)
