@@ -336,7 +336,7 @@ class ScreenSettings(_Strict):
 
 # Report columns that screening writes itself; an input column passed through under one of these names would
 # replace the computed value (a row with status "ok" and garbage bytes would stay "ok").
-COMPUTED_COLUMNS = ("id", "source", "status", "error", "is_ood", "predicted_class", "embedding", "shard", "key")
+COMPUTED_COLUMNS = ("id", "source", "status", "error", "is_ood", "predicted_class", "embedding")
 COMPUTED_PREFIXES = ("score_", "pvalue_", "qvalue_")
 
 
