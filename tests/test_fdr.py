@@ -297,3 +297,27 @@ def test_originals_are_looked_up_in_the_recorded_source_never_read_from_a_path_m
     (tmp_path / "images" / "a.png").write_bytes(own)
     outside = {str(tmp_path / "images" / ".." / "secret.png"), sample_id(shards[0], "k")}
     assert dict(iter_originals(str(tmp_path / "images"), outside, CorpusSettings())) == {}
+
+
+def test_too_few_calibration_rows_give_a_null_threshold_and_a_warning_in_strict_json(tmp_path):
+    """With fewer than 1/alpha - 1 calibration rows no p-value reaches alpha: the summary says so instead of
+    holding Infinity, which strict JSON readers reject (issue 12, item 16)."""
+    from rayood.screen.output import ReportTarget
+
+    table = pa.table({
+        "id": ["a", "b"], "source": ["s", "s"], "status": ["ok", "ok"], "error": [None, None],
+        "is_ood": [False, False], "score_mfsim": [0.1, float("nan")],
+    })
+    summary = summarize(
+        table, score_names=["mfsim"], calibration={"mfsim": np.arange(10.0)}, decision=DecisionSettings(score="mfsim", alpha=0.05),
+        expected_rows=2, elapsed_s=1.0, bundle_id="simulated",
+    )
+    assert summary["decision"]["threshold"] is None and summary["scores"]["mfsim"]["threshold"] is None
+    assert summary["warnings"] and "10 calibration rows" in summary["warnings"][0] and "19" in summary["warnings"][0]
+    ReportTarget(resolve(str(tmp_path)), "fingerprint").finish(summary)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    written = json.loads((tmp_path / SUMMARY).read_text(), parse_constant=refuse)
+    assert written["decision"]["threshold"] is None and written["warnings"] == summary["warnings"]

@@ -16,6 +16,30 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MAX_ERROR_KINDS = 10
 
 
+def finite_or_null(value: object) -> object:
+    """``value`` with every NaN or infinite float replaced by None, so that strict JSON readers accept it."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def _json_threshold(calibration: np.ndarray, alpha: float, warnings: list[str], name: str) -> float | None:
+    """The threshold, or None (with a warning) when too few calibration rows leave no score able to reach
+    ``alpha``: strict JSON has no Infinity."""
+    value = threshold(calibration, alpha)
+    if np.isfinite(value):
+        return value
+    warnings.append(
+        f"{name}: {len(calibration)} calibration rows cannot give p <= {alpha} (that needs at least "
+        f"{int(np.ceil(1 / alpha - 1))}): nothing is flagged, threshold is null; refit with more held-out ID rows"
+    )
+    return None
+
+
 def _error_kind(message: str) -> str:
     """Group error messages by their cause (the text before the first colon)."""
     return message.split(":", 1)[0]
@@ -65,6 +89,7 @@ def summarize(
     errors = Counter(_error_kind(e) for e in table.column("error").to_pylist() if e is not None)
     flagged = pc.sum(pc.cast(table.column("is_ood"), pa.int64())).as_py() or 0
     ids = table.column("id")
+    warnings: list[str] = []
     summary: dict = {
         "bundle_id": bundle_id,
         "rows": table.num_rows,
@@ -80,17 +105,18 @@ def summarize(
         "decision": {
             "score": decision.score,
             "alpha": decision.alpha,
-            "threshold": threshold(calibration[decision.score], decision.alpha),
+            "threshold": _json_threshold(calibration[decision.score], decision.alpha, warnings, decision.score),
             "flagged": int(flagged),
             "flagged_fraction": float(flagged / ok.sum()) if ok.any() else 0.0,
         },
         "scores": {},
         "timings": {"elapsed_s": round(elapsed_s, 3), "rows_per_s": round(table.num_rows / max(elapsed_s, 1e-9), 2)},
+        "warnings": warnings,
     }
     for name in score_names:
         values = table.column(f"score_{name}").to_numpy(zero_copy_only=False)[ok]
         stats = _score_stats(values.astype(np.float64))
-        stats["threshold"] = threshold(calibration[name], decision.alpha)
+        stats["threshold"] = _json_threshold(calibration[name], decision.alpha, [], name)
         summary["scores"][name] = stats
     if truth is not None:
         summary["evaluation"] = _evaluation(table, ok, score_names, truth)
@@ -106,7 +132,9 @@ def render(summary: dict, report_uri: str) -> str:
         f"  rows {summary['rows']} (expected {summary['expected_rows']}): ok {summary['ok']}, errors {summary['errors']}"
         f"; {timings['rows_per_s']:.1f} rows/s over {timings['elapsed_s']:.1f} s",
         f"  is_ood: {decision['flagged']} flagged ({decision['flagged_fraction']:.1%}) by {decision['score']}"
-        f" at alpha {decision['alpha']} (score > {decision['threshold']:.4g})",
+        f" at alpha {decision['alpha']} ("
+        + (f"score > {decision['threshold']:.4g})" if decision["threshold"] is not None else "no threshold)"),
+        *(f"  warning: {warning}" for warning in summary.get("warnings", [])),
     ]
     if summary["skipped_non_image_files"]:
         lines.append(f"  skipped {summary['skipped_non_image_files']} files without an image extension")

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
+from rayood.report.summary import finite_or_null
 from rayood.storage import Location
 
 log = logging.getLogger(__name__)
@@ -136,5 +137,5 @@ class ReportTarget:
         return Written(ids, keys.num_rows, files)
 
     def finish(self, summary: dict) -> None:
-        self.location.join(SUMMARY).write_bytes(json.dumps(summary, indent=2, sort_keys=True).encode())
+        self.location.join(SUMMARY).write_bytes(json.dumps(finite_or_null(summary), indent=2, sort_keys=True, allow_nan=False).encode())
         self.location.join(SUCCESS).write_bytes(b"")
