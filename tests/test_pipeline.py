@@ -202,3 +202,15 @@ def test_fitting_again_resumes_from_the_finished_checkpoints(tiny_bundle, demo_d
         assert all(torch.equal(before[k], after[k]) for k in before), name
     first, second = json.load(open(f"{tiny_bundle}/manifest.json")), json.load(open(f"{again}/manifest.json"))
     assert first["bundle_id"] != second["bundle_id"] and first["data"] == {**second["data"], "uris": first["data"]["uris"]}
+
+
+def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tiny_bundle):
+    """An actor restarted after ``train --overwrite`` must not score with a model the summary does not name."""
+    from rayood.bundle import BundleError
+    from rayood.config import S3Settings
+    from rayood.screen.actor import ScoreActor
+
+    planned = json.load(open(f"{tiny_bundle}/manifest.json"))["bundle_id"]
+    assert ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.manifest["bundle_id"] == planned
+    with pytest.raises(BundleError, match=f"is now {planned}, but this run screens with 0123abcd"):
+        ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id="0123abcd")

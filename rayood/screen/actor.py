@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rayood.bundle import fused_score, load_bundle
+from rayood.bundle import BundleError, fused_score, load_bundle
 from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import STATUS_OK, pixels_from_column
 from rayood.detectors.calibrate import ConformalReference
@@ -37,10 +37,19 @@ class ScoreActor:
         cpu_threads: int = 1,
         embedding: bool = False,
         predictions: bool = False,
+        bundle_id: str | None = None,
     ) -> None:
+        """``bundle_id``: the bundle the run was planned with; an actor (re)started after the bundle at
+        ``bundle_uri`` was replaced refuses to score with another model than the summary will name."""
         torch.set_num_threads(max(1, cpu_threads))
         calibrated = decision is not None
         self.bundle = load_bundle(bundle_uri, s3, "cpu", require_calibration=calibrated)
+        found = self.bundle.manifest["bundle_id"]
+        if bundle_id is not None and found != bundle_id:
+            raise BundleError(
+                f"the bundle at {bundle_uri} is now {found}, but this run screens with {bundle_id}: it was replaced "
+                "while the run was going (train --overwrite?); run again to screen with the new bundle"
+            )
         self.scorer = Scorer(self.bundle, pick_device(device))
         self.decision = decision
         self.passthrough = passthrough

@@ -119,6 +119,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                 ScoreActor,
                 fn_constructor_kwargs={
                     "bundle_uri": settings.bundle,
+                    "bundle_id": manifest["bundle_id"],
                     "s3": config.s3,
                     "device": settings.device,
                     "decision": settings.decision,
