@@ -17,8 +17,8 @@ from rayood.data.decode import DecodeLimits
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, plan_sources
 from rayood.data.webdataset import (
-    BrokenSample, ShardReader, WebSample, count_samples, read_samples, sample_id, split_member_name, split_sample_id,
-    write_shards,
+    PROBLEM_FIELD, BrokenSample, ShardReader, WebSample, count_samples, read_samples, sample_id, sample_row,
+    split_member_name, split_sample_id, write_shards,
 )
 from rayood.screen.pipeline import screen
 from rayood.storage import resolve
@@ -199,6 +199,17 @@ def test_split_samples_and_repeated_members_are_error_rows_not_merges(tmp_path):
     assert [s.key for s in samples] == ["a", "b", "a", "c", "d"]
     assert "not adjacent" in samples[2].error and "two members named c.jpg" in samples[3].error
     assert samples[4].files == {"png": good_images()["rgb.png"]}
+
+
+def test_a_json_member_that_cannot_be_read_is_that_samples_error_row(tmp_path):
+    """Deep nesting raises RecursionError in the JSON parser: it must not kill the read (and every resume)."""
+    path = tmp_path / "shard.tar"
+    image = good_images()["rgb.jpg"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    make_shard(path, [("a.jpg", image), ("a.json", deep), ("b.jpg", image), ("b.json", b'{"url": "x"}')])
+    rows = [sample_row(s, "shard.tar", ("jpg",), ("url",)) for s in read_samples(LOCAL, str(path), "shard.tar")]
+    assert "RecursionError" in rows[0][PROBLEM_FIELD] and rows[0]["id"] == "shard.tar#a"
+    assert rows[1][PROBLEM_FIELD] is None and rows[1]["url"] == "x"
 
 
 def test_a_shard_streams_out_in_bounded_blocks(corpus):

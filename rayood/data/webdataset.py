@@ -206,8 +206,8 @@ def sample_row(
         return row
     try:
         row.update({name: _text_field(sample, name) for name in columns})
-    except (ValueError, AttributeError) as error:  # invalid JSON, or JSON that is not an object
-        row[PROBLEM_FIELD] = f"cannot read {sample.key}.json for columns {list(columns)}: {error}"
+    except Exception as error:  # invalid, not an object, nested past the recursion limit: this sample's problem
+        row[PROBLEM_FIELD] = f"cannot read {sample.key}.json for columns {list(columns)}: {type(error).__name__}: {error}"
     image = next((ext for ext in sample.files if ext.lower() in image_extensions), None)
     if image is None:
         wanted, found = ", ".join(image_extensions), ", ".join(sample.files)
