@@ -3,7 +3,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from rayood.data.decode import BatchDecoder, DecodeError, DecodeLimits, decode_image, pixels_from_column, pixels_to_column
+from rayood.data.decode import (
+    BatchDecoder, DecodeError, DecodeLimits, decode_image, formats_for, pixels_from_column, pixels_to_column,
+)
 from tests.images import bad_images, encode, good_images
 
 
@@ -27,6 +29,18 @@ def test_limits_are_configurable():
         decode_image(data, 32, DecodeLimits(max_bytes=10))
     with pytest.raises(DecodeError, match="max_pixels"):
         decode_image(data, 32, DecodeLimits(max_pixels=100))
+
+
+def test_only_the_configured_image_formats_are_decoded():
+    """PIL knows formats that run external programs (EPS -> Ghostscript): untrusted bytes never reach them."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
+    with pytest.raises(DecodeError, match="not an image"):
+        decode_image(eps, 8)
+    assert formats_for(("jpg", "jpeg", "PNG", "heic")) == ("JPEG", "PNG")
+    png = good_images()["rgb.png"]
+    assert decode_image(png, 8, DecodeLimits(formats=formats_for(("png",)))).shape == (8, 8, 3)
+    with pytest.raises(DecodeError, match="not an image"):
+        decode_image(good_images()["rgb.jpg"], 8, DecodeLimits(formats=formats_for(("png",))))
 
 
 def test_sixteen_bit_is_scaled_not_clipped():

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from rayood.config import IMAGE_EXTENSIONS
+
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -24,10 +26,20 @@ class DecodeError(ValueError):
     """Why one input could not become pixels."""
 
 
+def formats_for(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """PIL's format names for file extensions (``jpg`` -> ``JPEG``); extensions PIL cannot read are left out."""
+    known = Image.registered_extensions()
+    return tuple(sorted({known[f".{ext.lower()}"] for ext in extensions if f".{ext.lower()}" in known}))
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
+    """``formats``: the PIL formats decoding may use. Anything else is "not an image": PIL knows formats that
+    run external programs (EPS goes to Ghostscript) or are rarely fuzzed, and the bytes are untrusted."""
+
     max_bytes: int = 64 * 2**20
     max_pixels: int = 50_000_000
+    formats: tuple[str, ...] = formats_for(IMAGE_EXTENSIONS)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -70,7 +82,7 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=limits.formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DecodeError(f"image too large (decompression bomb guard): {error}") from None
     except UnidentifiedImageError as error:

@@ -23,7 +23,7 @@ from ray.data.datasource import FilenameProvider
 
 from rayood.bundle import read_calibration, read_manifest, report_scores
 from rayood.config import ConfigError, RayoodConfig
-from rayood.data.decode import DecodeLimits
+from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
 from rayood.report.summary import summarize
@@ -105,7 +105,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             image_column=config.corpus.image_column,
             id_column=config.corpus.id_column,
             size=preprocess["native_size"],
-            limits=DecodeLimits(max_bytes=preprocess["max_bytes"], max_pixels=preprocess["max_pixels"]),
+            limits=DecodeLimits(preprocess["max_bytes"], preprocess["max_pixels"], formats_for(config.corpus.file_extensions)),
             passthrough=settings.passthrough_columns,
             batch_size=settings.decode_batch_size,
             written=written.ids,

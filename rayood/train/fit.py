@@ -37,7 +37,7 @@ from rayood.bundle import (
     new_manifest, promote_bundle, score_names, state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
 )
 from rayood.config import ConfigError, RayoodConfig, TrainSettings
-from rayood.data.decode import STATUS_OK, DecodeLimits, pixels_from_column, pixels_to_column
+from rayood.data.decode import STATUS_OK, DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.models.backbones import build_backbone, load_matching
@@ -165,7 +165,8 @@ def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
     train, preprocess, label_column = config.train, config.model.preprocess, config.corpus.label_column
     decoded = read_decoded(
         plans, image_column=config.corpus.image_column, id_column=config.corpus.id_column,
-        size=preprocess.native_size, limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels),
+        size=preprocess.native_size,
+        limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels, formats_for(config.corpus.file_extensions)),
         passthrough=(label_column,),
     )
     tagged = decoded.map_batches(SplitTagger(train.calibration_fraction, train.seed), batch_format="pyarrow").materialize()
