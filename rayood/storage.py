@@ -97,6 +97,16 @@ class Location:
             raise StorageError(f"cannot list {self.uri}: {error}") from None
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
+    def list_input_files(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """The files below this directory to read as inputs (paths, sorted), and ``(why, printable name)`` of
+        each entry left out. On local disks directory links are never followed (a ``loop -> ..`` link would
+        repeat the tree or never end), a file link only when it resolves to a file inside this directory, and
+        a name that is not UTF-8 cannot become an id: all three are left out, not fatal. Object stores have
+        neither links nor undecodable keys."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return [info.path for info in self.list_files()], []
+        return _walk_local(self.path)
+
     def delete_contents(self) -> None:
         if self.is_dir():
             self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
@@ -104,6 +114,38 @@ class Location:
     def uri_of(self, fs_path: str) -> str:
         """The URI of a path that this filesystem returned (for example from ``list_files``)."""
         return f"s3://{fs_path}" if is_s3(self.uri) else fs_path
+
+
+LINK_NOT_FOLLOWED, NAME_NOT_UTF8 = "link not followed", "name not UTF-8"
+
+
+def _walk_local(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    inside = os.path.realpath(root) + os.sep
+    files: list[str] = []
+    left_out: list[tuple[str, str]] = []
+    pending = [os.fsencode(root)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError as error:
+            raise StorageError(f"cannot list {root}: {error}") from None
+        for entry in entries:
+            try:
+                path = entry.path.decode("utf-8")
+            except UnicodeDecodeError:
+                left_out.append((NAME_NOT_UTF8, entry.path.decode("utf-8", "backslashreplace")))
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path).decode("utf-8", "backslashreplace")
+                if not (target.startswith(inside) and os.path.isfile(target)):  # a directory, a loop, outside
+                    left_out.append((LINK_NOT_FOLLOWED, path))
+                    continue
+                files.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                files.append(path)
+    return sorted(files), sorted(left_out)
 
 
 def resolve(uri: str, s3: S3Settings | None = None) -> Location:

@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayood.data.sources import InputError
+from rayood.data.sources import HIDDEN, InputError
 from rayood.report.metrics import auroc
 from rayood.screen.output import OutputError
 from rayood.screen.pipeline import screen
+from rayood.storage import LINK_NOT_FOLLOWED
 from tests.conftest import tiny_config
 from tests.images import bad_images, good_images
 
@@ -121,12 +122,15 @@ def test_image_files_good_and_bad_each_give_one_row(tiny_bundle, tmp_path):
     for name, (data, _) in bad_images().items():
         (corpus / name).write_bytes(data)
     (corpus / "README.txt").write_text("not part of the corpus")
+    (corpus / "loop").symlink_to("..")
+    (corpus / ".DS_Store").write_bytes(b"Finder")
     output = tmp_path / "report"
     summary, _ = screen(tiny_config(screen={"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle}))
     report = read_report(output).to_pandas().set_index("id")
     expected = {str(corpus / "nested" / n) for n in good_images()} | {str(corpus / n) for n in bad_images()}
     assert set(report.index) == expected and len(report) == len(expected)
     assert summary["skipped_non_image_files"] == 1
+    assert summary["left_out_entries"] == {HIDDEN: 1, LINK_NOT_FOLLOWED: 1}
     for name, (_, cause) in bad_images().items():
         row = report.loc[str(corpus / name)]
         assert row["status"] == "error" and cause in row["error"]

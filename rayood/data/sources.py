@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +19,8 @@ import pyarrow.parquet as pq
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.webdataset import SHARD_EXTENSION, count_samples
 from rayood.storage import Location, StorageError, resolve
+
+log = logging.getLogger(__name__)
 
 # Shards are counted concurrently: on S3 each walk waits on range reads most of the time.
 SHARD_COUNT_THREADS = 16
@@ -34,8 +37,12 @@ class SourcePlan:
     location: Location
     paths: tuple[str, ...]
     rows: int
-    skipped_files: tuple[str, ...] = ()
+    skipped_files: tuple[str, ...] = ()  # files of another kind than the input's (no image extension, sidecars)
     image_extensions: tuple[str, ...] = ()  # webdataset: a sample's image is its first member with one of these
+    left_out: tuple[tuple[str, str], ...] = ()  # (why, name): hidden names, links not followed, non-UTF-8 names
+
+
+HIDDEN = "hidden name (. or _)"
 
 
 def _is_hidden(path: str, root: str) -> bool:
@@ -79,10 +86,22 @@ def _webdataset_rows(location: Location, paths: list[str]) -> int:
 
 
 def _webdataset_plan(
-    uri: str, location: Location, shards: list[str], corpus: CorpusSettings, skipped: Iterable[str] = ()
+    uri: str, location: Location, shards: list[str], corpus: CorpusSettings, skipped: Iterable[str] = (),
+    left_out: tuple[tuple[str, str], ...] = (),
 ) -> SourcePlan:
     rows = _webdataset_rows(location, shards)
-    return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions)
+    return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions, left_out)
+
+
+def _listed(location: Location) -> tuple[list[str], tuple[tuple[str, str], ...]]:
+    """The directory's input files, and what was left out (logged with a few names: they are not rows)."""
+    listed, left_out = location.list_input_files()
+    files = [path for path in listed if not _is_hidden(path, location.path)]
+    left_out += [(HIDDEN, location.uri_of(path)) for path in listed if _is_hidden(path, location.path)]
+    for why in sorted({why for why, _ in left_out}):
+        names = [name for reason, name in left_out if reason == why]
+        log.warning("%s: left out %d entries (%s), e.g. %s", location.uri, len(names), why, ", ".join(names[:3]))
+    return files, tuple(left_out)
 
 
 def plan_source(
@@ -108,12 +127,13 @@ def plan_source(
             return SourcePlan(uri, "images", location, (location.path,), 1)
         rows = _parquet_rows(location, [location.path], required)
         return SourcePlan(uri, "parquet", location, (location.path,), rows)
-    files = [f.path for f in location.list_files() if not _is_hidden(f.path, location.path)]
+    files, left_out = _listed(location)
     if not files:
         raise InputError(f"input directory is empty: {uri}")
     parquet_files = [p for p in files if p.endswith(".parquet")]
     if parquet_files and len(parquet_files) == len(files):
-        return SourcePlan(uri, "parquet", location, tuple(files), _parquet_rows(location, files, required))
+        rows = _parquet_rows(location, files, required)
+        return SourcePlan(uri, "parquet", location, tuple(files), rows, left_out=left_out)
     images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
     shards = [p for p in files if p.endswith(SHARD_EXTENSION)]
     if shards:
@@ -122,14 +142,15 @@ def plan_source(
                 f"{uri} holds both WebDataset shards (.tar) and image files: give their directories as separate inputs"
             )
         chosen = set(shards)  # img2dataset writes a .parquet and a _stats.json beside each shard: skipped
-        return _webdataset_plan(uri, location, shards, corpus, (location.uri_of(p) for p in files if p not in chosen))
+        others = (location.uri_of(p) for p in files if p not in chosen)
+        return _webdataset_plan(uri, location, shards, corpus, others, left_out)
     if extra_columns:
         raise InputError(f"{uri} holds image files, which have no columns {list(extra_columns)} to pass through")
     chosen = set(images)
     skipped = tuple(location.uri_of(p) for p in files if p not in chosen)
     if not images:
         raise InputError(f"no image files ({', '.join(corpus.file_extensions)}) under {uri}")
-    return SourcePlan(uri, "images", location, tuple(images), len(images), skipped)
+    return SourcePlan(uri, "images", location, tuple(images), len(images), skipped, left_out=left_out)
 
 
 def plan_sources(

@@ -84,7 +84,10 @@ def summarize(
     bundle_id: str,
     truth: TruthSettings | None = None,
     skipped_files: int = 0,
+    left_out: dict[str, int] | None = None,
 ) -> dict:
+    """``skipped_files``: files of another kind than their input's; ``left_out``: directory entries that are not
+    inputs at all (hidden names, links not followed, names that are not UTF-8), counted by reason."""
     ok = np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
     errors = Counter(_error_kind(e) for e in table.column("error").to_pylist() if e is not None)
     flagged = pc.sum(pc.cast(table.column("is_ood"), pa.int64())).as_py() or 0
@@ -98,6 +101,7 @@ def summarize(
         "errors": int((~ok).sum()),
         "duplicate_ids": table.num_rows - pc.count_distinct(ids).as_py(),
         "skipped_non_image_files": skipped_files,
+        "left_out_entries": dict(sorted((left_out or {}).items())),
         "error_kinds": dict(errors.most_common(MAX_ERROR_KINDS)),
         "per_source": {
             str(row["values"]): int(row["counts"]) for row in pc.value_counts(table.column("source")).to_pylist()
@@ -138,6 +142,8 @@ def render(summary: dict, report_uri: str) -> str:
     ]
     if summary["skipped_non_image_files"]:
         lines.append(f"  skipped {summary['skipped_non_image_files']} files without an image extension")
+    for why, count in summary.get("left_out_entries", {}).items():
+        lines.append(f"  left out {count} entries: {why}")
     for kind, count in summary["error_kinds"].items():
         lines.append(f"  error: {count} x {kind}")
     evaluation = summary.get("evaluation", {})

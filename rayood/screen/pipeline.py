@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -157,6 +158,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         bundle_id=manifest["bundle_id"],
         truth=settings.truth,
         skipped_files=sum(len(plan.skipped_files) for plan in plans),
+        left_out=Counter(why for plan in plans for why, _ in plan.left_out),
     )
     summary["reused_rows"] = written.rows
     _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
