@@ -15,10 +15,11 @@ from pathlib import Path
 from rayood.bundle import BundleError
 from rayood.config import ConfigError
 from rayood.data.sources import InputError
+from rayood.screen.lease import LeaseError
 from rayood.screen.output import OutputError
 from rayood.storage import StorageError
 
-USER_ERRORS = (ConfigError, InputError, BundleError, OutputError, StorageError)
+USER_ERRORS = (ConfigError, InputError, BundleError, OutputError, LeaseError, StorageError)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 

@@ -1,5 +1,6 @@
 """The report directory: its states, and the markers that keep two runs from mixing rows.
 
+    OUTPUT/_LEASE         held while a run writes: one live run per output (rayood.screen.lease)
     OUTPUT/_STARTED       written first: the run's fingerprint and every attempt (run id, start time)
     OUTPUT/rows/*.parquet one row per input; each file is named ``<run id>_...`` after the attempt that wrote it
     OUTPUT/summary.json   counts, quantiles, thresholds, timings, bundle id (over all rows)
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
 from rayood.report.summary import finite_or_null
+from rayood.screen.lease import OutputLease
 from rayood.storage import Location
 
 log = logging.getLogger(__name__)
@@ -62,13 +64,32 @@ class ReportTarget:
         self.rows = location.join(ROWS)
         self.fingerprint = fingerprint
         self.run_id = uuid.uuid4().hex[:12]
+        self.lease = OutputLease(location, self.run_id)
 
     def prepare(self, overwrite: bool) -> Written:
-        """Make the output ready for this attempt; returns the rows it can reuse (none for a fresh report)."""
+        """Take the output's lease and make it ready for this attempt; returns the rows it can reuse (none for
+        a fresh report). The lease is held until :meth:`finish` or :meth:`release`."""
+        if self.location.exists() and not self.location.is_dir():
+            raise OutputError(f"output {self.location.uri} is a file, not a directory")
+        self.lease.acquire()
+        try:
+            return self._prepare(overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.lease.release()
+
+    def _delete_contents(self) -> None:
+        """Everything but this run's lease."""
+        for info in self.location.list_files():
+            if info.path != self.lease.location.path:
+                self.location.fs.delete_file(info.path)
+
+    def _prepare(self, overwrite: bool) -> Written:
         location = self.location
-        if location.exists() and not location.is_dir():
-            raise OutputError(f"output {location.uri} is a file, not a directory")
-        entries = location.list_files() if location.is_dir() else []
+        entries = [i for i in location.list_files() if i.path != self.lease.location.path] if location.is_dir() else []
         attempts: list[dict] = []
         written = Written()
         if entries:
@@ -79,12 +100,12 @@ class ReportTarget:
                         "(or set screen.overwrite) to replace it, or choose another --output"
                     )
                 log.warning("replacing the finished report at %s", location.uri)
-                location.delete_contents()
+                self._delete_contents()
             elif location.join(STARTED).exists():
                 started = self._read_started()
                 if overwrite:
                     log.warning("discarding the unfinished report at %s", location.uri)
-                    location.delete_contents()
+                    self._delete_contents()
                 elif started.get("fingerprint") != self.fingerprint:
                     raise OutputError(
                         f"output {location.uri} holds an unfinished report of another run (other inputs, bundle "
@@ -137,5 +158,7 @@ class ReportTarget:
         return Written(ids, keys.num_rows, files)
 
     def finish(self, summary: dict) -> None:
+        self.lease.check()
         self.location.join(SUMMARY).write_bytes(json.dumps(finite_or_null(summary), indent=2, sort_keys=True, allow_nan=False).encode())
         self.location.join(SUCCESS).write_bytes(b"")
+        self.release()

@@ -97,72 +97,74 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     expected_rows = sum(plan.rows for plan in plans)
     target = ReportTarget(resolve(settings.output, config.s3), run_fingerprint(config, plans, manifest["bundle_id"]))
     written = target.prepare(settings.overwrite)
+    try:
+        init_ray(config.ray)
+        started = time.perf_counter()
+        with _inputs_stay_readable(plans):
+            decoded = read_decoded(
+                plans,
+                image_column=config.corpus.image_column,
+                id_column=config.corpus.id_column,
+                size=preprocess["native_size"],
+                limits=DecodeLimits(preprocess["max_bytes"], preprocess["max_pixels"], formats_for(config.corpus.file_extensions)),
+                passthrough=settings.passthrough_columns,
+                batch_size=settings.decode_batch_size,
+                written=written.ids,
+            )
+            if decoded is None:
+                log.info("every input row is in the report already")
+            else:
+                # One batch per actor task: a file's rows are decoded in one read task, so its block would else be
+                # scored, and written, in one piece.
+                scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
+                    ScoreActor,
+                    fn_constructor_kwargs={
+                        "bundle_uri": settings.bundle,
+                        "bundle_id": manifest["bundle_id"],
+                        "s3": config.s3,
+                        "device": settings.device,
+                        "decision": settings.decision,
+                        "passthrough": settings.passthrough_columns,
+                        "cpu_threads": settings.actor_threads,
+                        "embedding": settings.embedding,
+                        "predictions": settings.predictions,
+                    },
+                    compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
+                    max_restarts=-1,
+                    max_task_retries=ACTOR_TASK_RETRIES,
+                    num_gpus=settings.num_gpus_per_actor or None,
+                    num_cpus=settings.cpus_per_actor,
+                    batch_size=settings.batch_size,
+                    batch_format="pyarrow",
+                )
+                scored.write_parquet(
+                    target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
+                    min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
+                )
+                target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
+        elapsed = time.perf_counter() - started
 
-    init_ray(config.ray)
-    started = time.perf_counter()
-    with _inputs_stay_readable(plans):
-        decoded = read_decoded(
-            plans,
-            image_column=config.corpus.image_column,
-            id_column=config.corpus.id_column,
-            size=preprocess["native_size"],
-            limits=DecodeLimits(preprocess["max_bytes"], preprocess["max_pixels"], formats_for(config.corpus.file_extensions)),
-            passthrough=settings.passthrough_columns,
-            batch_size=settings.decode_batch_size,
-            written=written.ids,
+        needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in scores)]
+        if settings.truth:
+            needed.append(settings.truth.column)
+        report = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet").to_table(columns=needed)
+        summary = summarize(
+            report,
+            score_names=scores,
+            calibration=calibration,
+            decision=settings.decision,
+            expected_rows=expected_rows,
+            elapsed_s=elapsed,
+            bundle_id=manifest["bundle_id"],
+            truth=settings.truth,
+            skipped_files=sum(len(plan.skipped_files) for plan in plans),
+            left_out=Counter(why for plan in plans for why, _ in plan.left_out),
         )
-        if decoded is None:
-            log.info("every input row is in the report already")
-        else:
-            # One batch per actor task: a file's rows are decoded in one read task, so its block would else be
-            # scored, and written, in one piece.
-            scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
-                ScoreActor,
-                fn_constructor_kwargs={
-                    "bundle_uri": settings.bundle,
-                    "bundle_id": manifest["bundle_id"],
-                    "s3": config.s3,
-                    "device": settings.device,
-                    "decision": settings.decision,
-                    "passthrough": settings.passthrough_columns,
-                    "cpu_threads": settings.actor_threads,
-                    "embedding": settings.embedding,
-                    "predictions": settings.predictions,
-                },
-                compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
-                max_restarts=-1,
-                max_task_retries=ACTOR_TASK_RETRIES,
-                num_gpus=settings.num_gpus_per_actor or None,
-                num_cpus=settings.cpus_per_actor,
-                batch_size=settings.batch_size,
-                batch_format="pyarrow",
-            )
-            scored.write_parquet(
-                target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
-                min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
-            )
-            target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
-    elapsed = time.perf_counter() - started
-
-    needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in scores)]
-    if settings.truth:
-        needed.append(settings.truth.column)
-    report = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet").to_table(columns=needed)
-    summary = summarize(
-        report,
-        score_names=scores,
-        calibration=calibration,
-        decision=settings.decision,
-        expected_rows=expected_rows,
-        elapsed_s=elapsed,
-        bundle_id=manifest["bundle_id"],
-        truth=settings.truth,
-        skipped_files=sum(len(plan.skipped_files) for plan in plans),
-        left_out=Counter(why for plan in plans for why, _ in plan.left_out),
-    )
-    summary["reused_rows"] = written.rows
-    _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
-    target.finish(summary)
+        summary["reused_rows"] = written.rows
+        _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
+        target.finish(summary)
+    finally:
+        target.release()  # after finish() a no-op; after a failure it frees the output for a resume
     return summary, target.location.uri
 
 
