@@ -143,6 +143,23 @@ def _image_bytes(column: pa.ChunkedArray) -> list[bytes | None]:
     return column.to_pylist()
 
 
+def ids_as_text(column: pa.ChunkedArray) -> tuple[list[str | None], list[str | None]]:
+    """Row ids as text, and per row why the id is unusable (or None). A binary id that is not UTF-8 keeps a
+    printable form (``\\x`` escapes) so that its row is still reported, as an error."""
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        ids = column.cast(pa.string()).to_pylist()
+        return ids, [None] * len(ids)
+    ids, problems = [], []
+    for value in column.to_pylist():
+        try:
+            ids.append(value.decode("utf-8") if value is not None else None)
+            problems.append(None)
+        except UnicodeDecodeError:
+            ids.append(value.decode("utf-8", "backslashreplace"))
+            problems.append("id is not valid UTF-8 (shown with \\x escapes)")
+    return ids, problems
+
+
 class BatchDecoder:
     """A Ray Data ``map_batches`` function (pyarrow in, pyarrow out) that never raises on bad rows.
 
@@ -174,7 +191,7 @@ class BatchDecoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = _image_bytes(batch.column(self.image_column))
-        ids = batch.column(self.id_column).cast(pa.string()).to_pylist()
+        ids, id_problems = ids_as_text(batch.column(self.id_column))
         count = len(images)
         pixels = np.zeros((count, self.size, self.size, 3), dtype=np.uint8)
         errors: list[str | None] = (
@@ -183,6 +200,9 @@ class BatchDecoder:
         for row, data in enumerate(images):
             if ids[row] is None:
                 errors[row] = f"missing id (null in column {self.id_column!r})"
+                continue
+            if id_problems[row] is not None:
+                errors[row] = id_problems[row]
                 continue
             if errors[row] is not None:
                 continue

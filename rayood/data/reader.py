@@ -16,7 +16,7 @@ from collections.abc import Mapping, Set
 import pyarrow as pa
 import ray.data
 
-from rayood.data.decode import BatchDecoder, DecodeLimits
+from rayood.data.decode import BatchDecoder, DecodeLimits, ids_as_text
 from rayood.data.sources import SourcePlan
 from rayood.data.webdataset import IMAGE_FIELD, KEY_COLUMN, PROBLEM_FIELD, SHARD_COLUMN, ShardReader
 
@@ -29,7 +29,7 @@ class _Unwritten:
         self.written = written
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = batch.column(self.id_column).cast(pa.string()).to_pylist()
+        ids, _ = ids_as_text(batch.column(self.id_column))
         return batch.filter(pa.array([i not in self.written for i in ids], pa.bool_()))
 
 

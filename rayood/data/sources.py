@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
@@ -50,20 +51,39 @@ def _is_hidden(path: str, root: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
-def _parquet_rows(location: Location, paths: list[str], required: list[str]) -> int:
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
+def _schema_problem(schema: pa.Schema, image_column: str, id_column: str, required: list[str]) -> str | None:
+    """Why a Parquet file's schema cannot be screened as configured, or None."""
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        return (f"lacks column(s) {missing}; it has {sorted(schema.names)}"
+                " (set corpus.image_column / corpus.id_column / screen.passthrough_columns)")
+    image = schema.field(image_column).type
+    if pa.types.is_struct(image):
+        if image.get_field_index("bytes") < 0 or not _is_binary(image.field("bytes").type):
+            return f"column {image_column!r} is a struct ({image}) without a binary 'bytes' field"
+    elif not _is_binary(image):
+        return f"column {image_column!r} has type {image}: it must hold encoded image bytes (binary)"
+    kind = schema.field(id_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or _is_binary(kind) or pa.types.is_integer(kind)):
+        return f"column {id_column!r} has type {kind}: ids must be strings, binary or integers"
+    return None
+
+
+def _parquet_rows(location: Location, paths: list[str], corpus: CorpusSettings, required: list[str]) -> int:
+    """Rows of every file, after checking every file's schema (not just the first's): a file that a job
+    cannot read is a clear error now, not a dead job later."""
     total = 0
-    for index, path in enumerate(paths):
+    for path in paths:
         try:
             with location.fs.open_input_file(path) as handle:
                 parquet = pq.ParquetFile(handle)
-                if index == 0:
-                    names = set(parquet.schema_arrow.names)
-                    missing = [c for c in required if c not in names]
-                    if missing:
-                        raise InputError(
-                            f"{location.uri_of(path)} lacks column(s) {missing}; it has {sorted(names)}"
-                            " (set corpus.image_column / corpus.id_column / screen.passthrough_columns)"
-                        )
+                problem = _schema_problem(parquet.schema_arrow, corpus.image_column, corpus.id_column, required)
+                if problem:
+                    raise InputError(f"{location.uri_of(path)} {problem}")
                 total += parquet.metadata.num_rows
         except InputError:
             raise
@@ -125,14 +145,14 @@ def plan_source(
             if extension not in corpus.file_extensions:
                 raise InputError(f"{uri} is neither a Parquet file nor an image ({corpus.file_extensions})")
             return SourcePlan(uri, "images", location, (location.path,), 1)
-        rows = _parquet_rows(location, [location.path], required)
+        rows = _parquet_rows(location, [location.path], corpus, required)
         return SourcePlan(uri, "parquet", location, (location.path,), rows)
     files, left_out = _listed(location)
     if not files:
         raise InputError(f"input directory is empty: {uri}")
     parquet_files = [p for p in files if p.endswith(".parquet")]
     if parquet_files and len(parquet_files) == len(files):
-        rows = _parquet_rows(location, files, required)
+        rows = _parquet_rows(location, files, corpus, required)
         return SourcePlan(uri, "parquet", location, tuple(files), rows, left_out=left_out)
     images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
     shards = [p for p in files if p.endswith(SHARD_EXTENSION)]
