@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from rayood.audit.compare import audit, values_of
+from rayood.audit.compare import audit, groups_of, values_of
 from rayood.audit.report_html import histogram_png, render_html
 from rayood.audit.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.two_sample import flagged_test, ks_test, mmd_test
@@ -184,6 +184,22 @@ def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
     plain, _, _ = audit(reference, FinishedReport.open(str(tmp_path / "plain")), calibration_rows={"mfsim": 300})
     assert plain["mmd"] == {"skipped": "no embeddings in the report: MMD skipped"}
     assert "no embeddings in the report: MMD skipped" in render_html(plain, {}, [])
+
+
+def test_values_from_reports_are_escaped_and_plotted_as_plain_text(demo_data, tmp_path):
+    """A summary's counts and a group value are data: escaped in the page, never read as mathtext by the plot
+    (``$\\foo$`` made matplotlib raise and killed the audit after both screenings; issue 12, item 18)."""
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pq.read_table(demo_data[1]).slice(0, 60), corpus)
+    write_report(tmp_path / "reference", corpus, 0.0, ["all"], seed=1)
+    write_report(tmp_path / "target", corpus, 1.0, ["$\\foo$", "a"], seed=2)
+    reference, target = FinishedReport.open(str(tmp_path / "reference")), FinishedReport.open(str(tmp_path / "target"))
+    result, reference_rows, target_rows = audit(reference, target, calibration_rows={"mfsim": 300}, by="group")
+    groups = {g: values_of(target_rows, "score_mfsim", groups_of(target_rows, "group") == g) for g in result["groups"]}
+    histograms = {"mfsim": histogram_png("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), groups)}
+    result["reference"]["errors"] = "<script>alert(1)</script>"
+    html = render_html(result, histograms, [])
+    assert "<script>" not in html and "&lt;script&gt;" in html
 
 
 @pytest.fixture(scope="module")

@@ -132,9 +132,12 @@ def run_audit(config: RayoodConfig, request: AuditRequest) -> tuple[dict, str]:
     for name in result["scores"]:
         column = f"score_{name}"
         groups = {group: values_of(target_rows, column, labels == group) for group in result.get("groups", {})}
-        histograms[name] = histogram_png(name, values_of(reference_rows, column), values_of(target_rows, column), groups)
-    output.join(AUDIT_HTML).write_bytes(render_html(result, histograms, thumbnails).encode())
+        try:
+            histograms[name] = histogram_png(name, values_of(reference_rows, column), values_of(target_rows, column), groups)
+        except Exception as error:  # a plot must never cost the finished screenings and the tests
+            log.warning("no histogram of %s: %s: %s", column, type(error).__name__, error)
     output.join(AUDIT_JSON).write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())
+    output.join(AUDIT_HTML).write_bytes(render_html(result, histograms, thumbnails).encode())
     return result, output.uri
 
 

@@ -44,6 +44,11 @@ def _p_cell(result: dict) -> str:
     return f"<td{low}>{_num(result['pvalue'], 3)}</td>"
 
 
+def _plain(text: object) -> str:
+    """A plot label shown as written: matplotlib reads $...$ as mathtext and raises on what it cannot parse."""
+    return str(text).replace("$", r"\$")
+
+
 def histogram_png(name: str, reference: np.ndarray, target: np.ndarray, groups: dict[str, np.ndarray]) -> str:
     """Reference and target densities of one score (and up to MAX_GROUP_CURVES target groups), as a data URI."""
     figure = Figure(figsize=(6, 3.2), dpi=100)
@@ -54,8 +59,8 @@ def histogram_png(name: str, reference: np.ndarray, target: np.ndarray, groups: 
     axes.hist(reference, bins=bins, density=True, alpha=0.5, label=f"reference ({reference.size})")
     axes.hist(target, bins=bins, density=True, alpha=0.5, label=f"target ({target.size})")
     for group, values in list(groups.items())[:MAX_GROUP_CURVES]:
-        axes.hist(values, bins=bins, density=True, histtype="step", linewidth=1.2, label=f"{group} ({values.size})")
-    axes.set_xlabel(f"score_{name} (higher = more OOD)")
+        axes.hist(values, bins=bins, density=True, histtype="step", linewidth=1.2, label=_plain(f"{group} ({values.size})"))
+    axes.set_xlabel(_plain(f"score_{name} (higher = more OOD)"))
     axes.set_ylabel("density")
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -98,7 +103,7 @@ def _group_table(audit: dict) -> str:
     for group, result in audit["groups"].items():
         ks, flagged, mmd = result["scores"][score]["ks"], result["scores"][score]["flagged"], result["mmd"]
         rows.append(
-            f"<tr><td>{_e(group)}</td><td>{result['rows']}</td><td>{_num(ks.get('statistic'))}</td>{_p_cell(ks)}"
+            f"<tr><td>{_e(group)}</td><td>{_e(result['rows'])}</td><td>{_num(ks.get('statistic'))}</td>{_p_cell(ks)}"
             f"<td>{_num(flagged.get('fraction'))}</td>{_p_cell(flagged)}<td>{_num(mmd.get('statistic'))}</td>{_p_cell(mmd)}</tr>"
         )
     return "<table>" + "".join(rows) + "</table>"
@@ -122,9 +127,9 @@ def render_html(audit: dict, histograms: dict[str, str], thumbnails: list[dict])
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>rayood drift audit</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>rayood drift audit</h1>",
-        f"<p>Reference: {_e(reference['report'])} ({reference['scored_rows']} scored, {reference['errors']} errors)<br>"
-        f"Target: {_e(target['report'])} ({target['scored_rows']} scored, {target['errors']} errors)<br>"
-        f"Bundle {_e(audit['bundle_id'])}; flags at alpha {audit['alpha']}; decision score {_e(audit['decision_score'])}</p>",
+        f"<p>Reference: {_e(reference['report'])} ({_e(reference['scored_rows'])} scored, {_e(reference['errors'])} errors)<br>"
+        f"Target: {_e(target['report'])} ({_e(target['scored_rows'])} scored, {_e(target['errors'])} errors)<br>"
+        f"Bundle {_e(audit['bundle_id'])}; flags at alpha {_e(audit['alpha'])}; decision score {_e(audit['decision_score'])}</p>",
         "<h2>Scores: target against reference</h2>",
         "<p>KS: two-sample Kolmogorov-Smirnov on the score values. Flagged: fraction with p &le; alpha against the "
         "bundle's calibration set; expected is that fraction for ID images, and the flag-rate p tests for more "
