@@ -310,6 +310,12 @@ class ScreenSettings(_Strict):
         "the core count lets the actor use the cores that decoding leaves idle",
     )
     passthrough_columns: tuple[str, ...] = ()
+    max_bytes: int | None = Field(
+        default=None, ge=1, description="larger encoded files are error rows; default: the bundle's model.preprocess.max_bytes"
+    )
+    max_pixels: int | None = Field(
+        default=None, ge=1, description="larger images are error rows (decompression bombs); default: the bundle's"
+    )
     embedding: bool = Field(default=False, description="add the penultimate features as a float16 column")
     predictions: bool = Field(default=False, description="add the classifier's ID class as predicted_class")
     decision: DecisionSettings = DecisionSettings()

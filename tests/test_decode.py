@@ -43,6 +43,38 @@ def test_only_the_configured_image_formats_are_decoded():
         decode_image(good_images()["rgb.jpg"], 8, DecodeLimits(formats=formats_for(("png",))))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and whose pixel data is one short chunk: PIL reads the
+    size when it opens it, and decoding finds it truncated."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_max_pixels_above_pils_own_bomb_limit_takes_effect():
+    """100M pixels is above PIL's default 89.5M: a configured max_pixels of 200M must let it through to
+    decoding (where this header-only file is truncated), and the default 50M must reject it by size."""
+    header = png_header(10_000, 10_000)
+    with pytest.raises(DecodeError, match="truncated or corrupt"):
+        decode_image(header, 8, DecodeLimits(max_pixels=200_000_000))
+    with pytest.raises(DecodeError, match="max_pixels 50000000"):
+        decode_image(header, 8, DecodeLimits())
+
+
+def test_screening_limits_come_from_the_screen_config_else_the_bundle():
+    from rayood.config import ScreenSettings
+    from rayood.screen.pipeline import screening_limits
+
+    bundle = {"max_bytes": 1000, "max_pixels": 2000}
+    assert screening_limits(ScreenSettings(), bundle, ("png",)) == DecodeLimits(1000, 2000, ("PNG",))
+    assert screening_limits(ScreenSettings(max_pixels=5), bundle, ("png",)) == DecodeLimits(1000, 5, ("PNG",))
+
+
 def test_sixteen_bit_is_scaled_not_clipped():
     ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
     pixels = decode_image(encode(Image.fromarray(ramp), "PNG"), 8)

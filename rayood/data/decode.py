@@ -82,9 +82,12 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns above its own global (89.5M by default) while headers are read: align it with ours,
+            # else a max_pixels above it could never take effect.
+            Image.MAX_IMAGE_PIXELS = limits.max_pixels
             image = Image.open(io.BytesIO(data), formats=limits.formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecodeError(f"image too large (decompression bomb guard): {error}") from None
+        raise DecodeError(f"image too large (decompression bomb guard, max_pixels {limits.max_pixels}): {error}") from None
     except UnidentifiedImageError as error:
         raise DecodeError(f"not an image: {error}") from None
     except Exception as error:  # a known format whose header is cut short or damaged

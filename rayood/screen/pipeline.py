@@ -23,7 +23,7 @@ import ray.exceptions
 from ray.data.datasource import FilenameProvider
 
 from rayood.bundle import read_calibration, read_manifest, report_scores
-from rayood.config import ConfigError, RayoodConfig
+from rayood.config import ConfigError, RayoodConfig, ScreenSettings
 from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
@@ -81,6 +81,14 @@ class AttemptFilenames(FilenameProvider):
         return f"{self.run_id}_{write_uuid}_{task_index:06}"
 
 
+def screening_limits(settings: ScreenSettings, preprocess: dict, extensions: tuple[str, ...]) -> DecodeLimits:
+    """What a screening run rejects: ``screen.max_bytes`` / ``max_pixels`` where set, else the bundle's limits
+    (the ones it was fitted under; a config's ``model.preprocess`` does not apply at screen time)."""
+    return DecodeLimits(
+        settings.max_bytes or preprocess["max_bytes"], settings.max_pixels or preprocess["max_pixels"], formats_for(extensions)
+    )
+
+
 def screen(config: RayoodConfig) -> tuple[dict, str]:
     """Run one screening; returns the summary and the report URI."""
     settings = config.screen
@@ -95,6 +103,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {scores}")
     plans = plan_sources(settings.inputs, config.corpus, config.s3, settings.passthrough_columns)
     expected_rows = sum(plan.rows for plan in plans)
+    limits = screening_limits(settings, preprocess, config.corpus.file_extensions)
     target = ReportTarget(resolve(settings.output, config.s3), run_fingerprint(config, plans, manifest["bundle_id"]))
     written = target.prepare(settings.overwrite)
     try:
@@ -106,7 +115,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                 image_column=config.corpus.image_column,
                 id_column=config.corpus.id_column,
                 size=preprocess["native_size"],
-                limits=DecodeLimits(preprocess["max_bytes"], preprocess["max_pixels"], formats_for(config.corpus.file_extensions)),
+                limits=limits,
                 passthrough=settings.passthrough_columns,
                 batch_size=settings.decode_batch_size,
                 written=written.ids,
@@ -161,6 +170,10 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             left_out=Counter(why for plan in plans for why, _ in plan.left_out),
         )
         summary["reused_rows"] = written.rows
+        summary["decode_limits"] = {
+            "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
+            "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
+        }
         _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
         target.finish(summary)
     finally:
