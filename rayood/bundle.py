@@ -24,12 +24,14 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rayood.config import ModelSettings, S3Settings
 from rayood.detectors.baselines import SCORE_NAMES as CLASSIFIER_SCORES
@@ -163,11 +165,19 @@ def write_bank(bundle: Location, bank: np.ndarray) -> None:
     write_file(bundle, BANK_FILE, sink.getvalue())
 
 
-def _read_bank(bundle: Location, manifest: dict) -> np.ndarray:
+def _read_arrays(location: Location, names: tuple[str, ...] = ()) -> np.ndarray | dict[str, np.ndarray]:
+    """A ``.npy`` array, or the named arrays of a ``.npz``; anything unreadable is a BundleError."""
     try:
-        bank = np.load(io.BytesIO(bundle.join(BANK_FILE).read_bytes()), allow_pickle=False)
+        loaded = np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)
+        return {name: loaded[name] for name in names} if names else np.asarray(loaded)
     except StorageError as error:
         raise BundleError(f"bundle is incomplete: {error}") from None
+    except Exception as error:  # truncated, not NumPy's format, a pickle, a missing member
+        raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
+
+
+def _read_bank(bundle: Location, manifest: dict) -> np.ndarray:
+    bank = _read_arrays(bundle.join(BANK_FILE))
     expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], manifest["stage_dims"][-1])
     if bank.shape != tuple(expected):
         raise BundleError(f"{bundle.uri}: {BANK_FILE} has shape {bank.shape}, the manifest says {expected}")
@@ -181,10 +191,7 @@ def write_mahalanobis(bundle: Location, means: np.ndarray, precision: np.ndarray
 
 
 def _read_mahalanobis(bundle: Location, manifest: dict) -> MahalanobisDetector:
-    try:
-        arrays = np.load(io.BytesIO(bundle.join(MAHALANOBIS_FILE).read_bytes()), allow_pickle=False)
-    except StorageError as error:
-        raise BundleError(f"bundle is incomplete: {error}") from None
+    arrays = _read_arrays(bundle.join(MAHALANOBIS_FILE), ("means", "precision"))
     means, precision = arrays["means"], arrays["precision"]
     dim = manifest["stage_dims"][-1]
     if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
@@ -249,6 +256,32 @@ def new_manifest(
     }
 
 
+class _ManifestShape(BaseModel):
+    """What loading relies on in a manifest, checked before anything is built from it: a crafted or damaged
+    manifest is one clear BundleError, and the model settings pass the same strict checks and bounds as a
+    config (no zero-width layers, no model too large to allocate)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    bundle_id: str = Field(pattern=r"^[0-9a-f]{8,64}$")
+    model: ModelSettings
+    num_classes: int = Field(ge=2, le=100_000)
+    class_names: list[str]
+    stage_dims: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(min_length=2, max_length=16)
+    scores: list[str] = Field(min_length=1)
+    multiscale: dict[str, Annotated[int, Field(ge=0, le=1_000_000_000)]]
+    calibration: dict | None = None
+    fusion: dict | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _ManifestShape:
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names for num_classes {self.num_classes}")
+        if not {"bank_rows", "regions"} <= set(self.multiscale):
+            raise ValueError("multiscale needs bank_rows and regions")
+        return self
+
+
 def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
     bundle = resolve(uri, s3)
     location = bundle.join(MANIFEST)
@@ -258,12 +291,16 @@ def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
         manifest = json.loads(location.read_bytes())
     except json.JSONDecodeError as error:
         raise BundleError(f"{location.uri} is not valid JSON: {error}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{location.uri} is not a rayood manifest (a JSON object)")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle {uri} has format_version {version!r}; this rayood reads {FORMAT_VERSION}")
-    for key in ("bundle_id", "model", "num_classes", "stage_dims", "scores", "multiscale"):
-        if key not in manifest:
-            raise BundleError(f"bundle manifest {location.uri} lacks {key!r}")
+    try:
+        _ManifestShape.model_validate(manifest)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
+        raise BundleError(f"bundle manifest {location.uri} is damaged or not rayood's: {problems}") from None
     return manifest
 
 
@@ -272,7 +309,13 @@ def read_calibration(uri: str, s3: S3Settings | None = None, manifest: dict | No
     manifest = manifest or read_manifest(uri, s3)
     if not manifest.get("calibration"):
         raise BundleError(f"bundle {uri} has no calibration scores (fitting did not finish)")
-    table = pq.read_table(io.BytesIO(resolve(uri, s3).join(CALIBRATION_FILE).read_bytes()))
+    location = resolve(uri, s3).join(CALIBRATION_FILE)
+    try:
+        table = pq.read_table(io.BytesIO(location.read_bytes()))
+    except StorageError as error:
+        raise BundleError(f"bundle is incomplete: {error}") from None
+    except Exception as error:
+        raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
     calibration = {name: table.column(name).to_numpy() for name in table.column_names}
     missing = set(manifest["scores"]) - set(calibration)
     if missing:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,8 +85,10 @@ class BackboneSettings(_Strict):
     """The feature extractor and classifier shared by every detector."""
 
     arch: Literal["cifar_resnet", "cifar_fast", "resnet18", "resnet50"] = "cifar_resnet"
-    widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths")
-    blocks: tuple[int, ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)")
+    widths: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths"
+    )
+    blocks: tuple[Annotated[int, Field(ge=1, le=64)], ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)")
     cifar_stem: bool = Field(default=True, description="torchvision ResNets: 3x3 stride-1 stem, no max-pool")
     classifier_pool: Literal["avg", "max"] = Field(
         default="avg", description="global pooling of the last map into the penultimate vector the classifier reads"
@@ -105,12 +107,12 @@ class BackboneSettings(_Strict):
 class LayerwiseSettings(_Strict):
     """DLSR: the feature denoiser (LFDN) and its test-time reconstruction (METHODS.md section 1)."""
 
-    timesteps: int = Field(default=100, ge=2)
+    timesteps: int = Field(default=100, ge=2, le=10_000)
     beta_start: float = Field(default=0.0015, gt=0, lt=1)
     beta_end: float = Field(default=0.0195, gt=0, lt=1)
-    hidden_multiplier: float = Field(default=2.0, gt=0, description="LFDN width = multiplier x feature dims")
-    num_blocks: int = Field(default=16, ge=1)
-    time_embed_dim: int = Field(default=128, ge=8)
+    hidden_multiplier: float = Field(default=2.0, gt=0, le=16, description="LFDN width = multiplier x feature dims")
+    num_blocks: int = Field(default=16, ge=1, le=256)
+    time_embed_dim: int = Field(default=128, ge=8, le=4096)
     noise_level: int = Field(default=3, ge=1, description="t the features are noised to at test")
     ddim_steps: int = Field(default=3, ge=1, description="deterministic DDIM steps back to t = 0")
 
@@ -144,12 +146,12 @@ class DDPSettings(_Strict):
     """
 
     enabled: bool = True
-    base_channels: int = Field(default=32, ge=8)
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = Field(default=1, ge=1)
-    attention_resolutions: tuple[int, ...] = ()
+    base_channels: int = Field(default=32, ge=8, le=1024)
+    channel_mults: tuple[Annotated[int, Field(ge=1, le=16)], ...] = Field(default=(1, 2, 2), min_length=1, max_length=8)
+    num_res_blocks: int = Field(default=1, ge=1, le=16)
+    attention_resolutions: tuple[Annotated[int, Field(ge=1)], ...] = ()
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    timesteps: int = Field(default=1000, ge=2)
+    timesteps: int = Field(default=1000, ge=2, le=10_000)
     beta_start: float = Field(default=1e-4, gt=0, lt=1)
     beta_end: float = Field(default=0.02, gt=0, lt=1)
     label_dropout: float = Field(default=0.1, ge=0, lt=1, description="null-label rate for classifier-free guidance")

@@ -108,6 +108,37 @@ def test_format_version_is_checked(tmp_path):
         load_bundle(str(tmp_path))
 
 
+DAMAGED_MANIFESTS = {
+    "missing key": lambda m: {k: v for k, v in m.items() if k != "stage_dims"},
+    "zero channel multiplier": lambda m: {**m, "model": {**m["model"], "ddp": {**m["model"]["ddp"], "channel_mults": [0, -1]}}},
+    "huge widths": lambda m: {**m, "model": {**m["model"], "backbone": {**m["model"]["backbone"], "widths": [10**7]}}},
+    "class names that do not match": lambda m: {**m, "class_names": ["a"]},
+    "unknown model field": lambda m: {**m, "model": {**m["model"], "surprise": 1}},
+    "not an object": lambda m: [m],
+}
+DAMAGED_FILES = {
+    "multiscale_bank.npy": b"\x93NUMPY garbage",
+    "mahalanobis.npz": b"PK\x03\x04 not a zip",
+    "calibration.parquet": b"PAR1 cut",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_MANIFESTS)
+def test_a_damaged_manifest_is_one_clear_bundle_error(tmp_path, damage):
+    location, manifest = make_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(DAMAGED_MANIFESTS[damage](manifest)))
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", DAMAGED_FILES)
+def test_a_damaged_array_file_is_one_clear_bundle_error(tmp_path, name):
+    make_bundle(tmp_path)
+    (tmp_path / name).write_bytes(DAMAGED_FILES[name])
+    with pytest.raises(BundleError, match=f"{name} is not readable"):
+        load_bundle(str(tmp_path))
+
+
 def test_a_fit_never_writes_over_data_that_is_not_a_bundle(tmp_path):
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
