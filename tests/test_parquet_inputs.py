@@ -47,3 +47,22 @@ def test_an_id_that_is_not_utf8_is_an_error_row_with_a_printable_id():
     rows = decoder(batch).to_pylist()
     assert [row["id"] for row in rows] == ["good", "caf\\xe9"]
     assert [row["status"] for row in rows] == ["ok", "error"] and "not valid UTF-8" in rows[1]["error"]
+
+
+def test_repeated_ids_and_inputs_given_twice_are_refused_at_planning(tmp_path):
+    """Rows are known by (source, id): a repeat would break resume, filtering and joins (issue 12, item 10)."""
+    from rayood.data.sources import plan_sources
+
+    (tmp_path / "corpus").mkdir()
+    write(tmp_path / "corpus" / "a.parquet", id=["x", "y"], image=pa.array([PNG, PNG]))
+    write(tmp_path / "corpus" / "b.parquet", id=["z", "x"], image=pa.array([PNG, PNG]))
+    with pytest.raises(InputError, match=r"1 ids occur more than once in column 'id' \(e\.g\. 'x'\)"):
+        plan_source(str(tmp_path / "corpus"), CorpusSettings())
+    single = str(tmp_path / "corpus" / "a.parquet")
+    assert plan_sources([single], CorpusSettings())[0].rows == 2
+    with pytest.raises(InputError, match="is read by two inputs"):
+        plan_sources([single, single], CorpusSettings())
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "images" / "sub" / "a.png").write_bytes(PNG)
+    with pytest.raises(InputError, match="is read by two inputs"):
+        plan_sources([str(tmp_path / "images"), str(tmp_path / "images" / "sub")], CorpusSettings())

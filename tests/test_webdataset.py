@@ -196,7 +196,7 @@ def test_split_samples_and_repeated_members_are_error_rows_not_merges(tmp_path):
     samples = list(read_samples(LOCAL, str(path), "shard.tar"))
     assert count_samples(LOCAL, str(path), "shard.tar") == len(samples) == 5
     assert [isinstance(s, WebSample) for s in samples] == [True, True, False, False, True]
-    assert [s.key for s in samples] == ["a", "b", "a", "c", "d"]
+    assert [s.key for s in samples] == ["a", "b", "a#part2", "c", "d"], "one id per row, also for repeats"
     assert "not adjacent" in samples[2].error and "two members named c.jpg" in samples[3].error
     assert samples[4].files == {"png": good_images()["rgb.png"]}
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
@@ -92,6 +94,23 @@ def _parquet_rows(location: Location, paths: list[str], corpus: CorpusSettings, 
     return total
 
 
+def _repeated_ids(location: Location, paths: list[str], id_column: str) -> None:
+    """Refuse a Parquet input whose id column repeats a value: a report row is known by (source, id), so a
+    repeat would make resume, filtering and joins ambiguous. Reads the id column only."""
+    try:
+        ids = pads.dataset(paths, filesystem=location.fs, format="parquet").to_table(columns=[id_column]).column(0)
+    except Exception as error:
+        raise InputError(f"cannot read column {id_column!r} of {location.uri}: {error}") from None
+    counts = pc.value_counts(ids.drop_null() if ids.null_count else ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        examples = ", ".join(repr(v) for v in repeated.field("values")[:3].to_pylist())
+        raise InputError(
+            f"{location.uri}: {len(repeated)} ids occur more than once in column {id_column!r} (e.g. {examples}); "
+            "every row needs its own id: deduplicate the input, or point corpus.id_column at a unique column"
+        )
+
+
 def _webdataset_rows(location: Location, paths: list[str]) -> int:
     """Samples in the shards, from their tar headers (plus one row per shard that breaks off, see webdataset)."""
 
@@ -146,6 +165,7 @@ def plan_source(
                 raise InputError(f"{uri} is neither a Parquet file nor an image ({corpus.file_extensions})")
             return SourcePlan(uri, "images", location, (location.path,), 1)
         rows = _parquet_rows(location, [location.path], corpus, required)
+        _repeated_ids(location, [location.path], corpus.id_column)
         return SourcePlan(uri, "parquet", location, (location.path,), rows)
     files, left_out = _listed(location)
     if not files:
@@ -153,6 +173,7 @@ def plan_source(
     parquet_files = [p for p in files if p.endswith(".parquet")]
     if parquet_files and len(parquet_files) == len(files):
         rows = _parquet_rows(location, files, corpus, required)
+        _repeated_ids(location, files, corpus.id_column)
         return SourcePlan(uri, "parquet", location, tuple(files), rows, left_out=left_out)
     images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
     shards = [p for p in files if p.endswith(SHARD_EXTENSION)]
@@ -179,4 +200,12 @@ def plan_sources(
 ) -> list[SourcePlan]:
     if not uris:
         raise InputError("no input given (screen.inputs in the config, or --input)")
-    return [plan_source(uri, corpus, s3, extra_columns) for uri in uris]
+    plans = [plan_source(uri, corpus, s3, extra_columns) for uri in uris]
+    read_by: dict[str, str] = {}
+    for plan in plans:  # the same file through two inputs would give its rows twice
+        for path in plan.paths:
+            uri = plan.location.uri_of(path)
+            if uri in read_by:
+                raise InputError(f"{uri} is read by two inputs ({read_by[uri]} and {plan.uri}): give each file once")
+            read_by[uri] = plan.uri
+    return plans

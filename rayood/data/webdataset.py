@@ -62,6 +62,7 @@ class _Group:
     key: str
     files: dict[str, bytes | None] = field(default_factory=dict)
     problem: str | None = None
+    row_key: str | None = None  # the key its row is reported under, when ``key`` was already used in the shard
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -87,7 +88,7 @@ def split_sample_id(row_id: str) -> tuple[str, str | None]:
 
 def _finish(group: _Group) -> WebSample | BrokenSample:
     if group.problem is not None:
-        return BrokenSample(group.key, group.problem)
+        return BrokenSample(group.row_key or group.key, group.problem)
     return WebSample(group.key, group.files)  # type: ignore[arg-type]  # bytes when read with data
 
 
@@ -120,7 +121,7 @@ def _walk(handle: BinaryIO, size: int, shard: str, with_data: bool) -> Iterator[
         yield BrokenSample(None, f"shard {shard} is not a readable tar archive: {error}")
         return
     group: _Group | None = None
-    finished: set[str] = set()
+    finished: dict[str, int] = {}  # key -> how many runs of its members were seen
     while True:
         try:
             member = archive.next()
@@ -141,16 +142,17 @@ def _walk(handle: BinaryIO, size: int, shard: str, with_data: bool) -> Iterator[
         if group is None or key != group.key:
             if group is not None:
                 yield _finish(group)
-                finished.add(group.key)
+                finished[group.key] = finished.get(group.key, 0) + 1
             group = _Group(key)
-            if key in finished:
+            if key in finished:  # reported as <key>#part<n>: one id per row, so resume and joins stay exact
+                group.row_key = f"{key}#part{finished[key] + 1}"
                 group.problem = (
                     f"the files of sample {key} are not adjacent in shard {shard}: {member.name} comes after other"
                     " samples (WebDataset keeps a sample's files together); this part was not screened"
                 )
         if member.offset_data + member.size > size:
             yield BrokenSample(
-                key,
+                group.row_key or key,
                 f"shard {shard} is truncated: it ends at byte {size}, inside {member.name}, which needs"
                 f" {member.offset_data + member.size}; sample {key} is incomplete and any later samples are lost",
             )
