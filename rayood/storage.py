@@ -97,14 +97,14 @@ class Location:
             raise StorageError(f"cannot list {self.uri}: {error}") from None
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
-    def list_input_files(self) -> tuple[list[str], list[tuple[str, str]]]:
-        """The files below this directory to read as inputs (paths, sorted), and ``(why, printable name)`` of
+    def list_input_files(self) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+        """The files below this directory to read as inputs (``(path, size)``, sorted), and ``(why, printable name)`` of
         each entry left out. On local disks directory links are never followed (a ``loop -> ..`` link would
         repeat the tree or never end), a file link only when it resolves to a file inside this directory, and
         a name that is not UTF-8 cannot become an id: all three are left out, not fatal. Object stores have
         neither links nor undecodable keys."""
         if not isinstance(self.fs, pafs.LocalFileSystem):
-            return [info.path for info in self.list_files()], []
+            return [(info.path, info.size) for info in self.list_files()], []
         return _walk_local(self.path)
 
     def delete_contents(self) -> None:
@@ -119,9 +119,9 @@ class Location:
 LINK_NOT_FOLLOWED, NAME_NOT_UTF8 = "link not followed", "name not UTF-8"
 
 
-def _walk_local(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+def _walk_local(root: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     inside = os.path.realpath(root) + os.sep
-    files: list[str] = []
+    files: list[tuple[str, int]] = []
     left_out: list[tuple[str, str]] = []
     pending = [os.fsencode(root)]
     while pending:
@@ -140,11 +140,11 @@ def _walk_local(root: str) -> tuple[list[str], list[tuple[str, str]]]:
                 if not (target.startswith(inside) and os.path.isfile(target)):  # a directory, a loop, outside
                     left_out.append((LINK_NOT_FOLLOWED, path))
                     continue
-                files.append(path)
+                files.append((path, os.path.getsize(target)))
             elif entry.is_dir(follow_symlinks=False):
                 pending.append(entry.path)
             elif entry.is_file(follow_symlinks=False):
-                files.append(path)
+                files.append((path, entry.stat(follow_symlinks=False).st_size))
     return sorted(files), sorted(left_out)
 
 

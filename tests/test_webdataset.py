@@ -212,6 +212,46 @@ def test_a_json_member_that_cannot_be_read_is_that_samples_error_row(tmp_path):
     assert rows[1][PROBLEM_FIELD] is None and rows[1]["url"] == "x"
 
 
+class CountingReader(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_a_member_over_max_bytes_is_an_error_row_without_being_read(tmp_path):
+    """The tar header gives the size: a member over the limit never reaches memory (issue 12, item 7)."""
+    from rayood.data.webdataset import _walk
+
+    path = tmp_path / "shard.tar"
+    image = good_images()["rgb.jpg"]
+    make_shard(path, [("big.png", b"\0" * (4 << 20)), ("big.json", b"{}"), ("small.jpg", image)])
+    data = path.read_bytes()
+    handle = CountingReader(data)
+    samples = list(_walk(handle, len(data), "shard.tar", with_data=True, max_member_bytes=1 << 20))
+    assert isinstance(samples[0], BrokenSample) and "big.png has 4194304 bytes > max_bytes 1048576 (not read)" in samples[0].error
+    assert samples[1] == WebSample("small", {"jpg": image})
+    assert handle.bytes_read < 1 << 20
+
+
+def test_an_image_file_over_max_bytes_is_an_error_row_without_being_read(ray_cluster, tmp_path):
+    """Its size comes from the listing: a sparse 4 GiB file is never read into a read task's memory."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "small.jpg").write_bytes(good_images()["rgb.jpg"])
+    with open(tmp_path / "corpus" / "huge.png", "wb") as huge:
+        huge.truncate(4 << 30)
+    plans = plan_sources([str(tmp_path / "corpus")], CorpusSettings())
+    rows = read_decoded(plans, image_column="image", id_column="id", size=32, limits=DecodeLimits()).drop_columns(["pixels"]).take_all()
+    by_id = {row["id"]: row for row in rows}
+    assert by_id[str(tmp_path / "corpus" / "small.jpg")]["status"] == "ok"
+    huge_row = by_id[str(tmp_path / "corpus" / "huge.png")]
+    assert huge_row["status"] == "error" and f"{4 << 30} bytes > max_bytes" in huge_row["error"] and "(not read)" in huge_row["error"]
+
+
 def test_a_shard_streams_out_in_bounded_blocks(corpus):
     root, expected = corpus
     shards = pa.table({"path": [str(root / "00000.tar"), str(root / "00001.tar")], "shard": ["a.tar", "b.tar"]})

@@ -33,11 +33,37 @@ class _Unwritten:
         return batch.filter(pa.array([i not in self.written for i in ids], pa.bool_()))
 
 
-def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...]) -> ray.data.Dataset:
+def _with_problem_column(batch: pa.Table) -> pa.Table:
+    """Read files get an all-null problem column, so they union with the rows made for unread files."""
+    return pa.table({
+        "bytes": batch.column("bytes"), "path": batch.column("path"), PROBLEM_FIELD: pa.nulls(batch.num_rows, pa.string()),
+    })
+
+
+def _read_image_files(plan: SourcePlan, paths: list[str], max_bytes: int) -> ray.data.Dataset:
+    """``bytes, path, problem`` per file. A file the listing showed to be over ``max_bytes`` is never read:
+    its row is made from its name and size alone (a 50 GB file must not reach a read task's memory)."""
+    sizes = dict(zip(plan.paths, plan.sizes))
+    too_large = [p for p in paths if sizes.get(p, 0) > max_bytes]
+    readable = [p for p in paths if sizes.get(p, 0) <= max_bytes]
+    parts = []
+    if readable:
+        read = ray.data.read_binary_files(readable, filesystem=plan.location.fs, include_paths=True)
+        parts.append(read.map_batches(_with_problem_column, batch_format="pyarrow"))
+    if too_large:
+        parts.append(ray.data.from_arrow(pa.table({
+            "bytes": pa.nulls(len(too_large), pa.binary()), "path": too_large,
+            PROBLEM_FIELD: [f"file too large: {sizes[p]} bytes > max_bytes {max_bytes} (not read)" for p in too_large],
+        })))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...], max_bytes: int) -> ray.data.Dataset:
     """One task per shard, streaming its samples out in blocks: a shard (often 0.25-1 GB) is never one row."""
     shards = [{"path": path, SHARD_COLUMN: plan.location.uri_of(path)} for path in plan.paths]
     return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
-        ShardReader(plan.location.fs, plan.image_extensions, passthrough), batch_format="pyarrow", batch_size=1
+        ShardReader(plan.location.fs, plan.image_extensions, passthrough, max_member_bytes=max_bytes),
+        batch_format="pyarrow", batch_size=1,
     )
 
 
@@ -60,13 +86,13 @@ def read_decoded(
             paths = [path for path in plan.paths if plan.location.uri_of(path) not in done]
             if not paths:
                 continue
-            raw = ray.data.read_binary_files(paths, filesystem=plan.location.fs, include_paths=True)
+            raw = _read_image_files(plan, paths, limits.max_bytes)
             decoder = BatchDecoder(
                 image_column="bytes", id_column="path", source=plan.uri, size=size, limits=limits,
-                id_uri_prefix="s3://" if plan.uri.startswith("s3://") else "",
+                id_uri_prefix="s3://" if plan.uri.startswith("s3://") else "", error_column=PROBLEM_FIELD,
             )
         elif plan.kind == "webdataset":
-            raw = _read_shards(plan, passthrough)
+            raw = _read_shards(plan, passthrough, limits.max_bytes)
             if done:
                 raw = raw.map_batches(_Unwritten("id", done), batch_format="pyarrow", batch_size=batch_size)
             decoder = BatchDecoder(

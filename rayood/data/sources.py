@@ -43,6 +43,7 @@ class SourcePlan:
     skipped_files: tuple[str, ...] = ()  # files of another kind than the input's (no image extension, sidecars)
     image_extensions: tuple[str, ...] = ()  # webdataset: a sample's image is its first member with one of these
     left_out: tuple[tuple[str, str], ...] = ()  # (why, name): hidden names, links not followed, non-UTF-8 names
+    sizes: tuple[int, ...] = ()  # images: each path's size in bytes from the listing (too large: never read)
 
 
 HIDDEN = "hidden name (. or _)"
@@ -132,11 +133,11 @@ def _webdataset_plan(
     return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions, left_out)
 
 
-def _listed(location: Location) -> tuple[list[str], tuple[tuple[str, str], ...]]:
-    """The directory's input files, and what was left out (logged with a few names: they are not rows)."""
+def _listed(location: Location) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """The directory's input files with their sizes, and what was left out (logged: they are not rows)."""
     listed, left_out = location.list_input_files()
-    files = [path for path in listed if not _is_hidden(path, location.path)]
-    left_out += [(HIDDEN, location.uri_of(path)) for path in listed if _is_hidden(path, location.path)]
+    files = {path: size for path, size in listed if not _is_hidden(path, location.path)}
+    left_out += [(HIDDEN, location.uri_of(path)) for path, _ in listed if _is_hidden(path, location.path)]
     for why in sorted({why for why, _ in left_out}):
         names = [name for reason, name in left_out if reason == why]
         log.warning("%s: left out %d entries (%s), e.g. %s", location.uri, len(names), why, ", ".join(names[:3]))
@@ -163,11 +164,12 @@ def plan_source(
             extension = posixpath.splitext(location.path)[1].lower().lstrip(".")
             if extension not in corpus.file_extensions:
                 raise InputError(f"{uri} is neither a Parquet file nor an image ({corpus.file_extensions})")
-            return SourcePlan(uri, "images", location, (location.path,), 1)
+            return SourcePlan(uri, "images", location, (location.path,), 1, sizes=(info.size,))
         rows = _parquet_rows(location, [location.path], corpus, required)
         _repeated_ids(location, [location.path], corpus.id_column)
         return SourcePlan(uri, "parquet", location, (location.path,), rows)
-    files, left_out = _listed(location)
+    sized, left_out = _listed(location)
+    files = list(sized)
     if not files:
         raise InputError(f"input directory is empty: {uri}")
     parquet_files = [p for p in files if p.endswith(".parquet")]
@@ -191,7 +193,8 @@ def plan_source(
     skipped = tuple(location.uri_of(p) for p in files if p not in chosen)
     if not images:
         raise InputError(f"no image files ({', '.join(corpus.file_extensions)}) under {uri}")
-    return SourcePlan(uri, "images", location, tuple(images), len(images), skipped, left_out=left_out)
+    sizes = tuple(sized[path] for path in images)
+    return SourcePlan(uri, "images", location, tuple(images), len(images), skipped, left_out=left_out, sizes=sizes)
 
 
 def plan_sources(

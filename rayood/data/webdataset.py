@@ -113,8 +113,11 @@ def _end_problem(archive: tarfile.TarFile, handle: BinaryIO, size: int, shard: s
     return f"shard {shard} is corrupt: no valid tar header at byte {offset}"
 
 
-def _walk(handle: BinaryIO, size: int, shard: str, with_data: bool) -> Iterator[WebSample | BrokenSample]:
-    """The shard's samples in order; file contents only ``with_data`` (else every file maps to None)."""
+def _walk(
+    handle: BinaryIO, size: int, shard: str, with_data: bool, max_member_bytes: int | None = None
+) -> Iterator[WebSample | BrokenSample]:
+    """The shard's samples in order; file contents only ``with_data`` (else every file maps to None). A member
+    over ``max_member_bytes`` (its header says how big) is never read: its sample becomes an error row."""
     try:
         archive = tarfile.open(fileobj=handle, mode="r:")
     except tarfile.TarError as error:
@@ -159,6 +162,10 @@ def _walk(handle: BinaryIO, size: int, shard: str, with_data: bool) -> Iterator[
             return
         if extension in group.files and group.problem is None:
             group.problem = f"sample {key} has two members named {member.name} in shard {shard}"
+        if max_member_bytes is not None and member.size > max_member_bytes:
+            group.problem = group.problem or f"file too large: {member.name} has {member.size} bytes > max_bytes {max_member_bytes} (not read)"
+            group.files[extension] = None
+            continue
         group.files[extension] = archive.extractfile(member).read() if with_data else None  # type: ignore[union-attr]
 
 
@@ -175,11 +182,13 @@ def count_samples(fs: pafs.FileSystem, path: str, shard: str) -> int:
         return sum(1 for _ in _walk(handle, size, shard, with_data=False))
 
 
-def read_samples(fs: pafs.FileSystem, path: str, shard: str) -> Iterator[WebSample | BrokenSample]:
+def read_samples(
+    fs: pafs.FileSystem, path: str, shard: str, max_member_bytes: int | None = None
+) -> Iterator[WebSample | BrokenSample]:
     """Every sample of one shard with its files, one at a time; ``shard`` (the URI) is used in messages."""
     handle, size = _open(fs, path, SAMPLE_READ_BUFFER)
     with handle:
-        yield from _walk(handle, size, shard, with_data=True)
+        yield from _walk(handle, size, shard, with_data=True, max_member_bytes=max_member_bytes)
 
 
 def _text_field(sample: WebSample, name: str) -> str | None:
@@ -233,8 +242,10 @@ class ShardReader:
         columns: tuple[str, ...] = (),
         rows_per_block: int = 256,
         bytes_per_block: int = 64 << 20,
+        max_member_bytes: int | None = None,
     ) -> None:
         self.fs = fs
+        self.max_member_bytes = max_member_bytes
         self.image_extensions = image_extensions
         self.columns = tuple(c for c in columns if c not in (SHARD_COLUMN, KEY_COLUMN))
         self.rows_per_block = rows_per_block
@@ -248,7 +259,7 @@ class ShardReader:
         rows: list[dict] = []
         held = 0
         for path, shard in zip(batch.column("path").to_pylist(), batch.column(SHARD_COLUMN).to_pylist()):
-            for sample in read_samples(self.fs, path, shard):
+            for sample in read_samples(self.fs, path, shard, self.max_member_bytes):
                 row = sample_row(sample, shard, self.image_extensions, self.columns)
                 rows.append(row)
                 held += len(row[IMAGE_FIELD] or b"")
