@@ -212,6 +212,27 @@ def test_a_json_member_that_cannot_be_read_is_that_samples_error_row(tmp_path):
     assert rows[1][PROBLEM_FIELD] is None and rows[1]["url"] == "x"
 
 
+def test_hard_links_read_their_targets_data_and_symbolic_links_are_error_rows(tmp_path):
+    """GNU tar stores a repeated file as a hard link: that sample is screened with the target's bytes. A
+    symbolic link is never followed (it could name any file of the reading machine), but is still a row."""
+    path = tmp_path / "shard.tar"
+    image = good_images()["rgb.jpg"]
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo("a.jpg")
+        info.size = len(image)
+        archive.addfile(info, io.BytesIO(image))
+        for name, kind, target in [("b.jpg", tarfile.LNKTYPE, "a.jpg"), ("c.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+                                   ("d.jpg", tarfile.LNKTYPE, "missing.jpg")]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            archive.addfile(link)
+    samples = list(read_samples(LOCAL, str(path), "shard.tar"))
+    assert count_samples(LOCAL, str(path), "shard.tar") == len(samples) == 4
+    assert samples[:2] == [WebSample("a", {"jpg": image}), WebSample("b", {"jpg": image})]
+    assert "symbolic link (to /etc/passwd), which is not followed" in samples[2].error
+    assert "hard link to missing.jpg" in samples[3].error
+
+
 class CountingReader(io.BytesIO):
     def __init__(self, data: bytes) -> None:
         super().__init__(data)

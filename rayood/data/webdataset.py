@@ -125,6 +125,7 @@ def _walk(
         return
     group: _Group | None = None
     finished: dict[str, int] = {}  # key -> how many runs of its members were seen
+    regular: dict[str, tuple[int, int]] = {}  # name -> (data offset, size) of the regular files so far: link targets
     while True:
         try:
             member = archive.next()
@@ -138,7 +139,9 @@ def _walk(
                 yield _finish(group)
             return
         archive.members.clear()  # tarfile keeps every header it read; a shard can hold 100k members
-        parts = split_member_name(member.name) if member.isreg() else None
+        if member.isreg():
+            regular[member.name] = (member.offset_data, member.size)
+        parts = split_member_name(member.name) if not member.isdir() else None
         if parts is None:
             continue
         key, extension = parts
@@ -153,20 +156,41 @@ def _walk(
                     f"the files of sample {key} are not adjacent in shard {shard}: {member.name} comes after other"
                     " samples (WebDataset keeps a sample's files together); this part was not screened"
                 )
-        if member.offset_data + member.size > size:
+        offset, length = regular.get(member.linkname, (0, 0)) if member.islnk() else (member.offset_data, member.size)
+        if offset + length > size:
             yield BrokenSample(
                 group.row_key or key,
                 f"shard {shard} is truncated: it ends at byte {size}, inside {member.name}, which needs"
-                f" {member.offset_data + member.size}; sample {key} is incomplete and any later samples are lost",
+                f" {offset + length}; sample {key} is incomplete and any later samples are lost",
             )
             return
         if extension in group.files and group.problem is None:
             group.problem = f"sample {key} has two members named {member.name} in shard {shard}"
-        if max_member_bytes is not None and member.size > max_member_bytes:
-            group.problem = group.problem or f"file too large: {member.name} has {member.size} bytes > max_bytes {max_member_bytes} (not read)"
+        unreadable = _unreadable(member, regular, max_member_bytes)
+        if unreadable:
+            group.problem = group.problem or unreadable
             group.files[extension] = None
             continue
-        group.files[extension] = archive.extractfile(member).read() if with_data else None  # type: ignore[union-attr]
+        if with_data:
+            handle.seek(offset)  # tarfile seeks back to its next header itself
+            group.files[extension] = handle.read(length)
+        else:
+            group.files[extension] = None
+
+
+def _unreadable(member: tarfile.TarInfo, regular: dict[str, tuple[int, int]], max_bytes: int | None) -> str | None:
+    """Why a member's data is not taken, or None. A hard link (GNU tar stores a repeated file as one) reads its
+    target's data; a symbolic link is never followed; an oversized member is never read."""
+    if member.islnk() and member.linkname not in regular:
+        return f"{member.name} is a hard link to {member.linkname}, which is not an earlier file of the shard"
+    if member.issym():
+        return f"{member.name} is a symbolic link (to {member.linkname}), which is not followed"
+    if not (member.isreg() or member.islnk()):
+        return f"{member.name} is not a regular file"
+    length = regular[member.linkname][1] if member.islnk() else member.size
+    if max_bytes is not None and length > max_bytes:
+        return f"file too large: {member.name} has {length} bytes > max_bytes {max_bytes} (not read)"
+    return None
 
 
 def _open(fs: pafs.FileSystem, path: str, buffer_size: int) -> tuple[io.BufferedReader, int]:
