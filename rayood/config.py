@@ -46,6 +46,13 @@ class S3Settings(_Strict):
     anonymous: bool = False
     retries: int = Field(default=5, ge=0)
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        return value
+
 
 class CorpusSettings(_Strict):
     """How a corpus is laid out: image files, or Parquet with an image-bytes column."""

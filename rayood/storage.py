@@ -26,6 +26,10 @@ def is_s3(uri: str) -> bool:
 
 
 def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    """An S3 filesystem that holds no secret: each process that unpickles it (every Ray task gets a copy)
+    finds credentials through the AWS chain of its own machine (environment, ~/.aws, instance or pod role),
+    so keys never travel in task arguments, logs or Ray's object store. A local cluster's workers inherit the
+    driver's environment; on KubeRay every pod gets the keys from the Secret (k8s/README.md)."""
     endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     kwargs: dict = {
@@ -34,16 +38,12 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     }
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if parsed.username or parsed.password:
+            raise StorageError("the S3 endpoint URL holds credentials; give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
         kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme
     if settings.anonymous:
         kwargs["anonymous"] = True
-    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        # Resolved here so that workers on other nodes, which may lack these variables, get them too.
-        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
     return pafs.S3FileSystem(**kwargs)
 
 

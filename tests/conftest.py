@@ -68,6 +68,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# moto's credentials, in the environment before any Ray worker or job process starts: rayood never ships
+# S3 keys in task arguments, so every process must find them in its own environment, as on a real cluster.
+for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ[_key] = _value
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's standalone S3 server on 127.0.0.1, as s3fs tests itself: Ray workers are separate processes,
@@ -77,12 +83,5 @@ def s3_server():
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
     yield f"http://127.0.0.1:{port}"
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

@@ -100,3 +100,19 @@ def test_stage_fingerprints_follow_what_each_stage_reads():
     assert all(base.stage_fingerprint(s) == test_time.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
     data = parse_config({"train": {"data": ["other.parquet"]}})
     assert all(base.stage_fingerprint(s) != data.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
+
+
+def test_s3_secrets_never_travel_inside_the_pickled_filesystem(monkeypatch):
+    """Every Ray task gets a pickled copy of the filesystem: it must not carry the keys (issue 12, item 17)."""
+    import pickle
+
+    from rayood.config import S3Settings
+    from rayood.storage import resolve
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLEKEYID0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-42")
+    location = resolve("s3://bucket/corpus", S3Settings(endpoint_url="http://127.0.0.1:9000"))
+    payload = pickle.dumps(location)
+    assert b"very-secret-value-42" not in payload and b"AKIDEXAMPLEKEYID0001" not in payload
+    with pytest.raises(ConfigError, match="s3.endpoint_url.*credentials"):
+        parse_config({"s3": {"endpoint_url": "http://admin:hunter2@127.0.0.1:9000"}})
