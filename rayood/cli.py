@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rayood.bundle import BundleError
-from rayood.config import ConfigError
+from rayood.config import ConfigError, RayoodConfig, load_config, parse_config
 from rayood.data.sources import InputError
 from rayood.screen.lease import LeaseError
 from rayood.screen.output import OutputError
@@ -25,9 +25,22 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the embedded demo)")
+    parser.add_argument(
+        "--config", help="YAML config (default: the embedded demo when the job is given no data, else neutral defaults)"
+    )
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing result")
     return parser
+
+
+def job_config(args: argparse.Namespace, *data_arguments: object) -> RayoodConfig:
+    """The config a job runs with: ``--config`` when given; the embedded demo when the command line names no data
+    (``python jobs/screen.py`` alone runs the demo); neutral defaults otherwise, so that a user's own corpus never
+    picks up the demo's passthrough columns, truth column or paths."""
+    if args.config:
+        return load_config(args.config)
+    if any(value not in (None, [], ()) for value in data_arguments):
+        return parse_config({}, "the defaults (no --config)")
+    return load_config(DEFAULT_CONFIG)
 
 
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rayood.bundle import read_calibration, read_manifest, report_scores
-from rayood.config import ConfigError, RayoodConfig, load_config
+from rayood.cli import job_config
+from rayood.config import ConfigError, RayoodConfig
 from rayood.data.decode import STATUS_OK
 from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
@@ -139,7 +140,7 @@ def evaluate(
 
 
 def evaluate_job(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+    config = job_config(args, args.id)
     _, markdown = evaluate(
         config, bundle=args.bundle, id_uri=args.id, oods=parse_named(args.ood), near=set(args.near or ()),
         output=args.output, overwrite=bool(args.overwrite),

@@ -6,7 +6,8 @@ import argparse
 import logging
 
 from rayood.bundle import MANIFEST
-from rayood.config import RayoodConfig, load_config, with_overrides
+from rayood.cli import job_config
+from rayood.config import RayoodConfig, with_overrides
 from rayood.data.demo import build_demo
 from rayood.decide.report import FinishedReport
 from rayood.report.summary import render
@@ -24,7 +25,7 @@ def _prepare_demo(config: RayoodConfig) -> None:
 def train_job(args: argparse.Namespace) -> None:
     from rayood.train.fit import fit
 
-    config = with_overrides(load_config(args.config), "train", bundle=args.output, overwrite=args.overwrite)
+    config = with_overrides(job_config(args), "train", bundle=args.output, overwrite=args.overwrite)
     _prepare_demo(config)
     print(f"model bundle written to {fit(config)}")
 
@@ -33,7 +34,7 @@ def screen_job(args: argparse.Namespace) -> None:
     from rayood.screen.pipeline import screen
 
     config = with_overrides(
-        load_config(args.config), "screen",
+        job_config(args, args.input, args.output, args.bundle), "screen",
         inputs=tuple(args.input) if args.input else None, output=args.output, bundle=args.bundle,
         overwrite=args.overwrite,
     )
@@ -87,7 +88,7 @@ def at_least(minimum: int):
 
 
 def filter_job(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+    config = job_config(args, args.report)
     shards = resolve(args.write_shards, config.s3) if args.write_shards else None
     report = FinishedReport.open(args.report, config.s3)
     _filter(config, report, args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite), shards)
@@ -102,5 +103,5 @@ def audit_job(args: argparse.Namespace) -> None:
         overwrite=bool(args.overwrite), mmd=MmdSettings(args.permutations, args.mmd_max_rows, args.seed),
         thumbnails=args.thumbnails,
     )
-    result, output = run_audit(load_config(args.config), request)
+    result, output = run_audit(job_config(args, args.reference, args.target), request)
     print(render_text(result, output))

@@ -63,3 +63,33 @@ def test_demo_flow_builds_data_fits_and_screens(ray_cluster, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
     missing = run_job("screen.py", "--config", config, "--input", str(tmp_path / "nope"), env=env, timeout=120)
     assert missing.returncode == 2 and "input not found" in missing.stderr
+
+
+def test_without_config_a_job_given_data_starts_from_neutral_defaults():
+    """The demo's config (passthrough label/group, truth column, its paths) applies only when a job is given no
+    data at all; ``--config`` always wins (issue 14)."""
+    import argparse
+
+    from rayood.cli import DEFAULT_CONFIG, job_config
+
+    demo = job_config(argparse.Namespace(config=None), None, None)
+    assert demo.demo is not None and demo.screen.passthrough_columns == ("label", "group")
+    neutral = job_config(argparse.Namespace(config=None), ["my_images"], None)
+    assert neutral.demo is None and neutral.screen.passthrough_columns == () and neutral.screen.truth is None
+    assert neutral.screen.inputs == () and not neutral.screen.fit_if_missing
+    assert job_config(argparse.Namespace(config=str(DEFAULT_CONFIG)), ["my_images"]).demo is not None
+
+
+def test_screening_a_plain_image_folder_needs_no_config(ray_cluster, tiny_bundle, tmp_path):
+    """A new user's first command: ``screen.py --bundle B --input DIR --output OUT`` on a folder of images."""
+    from tests.images import good_images
+
+    (tmp_path / "my_images").mkdir()
+    for name, data in good_images().items():
+        (tmp_path / "my_images" / name).write_bytes(data)
+    env = {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    result = run_job(
+        "screen.py", "--bundle", tiny_bundle, "--input", str(tmp_path / "my_images"), "--output", str(tmp_path / "out"), env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "_SUCCESS").exists() and f"rows {len(good_images())}" in result.stdout
