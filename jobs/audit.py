@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rayood.audit.two_sample import MMD_MAX_ROWS, MMD_PERMUTATIONS  # noqa: E402
 from rayood.cli import base_parser, run  # noqa: E402
-from rayood.jobs import at_least, audit_job  # noqa: E402
+from rayood.jobs import at_least, audit_job, fdr_level  # noqa: E402
 
 parser = base_parser(__doc__.splitlines()[0])
 parser.add_argument("--bundle", required=True, help="the model bundle both corpora are (or were) screened with")
@@ -23,6 +23,9 @@ parser.add_argument("--permutations", type=at_least(1), default=MMD_PERMUTATIONS
 parser.add_argument(
     "--mmd-max-rows", type=at_least(2), default=MMD_MAX_ROWS,
     help="embeddings per side in the MMD, subsampled beyond (memory 2 x (2 x this)^2 x 8 bytes; default %(default)s)",
+)
+parser.add_argument(
+    "--level", type=fdr_level, default=0.05, help="family-wise error level of the drift verdict (Holm; default %(default)s)"
 )
 parser.add_argument("--seed", type=int, default=0, help="seed of the MMD subsample and permutations")
 parser.add_argument("--thumbnails", type=at_least(0), default=24, help="most OOD target images shown (default %(default)s)")

@@ -101,7 +101,7 @@ def audit_job(args: argparse.Namespace) -> None:
     request = AuditRequest(
         bundle=args.bundle, reference=args.reference, target=args.target, output=args.output, by=args.by,
         overwrite=bool(args.overwrite), mmd=MmdSettings(args.permutations, args.mmd_max_rows, args.seed),
-        thumbnails=args.thumbnails,
+        thumbnails=args.thumbnails, level=args.level,
     )
     result, output = run_audit(job_config(args, args.reference, args.target), request)
     print(render_text(result, output))

@@ -16,6 +16,7 @@ from rayood.audit.compare import audit, groups_of, values_of
 from rayood.audit.report_html import histogram_png, render_html
 from rayood.audit.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.two_sample import flagged_test, ks_test, mmd_test
+from rayood.audit.verdict import drift_verdict, holm_adjusted, verdict_line
 from rayood.config import CorpusSettings, DecisionSettings
 from rayood.decide.report import FinishedReport
 from rayood.detectors.calibrate import ConformalReference
@@ -200,6 +201,30 @@ def test_values_from_reports_are_escaped_and_plotted_as_plain_text(demo_data, tm
     result["reference"]["errors"] = "<script>alert(1)</script>"
     html = render_html(result, histograms, [])
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_holm_adjusted_pvalues_by_hand():
+    adjusted = holm_adjusted({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+
+
+def test_the_verdict_says_no_drift_between_two_samples_of_one_distribution_and_yes_under_a_shift(demo_data, tmp_path):
+    """Many tests, one answer: same-distribution reports give "no" although some single test may fall below
+    0.05; a shifted target gives "yes", carried by the tests that see the shift (issue 14)."""
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pq.read_table(demo_data[1]).slice(0, 90), corpus)
+    write_report(tmp_path / "reference", corpus, 0.0, ["all"], seed=1)
+    write_report(tmp_path / "same", corpus, 0.0, ["a", "b", "c"], seed=2)
+    write_report(tmp_path / "shifted", corpus, 1.0, ["a", "b", "c"], seed=3)
+    reference = FinishedReport.open(str(tmp_path / "reference"))
+    for name, drifted in (("same", False), ("shifted", True)):
+        result, _, _ = audit(reference, FinishedReport.open(str(tmp_path / name)), calibration_rows={"mfsim": 300}, by="group")
+        verdict = drift_verdict(result, 0.05)
+        assert verdict["tests"] == 3 + 3 * 3 and verdict["drift"] is drifted, (name, verdict)
+        assert verdict_line(verdict).startswith("drift: YES" if drifted else "drift: no")
+        if drifted:
+            assert "ks score_mfsim" in verdict["rejected"] and all(p <= 0.05 for p in verdict["rejected"].values())
+        assert verdict_line(verdict) in render_html({**result, "verdict": verdict}, {}, [])
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rayood.audit.compare import MmdSettings, audit, groups_of, values_of
 from rayood.audit.report_html import histogram_png, render_html
+from rayood.audit.verdict import drift_verdict, verdict_line
 from rayood.audit.thumbnails import attach_thumbnails, most_ood
 from rayood.bundle import read_calibration, read_manifest
 from rayood.config import RayoodConfig, S3Settings, with_overrides
@@ -42,6 +43,7 @@ class AuditRequest:
     overwrite: bool = False
     mmd: MmdSettings = MmdSettings()
     thumbnails: int = 24
+    level: float = 0.05  # family-wise error level of the drift verdict
 
 
 def prepare_output(location: Location, overwrite: bool) -> None:
@@ -121,6 +123,7 @@ def run_audit(config: RayoodConfig, request: AuditRequest) -> tuple[dict, str]:
         reports["reference"], reports["target"], by=request.by, mmd=request.mmd,
         calibration_rows={name: int(values.size) for name, values in calibration.items()},
     )
+    result["verdict"] = drift_verdict(result, request.level)
     preprocess = manifest["model"]["preprocess"]
     thumbnails = attach_thumbnails(
         most_ood(target_rows, result["decision_score"], request.thumbnails), config.corpus, config.s3,
@@ -143,7 +146,11 @@ def run_audit(config: RayoodConfig, request: AuditRequest) -> tuple[dict, str]:
 
 def render_text(result: dict, output_uri: str) -> str:
     """A one-screen view: per score KS and flag rates, MMD, and the groups that differ."""
-    lines = [f"rayood audit: {result['target']['report']} against {result['reference']['report']} -> {output_uri}"]
+    lines = [
+        f"rayood audit: {result['target']['report']} against {result['reference']['report']} -> {output_uri}",
+        f"  {verdict_line(result['verdict'])}",
+        "  per test (uncorrected p-values):",
+    ]
     lines.append(f"  {'score':<18}{'KS D':>8}{'KS p':>10}{'flagged':>9}{'expected':>9}{'flag p':>10}")
     for name, scores in result["scores"].items():
         ks, flagged = scores["ks"], scores["flagged"]

@@ -14,9 +14,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rayood.audit.verdict import verdict_line
+
 MAX_GROUP_CURVES = 8
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+.verdict { font-size: 1.3em; font-weight: bold; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -127,13 +130,15 @@ def render_html(audit: dict, histograms: dict[str, str], thumbnails: list[dict])
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>rayood drift audit</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>rayood drift audit</h1>",
+        *([f'<p class="verdict">{_e(verdict_line(audit["verdict"]))}</p>'] if "verdict" in audit else []),
         f"<p>Reference: {_e(reference['report'])} ({_e(reference['scored_rows'])} scored, {_e(reference['errors'])} errors)<br>"
         f"Target: {_e(target['report'])} ({_e(target['scored_rows'])} scored, {_e(target['errors'])} errors)<br>"
         f"Bundle {_e(audit['bundle_id'])}; flags at alpha {_e(audit['alpha'])}; decision score {_e(audit['decision_score'])}</p>",
         "<h2>Scores: target against reference</h2>",
         "<p>KS: two-sample Kolmogorov-Smirnov on the score values. Flagged: fraction with p &le; alpha against the "
         "bundle's calibration set; expected is that fraction for ID images, and the flag-rate p tests for more "
-        "(beta-binomial, exact for conformal p-values). Shaded: p &lt; 0.05, uncorrected for the number of tests.</p>",
+        "(beta-binomial, exact for conformal p-values). Shaded: p &lt; 0.05, uncorrected for the number of tests; "
+        "the verdict above is the one that accounts for them (Holm).</p>",
         _score_table(audit),
         f"<h2>Backbone embeddings</h2><p>{_mmd_text(audit['mmd'])}</p>",
     ]
