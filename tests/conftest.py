@@ -85,3 +85,17 @@ def s3_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# The slow tier: tests that start Ray (a fixture cluster, their own head) or run a job in a new process. The
+# rest run in seconds: ``make test-fast`` (``pytest -m "not cluster"``).
+CLUSTER_FIXTURES = {"ray_cluster", "tiny_bundle"}
+CLUSTER_CALLS = {"run_job", "ray_head", "subprocess"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        calls = set(function.__code__.co_names) if function is not None else set()
+        if CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls:
+            item.add_marker(pytest.mark.cluster)
