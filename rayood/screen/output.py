@@ -159,6 +159,7 @@ class ReportTarget:
 
     def finish(self, summary: dict) -> None:
         self.lease.check()
-        self.location.join(SUMMARY).write_bytes(json.dumps(finite_or_null(summary), indent=2, sort_keys=True, allow_nan=False).encode())
+        text = json.dumps(finite_or_null(summary), indent=2, sort_keys=True, allow_nan=False)
+        self.location.join(SUMMARY).write_bytes(text.encode())
         self.location.join(SUCCESS).write_bytes(b"")
         self.release()
