@@ -314,10 +314,12 @@ def test_too_few_calibration_rows_give_a_null_threshold_and_a_warning_in_strict_
     )
     assert summary["decision"]["threshold"] is None and summary["scores"]["mfsim"]["threshold"] is None
     assert summary["warnings"] and "10 calibration rows" in summary["warnings"][0] and "19" in summary["warnings"][0]
-    ReportTarget(resolve(str(tmp_path)), "fingerprint").finish(summary)
+    target = ReportTarget(resolve(str(tmp_path / "report")), "fingerprint")
+    target.prepare(overwrite=False)
+    target.finish(summary)
 
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")
 
-    written = json.loads((tmp_path / SUMMARY).read_text(), parse_constant=refuse)
+    written = json.loads((tmp_path / "report" / SUMMARY).read_text(), parse_constant=refuse)
     assert written["decision"]["threshold"] is None and written["warnings"] == summary["warnings"]
