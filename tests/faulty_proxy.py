@@ -66,9 +66,11 @@ class FaultyProxy:
                     data = response.read()
                     self.send_response(response.status, response.reason)
                     for key, value in response.getheaders():
-                        if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                        keep = self.command == "HEAD" or key.lower() != "content-length"  # HEAD: the object's size
+                        if key.lower() not in HOP_BY_HOP and keep:
                             self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
+                    if self.command != "HEAD":
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
