@@ -131,6 +131,9 @@ def test_image_files_good_and_bad_each_give_one_row(tiny_bundle, tmp_path):
     assert set(report.index) == expected and len(report) == len(expected)
     assert summary["skipped_non_image_files"] == 1
     assert summary["left_out_entries"] == {HIDDEN: 1, LINK_NOT_FOLLOWED: 1}
+    provenance = summary["provenance"]
+    assert provenance["bundle_uri"] == tiny_bundle and provenance["bundle_id"] == summary["bundle_id"]
+    assert {"rayood", "ray", "torch"} <= set(provenance["versions"]) and provenance["config"]["screen"]["inputs"] == [str(corpus)]
     for name, (_, cause) in bad_images().items():
         row = report.loc[str(corpus / name)]
         assert row["status"] == "error" and cause in row["error"]

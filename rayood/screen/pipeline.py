@@ -22,7 +22,7 @@ import ray.data
 import ray.exceptions
 from ray.data.datasource import FilenameProvider
 
-from rayood.bundle import read_calibration, read_manifest, report_scores
+from rayood.bundle import library_versions, read_calibration, read_manifest, report_scores
 from rayood.config import ConfigError, RayoodConfig, ScreenSettings
 from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
@@ -173,6 +173,12 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         summary["decode_limits"] = {
             "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
             "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
+        }
+        # what a reader a month later needs to reproduce the report (the config holds no secrets: S3 keys
+        # come from the environment, and endpoints with credentials are refused)
+        summary["provenance"] = {
+            "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
+            "config": config.model_dump(mode="json"),
         }
         _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
         target.finish(summary)
