@@ -163,14 +163,25 @@ def write_report(directory, corpus, shift: float, groups: list[str], seed: int, 
     (directory / SUCCESS).write_bytes(b"")
 
 
+def corpus_and_reference(demo_data, tmp_path, rows: int):
+    """A Parquet corpus of the first ``rows`` demo images and a reference report of it written by hand."""
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pq.read_table(demo_data[1]).slice(0, rows), corpus)
+    write_report(tmp_path / "reference", corpus, 0.0, ["all"], seed=1)
+    return corpus
+
+
+def audit_by_hand(tmp_path, corpus, name: str, shift: float, groups: list[str], seed: int):
+    """Write the target report ``name`` and audit it by group against the reference."""
+    write_report(tmp_path / name, corpus, shift, groups, seed=seed)
+    reference, target = FinishedReport.open(str(tmp_path / "reference")), FinishedReport.open(str(tmp_path / name))
+    return audit(reference, target, calibration_rows={"mfsim": 300}, by="group")
+
+
 def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
     """The page without a cluster: both reports given, thumbnails read back from the Parquet corpus."""
-    corpus = tmp_path / "corpus.parquet"
-    pq.write_table(pq.read_table(demo_data[1]).slice(0, 90), corpus)
-    write_report(tmp_path / "reference", corpus, 0.0, ["all"], seed=1)
-    write_report(tmp_path / "target", corpus, 1.0, ["b&<x>", "a"], seed=2)
-    reference, target = FinishedReport.open(str(tmp_path / "reference")), FinishedReport.open(str(tmp_path / "target"))
-    result, reference_rows, target_rows = audit(reference, target, calibration_rows={"mfsim": 300}, by="group")
+    corpus = corpus_and_reference(demo_data, tmp_path, 90)
+    result, reference_rows, target_rows = audit_by_hand(tmp_path, corpus, "target", 1.0, ["b&<x>", "a"], seed=2)
     assert result["mmd"]["pvalue"] < 0.05 and result["scores"]["mfsim"]["ks"]["pvalue"] < 1e-3
     assert result["target"]["scored_rows"] == 89 and result["groups"]["a"]["rows"] + result["groups"]["b&<x>"]["rows"] == 89
     rows = attach_thumbnails(most_ood(target_rows, "mfsim", 5), CorpusSettings(), None, size=32)
@@ -182,6 +193,7 @@ def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
     assert [cells[0] for index, cells in page.rows if index == group_table] == ["group", "a", "b&<x>"]
 
     write_report(tmp_path / "plain", corpus, 1.0, ["a"], seed=3, embedding=False)
+    reference = FinishedReport.open(str(tmp_path / "reference"))
     plain, _, _ = audit(reference, FinishedReport.open(str(tmp_path / "plain")), calibration_rows={"mfsim": 300})
     assert plain["mmd"] == {"skipped": "no embeddings in the report: MMD skipped"}
     assert "no embeddings in the report: MMD skipped" in render_html(plain, {}, [])
@@ -190,12 +202,8 @@ def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
 def test_values_from_reports_are_escaped_and_plotted_as_plain_text(demo_data, tmp_path):
     """A summary's counts and a group value are data: escaped in the page, never read as mathtext by the plot
     (``$\\foo$`` made matplotlib raise and killed the audit after both screenings; issue 12, item 18)."""
-    corpus = tmp_path / "corpus.parquet"
-    pq.write_table(pq.read_table(demo_data[1]).slice(0, 60), corpus)
-    write_report(tmp_path / "reference", corpus, 0.0, ["all"], seed=1)
-    write_report(tmp_path / "target", corpus, 1.0, ["$\\foo$", "a"], seed=2)
-    reference, target = FinishedReport.open(str(tmp_path / "reference")), FinishedReport.open(str(tmp_path / "target"))
-    result, reference_rows, target_rows = audit(reference, target, calibration_rows={"mfsim": 300}, by="group")
+    corpus = corpus_and_reference(demo_data, tmp_path, 60)
+    result, reference_rows, target_rows = audit_by_hand(tmp_path, corpus, "target", 1.0, ["$\\foo$", "a"], seed=2)
     groups = {g: values_of(target_rows, "score_mfsim", groups_of(target_rows, "group") == g) for g in result["groups"]}
     histograms = {"mfsim": histogram_png("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), groups)}
     result["reference"]["errors"] = "<script>alert(1)</script>"
@@ -211,14 +219,9 @@ def test_holm_adjusted_pvalues_by_hand():
 def test_the_verdict_says_no_drift_between_two_samples_of_one_distribution_and_yes_under_a_shift(demo_data, tmp_path):
     """Many tests, one answer: same-distribution reports give "no" although some single test may fall below
     0.05; a shifted target gives "yes", carried by the tests that see the shift (issue 14)."""
-    corpus = tmp_path / "corpus.parquet"
-    pq.write_table(pq.read_table(demo_data[1]).slice(0, 90), corpus)
-    write_report(tmp_path / "reference", corpus, 0.0, ["all"], seed=1)
-    write_report(tmp_path / "same", corpus, 0.0, ["a", "b", "c"], seed=2)
-    write_report(tmp_path / "shifted", corpus, 1.0, ["a", "b", "c"], seed=3)
-    reference = FinishedReport.open(str(tmp_path / "reference"))
-    for name, drifted in (("same", False), ("shifted", True)):
-        result, _, _ = audit(reference, FinishedReport.open(str(tmp_path / name)), calibration_rows={"mfsim": 300}, by="group")
+    corpus = corpus_and_reference(demo_data, tmp_path, 90)
+    for name, shift, seed, drifted in (("same", 0.0, 2, False), ("shifted", 1.0, 3, True)):
+        result, _, _ = audit_by_hand(tmp_path, corpus, name, shift, ["a", "b", "c"], seed)
         verdict = drift_verdict(result, 0.05)
         assert verdict["tests"] == 3 + 3 * 3 and verdict["drift"] is drifted, (name, verdict)
         assert verdict_line(verdict).startswith("drift: YES" if drifted else "drift: no")

@@ -40,22 +40,21 @@ def _with_problem_column(batch: pa.Table) -> pa.Table:
     })
 
 
-def _read_image_files(plan: SourcePlan, paths: list[str], max_bytes: int) -> ray.data.Dataset:
-    """``bytes, path, problem`` per file. A file the listing showed to be over ``max_bytes`` is never read:
-    its row is made from its name and size alone (a 50 GB file must not reach a read task's memory)."""
+def _read_image_files(plan: SourcePlan, paths: list[str], max_bytes: int) -> tuple[ray.data.Dataset, bool]:
+    """``bytes, path`` per file, and whether a ``problem`` column was added. A file the listing showed to be
+    over ``max_bytes`` is never read: its row is made from its name and size alone (a 50 GB file must not reach
+    a read task's memory). Only then do read files get the column too, so common corpora pay no extra stage."""
     sizes = dict(zip(plan.paths, plan.sizes))
     too_large = [p for p in paths if sizes.get(p, 0) > max_bytes]
     readable = [p for p in paths if sizes.get(p, 0) <= max_bytes]
-    parts = []
-    if readable:
-        read = ray.data.read_binary_files(readable, filesystem=plan.location.fs, include_paths=True)
-        parts.append(read.map_batches(_with_problem_column, batch_format="pyarrow"))
-    if too_large:
-        parts.append(ray.data.from_arrow(pa.table({
-            "bytes": pa.nulls(len(too_large), pa.binary()), "path": too_large,
-            PROBLEM_FIELD: [f"file too large: {sizes[p]} bytes > max_bytes {max_bytes} (not read)" for p in too_large],
-        })))
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    read = ray.data.read_binary_files(readable, filesystem=plan.location.fs, include_paths=True) if readable else None
+    if not too_large:
+        return read, False
+    unread = ray.data.from_arrow(pa.table({
+        "bytes": pa.nulls(len(too_large), pa.binary()), "path": too_large,
+        PROBLEM_FIELD: [f"file too large: {sizes[p]} bytes > max_bytes {max_bytes} (not read)" for p in too_large],
+    }))
+    return (unread if read is None else read.map_batches(_with_problem_column, batch_format="pyarrow").union(unread)), True
 
 
 def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...], max_bytes: int) -> ray.data.Dataset:
@@ -86,10 +85,11 @@ def read_decoded(
             paths = [path for path in plan.paths if plan.location.uri_of(path) not in done]
             if not paths:
                 continue
-            raw = _read_image_files(plan, paths, limits.max_bytes)
+            raw, has_problems = _read_image_files(plan, paths, limits.max_bytes)
             decoder = BatchDecoder(
                 image_column="bytes", id_column="path", source=plan.uri, size=size, limits=limits,
-                id_uri_prefix="s3://" if plan.uri.startswith("s3://") else "", error_column=PROBLEM_FIELD,
+                id_uri_prefix="s3://" if plan.uri.startswith("s3://") else "",
+                error_column=PROBLEM_FIELD if has_problems else None,
             )
         elif plan.kind == "webdataset":
             raw = _read_shards(plan, passthrough, limits.max_bytes)

@@ -77,8 +77,8 @@ def _schema_problem(schema: pa.Schema, image_column: str, id_column: str, requir
 
 
 def _parquet_rows(location: Location, paths: list[str], corpus: CorpusSettings, required: list[str]) -> int:
-    """Rows of every file, after checking every file's schema (not just the first's): a file that a job
-    cannot read is a clear error now, not a dead job later."""
+    """Rows of every file, after checking every file's schema (not just the first's) and that no id repeats:
+    a file that a job cannot read is a clear error now, not a dead job later."""
     total = 0
     for path in paths:
         try:
@@ -92,6 +92,7 @@ def _parquet_rows(location: Location, paths: list[str], corpus: CorpusSettings, 
             raise
         except Exception as error:
             raise InputError(f"cannot read Parquet file {location.uri_of(path)}: {error}") from None
+    _repeated_ids(location, paths, corpus.id_column)
     return total
 
 
@@ -136,8 +137,12 @@ def _webdataset_plan(
 def _listed(location: Location) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """The directory's input files with their sizes, and what was left out (logged: they are not rows)."""
     listed, left_out = location.list_input_files()
-    files = {path: size for path, size in listed if not _is_hidden(path, location.path)}
-    left_out += [(HIDDEN, location.uri_of(path)) for path, _ in listed if _is_hidden(path, location.path)]
+    files: dict[str, int] = {}
+    for path, size in listed:
+        if _is_hidden(path, location.path):
+            left_out.append((HIDDEN, location.uri_of(path)))
+        else:
+            files[path] = size
     for why in sorted({why for why, _ in left_out}):
         names = [name for reason, name in left_out if reason == why]
         log.warning("%s: left out %d entries (%s), e.g. %s", location.uri, len(names), why, ", ".join(names[:3]))
@@ -166,7 +171,6 @@ def plan_source(
                 raise InputError(f"{uri} is neither a Parquet file nor an image ({corpus.file_extensions})")
             return SourcePlan(uri, "images", location, (location.path,), 1, sizes=(info.size,))
         rows = _parquet_rows(location, [location.path], corpus, required)
-        _repeated_ids(location, [location.path], corpus.id_column)
         return SourcePlan(uri, "parquet", location, (location.path,), rows)
     sized, left_out = _listed(location)
     files = list(sized)
@@ -175,7 +179,6 @@ def plan_source(
     parquet_files = [p for p in files if p.endswith(".parquet")]
     if parquet_files and len(parquet_files) == len(files):
         rows = _parquet_rows(location, files, corpus, required)
-        _repeated_ids(location, files, corpus.id_column)
         return SourcePlan(uri, "parquet", location, tuple(files), rows, left_out=left_out)
     images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
     shards = [p for p in files if p.endswith(SHARD_EXTENSION)]
