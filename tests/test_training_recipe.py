@@ -75,3 +75,28 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
         flipped_even = torch.equal(even[i], images[i].flip(-1))
         flipped_odd = torch.equal(odd[i], images[i].flip(-1))
         assert flipped_even != flipped_odd and (torch.equal(even[i], images[i]) or flipped_even)
+
+
+def test_whitening_is_fitted_on_a_sample_of_every_part_of_a_class_sorted_shard():
+    """ID corpora are often stored class by class: the whitening must not see only the first classes."""
+    from rayood.config import ModelSettings
+    from rayood.train.cache import CachedShard
+    from rayood.train.loops import WHITENING_SAMPLE, new_backbone_objective
+
+    generator = torch.Generator().manual_seed(0)
+    half = WHITENING_SAMPLE
+    dark = torch.randint(0, 60, (half, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    bright = torch.randint(160, 256, (half, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    data = CachedShard(torch.cat([dark, bright]), torch.cat([torch.zeros(half), torch.ones(half)]).long())
+    settings = ModelSettings.model_validate(
+        {"preprocess": {"native_size": 8, "input_size": 8}, "backbone": {"arch": "cifar_fast", "widths": [8, 8, 8]}}
+    )
+    torch.manual_seed(0)
+    objective, _ = new_backbone_objective(settings, BackboneOptimSettings(), 2, data, None)
+    whitening = objective.backbone.whitening
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(objective.backbone.prepare(data.images(torch.arange(2 * half), torch.device("cpu"))),
+                                         whitening.weight[:12])
+    variance = out.permute(0, 2, 3, 1).reshape(-1, 12).var(dim=0)
+    # fitted on the dark half alone, the dark/bright contrast would blow the top components' variance up ~100x
+    assert variance.max() < 2.0, variance

@@ -92,7 +92,7 @@ def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
     )
 
 
-WHITENING_SAMPLE = 5000
+WHITENING_SAMPLE = 5000  # airbench's count; drawn at random, since ID corpora are often stored class by class
 
 
 class BackboneEpoch:
@@ -141,7 +141,8 @@ def new_backbone_objective(
     if init_state is not None:
         load_matching(backbone, init_state)
     else:  # with several workers rank 0's whitening wins: DDP broadcasts its parameters when the model is prepared
-        backbone.fit_whitening(data.images(torch.arange(min(WHITENING_SAMPLE, len(data))), torch.device("cpu")))
+        sample = torch.randperm(len(data))[:WHITENING_SAMPLE]
+        backbone.fit_whitening(data.images(sample, torch.device("cpu")))
     model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim,
                               optim.label_smoothing)
     whitening = backbone.whitening
