@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from rayood.bundle import load_bundle
+from rayood.bundle_models import load_bundle
 from rayood.data.decode import decode_image
 from rayood.detectors.ddp import guided_ddim
 from rayood.models.backbones import uint8_to_unit

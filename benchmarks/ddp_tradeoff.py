@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rayood.bundle import load_bundle
+from rayood.bundle_models import load_bundle
 from rayood.config import DDPSettings
 from rayood.data.decode import decode_image
 from rayood.detectors.ddp import DDPDetector, guided_ddim

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import torch
 from corpora import replicate
 
-from rayood.bundle import MANIFEST, load_bundle
+from rayood.bundle import MANIFEST
+from rayood.bundle_models import load_bundle
 from rayood.config import load_config, with_overrides
 from rayood.data.decode import decode_image
 from rayood.data.demo import build_demo

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayood.detectors.names import score_names
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 
@@ -209,8 +211,6 @@ class ModelSettings(_Strict):
     def _fused_scores_exist(self) -> ModelSettings:
         if not self.fusion.scores:
             return self
-        from rayood.bundle import score_names  # the detectors' names; bundle imports this module
-
         unknown = sorted(set(self.fusion.scores) - set(score_names(self)))
         if unknown:
             raise ValueError(f"fusion.scores {unknown} are not scores of this model: {score_names(self)}")

@@ -7,9 +7,9 @@ import torch
 
 from rayood.bundle import (
     BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, MANIFEST, BundleError, check_bundle_target,
-    clear_bundle, load_bundle, new_manifest, state_dict_bytes, write_bank, write_calibration, write_file,
-    write_mahalanobis, write_manifest,
+    clear_bundle, new_manifest, write_calibration, write_file, write_manifest,
 )
+from rayood.bundle_models import load_bundle, state_dict_bytes, write_bank, write_mahalanobis
 from rayood.config import ConfigError
 from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from rayood.config import BackboneSettings, ConfigError, DDPSettings, ModelSettings, PreprocessSettings, parse_config
-from rayood.detectors.ddp import DDPDetector, ddp_schedule, guided_ddim, score_names
+from rayood.detectors.ddp import DDPDetector, ddp_schedule, guided_ddim
+from rayood.detectors.names import ddp_score_names
 from rayood.models.backbones import build_backbone
 from rayood.models.unet import ConditionalUNet, build_unet
 
@@ -88,7 +89,7 @@ def test_guidance_combines_conditional_and_null_predictions():
 def test_levels_must_share_the_ddim_grid():
     with pytest.raises(ConfigError, match="multiple of stride"):
         parse_config({"model": {"ddp": {"levels": [120, 250], "stride": 20}}})
-    assert score_names(DDPSettings(levels=(120, 240, 360))) == ["ddp", "ddp_t120", "ddp_t240", "ddp_t360"]
+    assert ddp_score_names(DDPSettings(levels=(120, 240, 360))) == ["ddp", "ddp_t120", "ddp_t240", "ddp_t360"]
 
 
 def test_ddp_scores_are_per_id_deterministic_and_batched():

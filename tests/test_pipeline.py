@@ -71,7 +71,7 @@ def test_every_corpus_row_comes_out_once_with_scores_and_pvalues(parquet_report,
 
 
 def test_embedding_column_holds_the_penultimate_features(tiny_bundle, tmp_path):
-    from rayood.bundle import load_bundle
+    from rayood.bundle_models import load_bundle
     from rayood.data.decode import decode_image
     from rayood.models.backbones import uint8_to_unit
 

@@ -8,7 +8,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from rayood.bundle import load_bundle
+from rayood.bundle_models import load_bundle
 from rayood.config import S3Settings
 from rayood.data.sources import InputError, plan_sources
 from rayood.screen.pipeline import screen

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from rayood.bundle import load_bundle
+from rayood.bundle_models import load_bundle
 from rayood.train.fit import STAGING
 from tests.cluster import RAY, ray_head
 from tests.conftest import NO_DDP, TINY_MODEL, TINY_TRAIN

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import torch
 
-SCORE_NAMES = ("msp", "energy", "maxlogit")
-
-
 def classifier_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """MSP (Hendrycks & Gimpel), energy (Liu et al., T = 1) and max-logit, each negated."""
     logits = logits.float()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rayood.config import DDPSettings
+from rayood.detectors.names import ddp_score_names
 from rayood.models.backbones import FeatureBackbone, Features
 from rayood.models.diffusion import NoiseSchedule, noise_for_ids
 from rayood.models.unet import ConditionalUNet
@@ -27,13 +28,6 @@ from rayood.models.unet import ConditionalUNet
 
 def ddp_schedule(settings: DDPSettings) -> NoiseSchedule:
     return NoiseSchedule.linear(settings.beta_start, settings.beta_end, settings.timesteps)
-
-
-def score_names(settings: DDPSettings) -> list[str]:
-    names = ["ddp"]
-    if len(settings.levels) > 1:
-        names += [f"ddp_t{level}" for level in sorted(settings.levels)]
-    return names
 
 
 @torch.no_grad()
@@ -75,7 +69,7 @@ class DDPDetector:
         self.unet = unet.eval()
         self.settings = settings
         self.schedule = ddp_schedule(settings)
-        self.score_names = score_names(settings)
+        self.score_names = ddp_score_names(settings)
 
     def _compared(self, features: Features) -> torch.Tensor:
         """The L2-normalised vectors DDP compares: logits (default) or penultimate features."""

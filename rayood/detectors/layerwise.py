@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayood.config import LayerwiseSettings
+from rayood.detectors.names import LAYERWISE
 from rayood.models.diffusion import NoiseSchedule, ddim_reconstruct_x0, noise_for_ids
 
 NORM_EPS = 1e-5
@@ -52,7 +53,7 @@ def schedule_for(settings: LayerwiseSettings) -> NoiseSchedule:
 class LayerwiseDetector:
     """Test-time DLSR: noise z0 to ``noise_level`` with per-id noise, DDIM back, score the reconstruction."""
 
-    score_names = ("layerwise_mse", "layerwise_mfsim")
+    score_names = LAYERWISE
 
     def __init__(self, denoiser: nn.Module, settings: LayerwiseSettings, block_dims: Sequence[int]) -> None:
         self.denoiser = denoiser.eval()

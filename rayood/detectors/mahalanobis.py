@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rayood.detectors.names import MAHALANOBIS
+
 
 class GaussianStatistics:
     """Streaming class-conditional Gaussian statistics with a shared covariance (float64)."""
@@ -41,7 +43,7 @@ class GaussianStatistics:
 
 
 class MahalanobisDetector:
-    score_names = ("mahalanobis",)
+    score_names = MAHALANOBIS
 
     def __init__(self, means: torch.Tensor, precision: torch.Tensor) -> None:
         self.means = means.float()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from rayood.config import MultiscaleSettings
 from rayood.detectors.knn import kth_neighbour_distance, normalise
+from rayood.detectors.names import MULTISCALE
 
 
 def region_count(settings: MultiscaleSettings) -> int:
@@ -45,7 +46,7 @@ def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> t
 
 
 class MultiscaleDetector:
-    score_names = ("knn", "multiscale")
+    score_names = MULTISCALE
 
     def __init__(self, bank: torch.Tensor, settings: MultiscaleSettings) -> None:
         """``bank``: (N, R, C) region vectors of the ID training images, on the scoring device."""

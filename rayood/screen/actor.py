@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rayood.bundle import BundleError, fused_score, load_bundle
+from rayood.bundle import BundleError, fused_score
+from rayood.bundle_models import load_bundle
 from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import STATUS_OK, pixels_from_column
 from rayood.detectors.calibrate import ConformalReference

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from rayood.bundle import Bundle
+from rayood.bundle_models import Bundle
 from rayood.detectors.baselines import classifier_scores
 from rayood.models.backbones import uint8_to_unit
 

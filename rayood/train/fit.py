@@ -34,8 +34,9 @@ from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
     BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, BundleError, check_bundle_target, clear_bundle,
-    new_manifest, promote_bundle, score_names, state_dict_bytes, write_bank, write_calibration, write_file, write_mahalanobis, write_manifest,
+    new_manifest, promote_bundle, write_calibration, write_file, write_manifest,
 )
+from rayood.bundle_models import state_dict_bytes, write_bank, write_mahalanobis
 from rayood.config import ConfigError, RayoodConfig, TrainSettings
 from rayood.data.decode import STATUS_OK, DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
@@ -43,6 +44,7 @@ from rayood.data.sources import plan_sources
 from rayood.models.backbones import build_backbone, load_matching
 from rayood.runtime import init_ray
 from rayood.detectors.fusion import choose_fused_scores
+from rayood.detectors.names import score_names
 from rayood.detectors.synthetic import synthetic_outliers
 from rayood.screen.actor import PREDICTED_CLASS, ScoreActor
 from rayood.storage import Location, resolve
