@@ -102,7 +102,16 @@ class BackboneSettings(_Strict):
     classifier_pool: Literal["avg", "max"] = Field(
         default="avg", description="global pooling of the last map into the penultimate vector the classifier reads"
     )
-    init_weights: str | None = Field(default=None, description="URI of a state_dict to start from")
+    init_weights: str | None = Field(
+        default=None,
+        description="weights to start from: the URI of a state_dict (a rayood backbone.pt or a torchvision ResNet's), "
+        "or a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V2 (downloaded once into $TORCH_HOME)",
+    )
+    flip_tta: bool = Field(
+        default=False,
+        description="classifier scores and predicted class from logits averaged over each image and its mirror "
+        "(one more backbone pass per image); the feature-based detectors see the image alone",
+    )
 
     @model_validator(mode="after")
     def _stages_match(self) -> BackboneSettings:

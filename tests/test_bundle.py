@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 
@@ -168,3 +169,26 @@ def test_train_job_refuses_a_foreign_output_before_any_cluster_work(demo_data, t
     with pytest.raises(ConfigError, match="not part of a rayood bundle"):
         fit(config)
     assert (tmp_path / "photos" / "holiday.jpg").exists()
+
+
+def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_features_alone(tmp_path):
+    from rayood.detectors.baselines import classifier_scores
+    from rayood.screen.scorer import Scorer
+
+    small_k = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
+    flipped = ModelSettings.model_validate({**small_k.model_dump(), "backbone": {**small_k.backbone.model_dump(), "flip_tta": True}})
+    make_bundle(tmp_path, flipped)
+    bundle = load_bundle(str(tmp_path))
+    plain = Scorer(dataclasses.replace(load_bundle(str(tmp_path)), settings=small_k), torch.device("cpu"))
+    pixels = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    ids = [f"i{n}" for n in range(4)]
+    scored = Scorer(bundle, torch.device("cpu")).score(pixels, ids)
+    with torch.no_grad():
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+        mean_logits = (bundle.backbone(images) + bundle.backbone(images.flip(3))) / 2
+    np.testing.assert_allclose(scored.scores["msp"], classifier_scores(mean_logits)["msp"].double().numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(scored.predicted, mean_logits.argmax(1).numpy())
+    unflipped = plain.score(pixels, ids)
+    assert not np.allclose(scored.scores["msp"], unflipped.scores["msp"])
+    np.testing.assert_allclose(scored.scores["layerwise_mse"], unflipped.scores["layerwise_mse"], rtol=1e-5)
+    np.testing.assert_allclose(scored.embedding, unflipped.embedding, rtol=1e-5)

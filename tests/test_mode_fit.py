@@ -43,3 +43,17 @@ def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_p
 def test_alpa_finetune_needs_a_starting_backbone():
     with pytest.raises(ConfigError, match="init_weights"):
         parse_config({"train": {"backbone": {"objective": "alpa_finetune"}}})
+
+
+def test_an_unknown_torchvision_weights_name_is_refused_before_any_cluster_work(demo_data, tmp_path, monkeypatch):
+    def no_cluster(_settings):
+        raise AssertionError("cluster work started before the config was checked")
+
+    monkeypatch.setattr("rayood.train.fit.init_ray", no_cluster)
+    fit_path, _ = demo_data
+    config = tiny_config(
+        model={"backbone": {"arch": "resnet18", "cifar_stem": True, "init_weights": "ResNet18_Weights.NO_SUCH"}},
+        train={"data": [str(fit_path)], "bundle": str(tmp_path / "bundle")},
+    )
+    with pytest.raises(ConfigError, match=r"model\.backbone\.init_weights: 'ResNet18_Weights\.NO_SUCH' is not"):
+        fit(config)

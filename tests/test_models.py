@@ -100,3 +100,26 @@ def test_noise_is_seeded_per_id_not_per_batch():
     torch.testing.assert_close(first[0], second[1])
     torch.testing.assert_close(first[2], second[0])
     assert not torch.equal(first[0], noise_for_ids(["a"], (6,), "other")[0])
+
+
+def test_torchvision_weights_by_name_load_through_torchvisions_cache(tmp_path, monkeypatch):
+    """The online path is torchvision's: a weights name resolves to its URL's file in torch's hub cache. This
+    machine cannot download, so the test puts a file where a download would have put it."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from rayood.models.backbones import load_matching, torchvision_state
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    imagenet = resnet18(num_classes=1000)
+    cached = tmp_path / "hub" / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), cached)
+    state = torchvision_state("ResNet18_Weights.IMAGENET1K_V1")
+    model = build_backbone(BackboneSettings(arch="resnet18", cifar_stem=False), PreprocessSettings(), num_classes=10)
+    left = load_matching(model, state)
+    assert left == ["fc.bias", "fc.weight"], "everything but the 1,000-class head is loaded"
+    assert torch.equal(model.stages[3][1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert torch.equal(model.stem[0].weight, imagenet.conv1.weight)
+    with pytest.raises(ValueError, match="not a torchvision weights name"):
+        torchvision_state("ResNet18_Weights.NO_SUCH_WEIGHTS")

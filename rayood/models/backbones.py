@@ -19,6 +19,7 @@ input size and normalises, so the data path carries compact uint8 and no caller 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import torch
@@ -241,6 +242,26 @@ def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor]) -> lis
     if left:
         log.warning("init_weights: %d tensors not loaded (kept initial values): %s", len(left), left[:8])
     return left
+
+
+TORCHVISION_WEIGHTS = re.compile(r"[A-Za-z0-9]+_Weights\.[A-Za-z0-9_]+")
+
+
+def torchvision_state(name: str) -> dict[str, torch.Tensor]:
+    """The state_dict of torchvision's named weights (``ResNet50_Weights.IMAGENET1K_V2``), through torchvision's
+    own weights API: downloaded once (hash-checked) into torch's hub cache (``$TORCH_HOME``), read from there
+    afterwards. Raises ValueError for an unknown name or weights neither cached nor downloadable."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError):
+        raise ValueError(f"{name!r} is not a torchvision weights name (see torchvision.models.list_models)") from None
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as error:  # URLError included: offline, and not in the cache
+        cache = torch.hub.get_dir()
+        raise ValueError(f"torchvision weights {name} are not in {cache} and could not be downloaded: {error}") from None
 
 
 def build_backbone(settings: BackboneSettings, preprocess: PreprocessSettings, num_classes: int) -> FeatureBackbone:

@@ -45,7 +45,8 @@ class Scorer:
     def score(self, pixels: np.ndarray, ids: Sequence[str]) -> ScoredBatch:
         images = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True))
         features = self.backbone.features(images)
-        scores = classifier_scores(features.logits)
+        logits = self.classifier_logits(images, features.logits)
+        scores = classifier_scores(logits)
         scores.update(self.bundle.mahalanobis.score(features.penultimate))
         scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
         scores.update(self.bundle.multiscale.score(features.stage_maps[-1]))
@@ -54,5 +55,12 @@ class Scorer:
         return ScoredBatch(
             {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names},
             features.penultimate.float().cpu().numpy(),
-            features.logits.argmax(dim=1).cpu().numpy(),
+            logits.argmax(dim=1).cpu().numpy(),
         )
+
+    def classifier_logits(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the classifier scores and the predicted class use: with ``flip_tta``, the mean of the
+        image's and its mirror's (the fast CIFAR-10 recipes' test-time augmentation)."""
+        if not self.bundle.settings.backbone.flip_tta:
+            return logits
+        return (logits + self.backbone(images.flip(3))) / 2

@@ -41,7 +41,7 @@ from rayood.config import ConfigError, RayoodConfig, TrainSettings
 from rayood.data.decode import STATUS_OK, DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
-from rayood.models.backbones import build_backbone, load_matching
+from rayood.models.backbones import TORCHVISION_WEIGHTS, build_backbone, load_matching, torchvision_state
 from rayood.runtime import init_ray
 from rayood.detectors.fusion import choose_fused_scores
 from rayood.detectors.names import score_names
@@ -122,6 +122,11 @@ def _init_state(config: RayoodConfig) -> dict | None:
     uri = config.model.backbone.init_weights
     if uri is None:
         return None
+    if TORCHVISION_WEIGHTS.fullmatch(uri):
+        try:
+            return torchvision_state(uri)
+        except ValueError as error:
+            raise ConfigError(f"model.backbone.init_weights: {error}") from None
     return torch.load(io.BytesIO(resolve(uri, config.s3).read_bytes()), map_location="cpu", weights_only=True)
 
 
