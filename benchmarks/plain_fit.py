@@ -15,9 +15,9 @@ from rayood.train.loops import BackboneEpoch, new_backbone_objective
 from rayood.train.recipe import Lookahead
 
 
-def plain_fit(config: RayoodConfig, data: CachedShard, device: torch.device) -> tuple[torch.nn.Module, float]:
-    """Fit the config's backbone on ``data`` in this process; returns the backbone (eval mode) and wall seconds
-    of the epochs alone (set-up and the whitening fit excluded, as in a Ray Train stage's epochs)."""
+def plain_fit(config: RayoodConfig, data: CachedShard, device: torch.device) -> tuple[torch.nn.Module, list[float]]:
+    """Fit the config's backbone on ``data`` in this process; returns the backbone (eval mode) and the wall
+    seconds of each epoch (set-up and the whitening fit excluded, as in a Ray Train stage's ``epoch_s``)."""
     optim, settings = config.train.backbone, config.model
     torch.manual_seed(config.train.seed)
     model, optimizer = new_backbone_objective(settings, optim, int(data.labels.max()) + 1, data, None)
@@ -26,11 +26,12 @@ def plain_fit(config: RayoodConfig, data: CachedShard, device: torch.device) -> 
     augmenter = Augmenter(list(config.train.augment), len(data), config.train.seed)
     views = two_crop_transform(settings.preprocess.native_size, optim.crop_scale_min, "flip" in config.train.augment)
     steps = math.ceil(len(data) / optim.batch_size)
-    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, device)
-    started = time.perf_counter()
-    step = 0
+    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, optim.batch_size, device)
+    step, epoch_seconds = 0, []
     for epoch in range(optim.epochs):
+        started = time.perf_counter()
         _, _, _, step = epoch_run(epoch, step, torch.Generator().manual_seed(epoch))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return model.backbone.eval(), time.perf_counter() - started
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds.append(time.perf_counter() - started)
+    return model.backbone.eval(), epoch_seconds

@@ -59,7 +59,8 @@ def _scores(backbone, bank: torch.Tensor, gaussian: MahalanobisDetector, pixels:
 
 
 def run(config, data: CachedShard, sets: dict) -> dict:
-    backbone, seconds = plain_fit(config, data, torch.device("cpu"))
+    backbone, epoch_seconds = plain_fit(config, data, torch.device("cpu"))
+    seconds = sum(epoch_seconds)
     train_pixels = data.pixels.permute(0, 2, 3, 1).numpy()
     penultimate, _ = _features(backbone, train_pixels)
     statistics = GaussianStatistics(10, penultimate.shape[1])

@@ -228,7 +228,7 @@ class ModelSettings(_Strict):
 
 class OptimSettings(_Strict):
     epochs: int = Field(default=10, ge=0)
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=128, ge=1, description="the global batch: each of train.num_workers takes its share")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)

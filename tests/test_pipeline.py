@@ -47,7 +47,8 @@ def test_bundle_records_what_it_was_fitted_on(tiny_bundle):
     data = manifest["data"]
     assert data["train_rows"] + data["calibration_rows"] + data["error_rows"] == data["rows"]
     assert manifest["calibration"]["rows"] == data["calibration_rows"] > 100
-    assert manifest["training"]["backbone"]["epoch"] == 4
+    backbone = manifest["training"]["backbone"]
+    assert backbone["epoch"] == 4 and 0 < backbone["epoch_s"] <= backbone["epochs_s"] < backbone["wall_s"]
     assert 0.5 < manifest["heldout_accuracy"] <= 1.0  # 5 digit classes: chance is 0.2
     # fused scores chosen on synthetic outliers: a non-empty subset, with the evidence that chose it
     fusion = manifest["fusion"]

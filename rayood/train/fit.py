@@ -340,4 +340,11 @@ def _choose_fusion(
 
 
 def _plain(metrics: dict | None) -> dict:
-    return {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in (metrics or {}).items()}
+    """JSON-safe metrics for the manifest: numbers as floats, lists of numbers (``worker_rows``) kept."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return float(value) if isinstance(value, (int, float)) else str(value)
+
+    return {k: plain(v) for k, v in (metrics or {}).items()}

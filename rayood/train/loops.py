@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 
 import pyarrow as pa
 import ray.train
@@ -101,16 +102,16 @@ class BackboneEpoch:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lookahead: Lookahead | None,
                  data: CachedShard, augmenter: Augmenter, views, optim: BackboneOptimSettings, steps: int,
-                 device: torch.device) -> None:
+                 batch_size: int, device: torch.device) -> None:
         self.model, self.optimizer, self.lookahead = model, optimizer, lookahead
         self.data, self.augmenter, self.views, self.optim = data, augmenter, views, optim
-        self.steps, self.total, self.device = steps, steps * optim.epochs, device
+        self.steps, self.total, self.batch_size, self.device = steps, steps * optim.epochs, batch_size, device
 
     def __call__(self, epoch: int, step: int, generator: torch.Generator) -> tuple[float, int, int, int]:
         """Returns (loss sum, correct, seen, the step count after the epoch)."""
         self.model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for index in self.data.epoch_batches(self.optim.batch_size, self.steps, generator):
+        for index in self.data.epoch_batches(self.batch_size, self.steps, generator):
             set_learning_rates(self.optimizer, lr_factor(step, self.total, self.optim), epoch, self.optim)
             images = self.data.images(index, self.device)
             labels = self.data.labels[index].to(self.device)
@@ -160,8 +161,8 @@ def backbone_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     _use_threads(config)
     data = _cached_shard(config, settings)
-    _log_epoch("backbone", {"device": str(device), "workers": ray.train.get_context().get_world_size(),
-                            "objective": optim.objective, "cached_rows": len(data)})
+    worker_rows = _rows_per_worker(len(data))
+    _log_epoch("backbone", {"device": str(device), "objective": optim.objective, "worker_rows": worker_rows})
     model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, config.get("init_state"))
     start_epoch, step, saved = 0, 0, None
     checkpoint = ray.train.get_checkpoint()
@@ -176,15 +177,22 @@ def backbone_loop(config: dict) -> None:
     if lookahead is not None and saved is not None:
         lookahead.load_state_dict(saved["lookahead"])
     size = settings.preprocess.native_size
-    steps = _steps_per_epoch(len(data), optim.batch_size, device)
+    batch_size = _worker_batch(optim.batch_size)
+    steps = _steps_per_epoch(len(data), batch_size, device)
     augmenter = Augmenter(config["augment"], len(data), config["seed"] * 1000 + rank)
     views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
-    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, device)
+    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, batch_size, device)
+    epochs_s = 0.0
     for epoch in range(start_epoch, optim.epochs):
         generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
+        started = time.perf_counter()
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
+        epoch_s = time.perf_counter() - started
+        epochs_s += epoch_s
         done = epoch + 1
-        metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                   "epoch_s": round(epoch_s, 1), "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
+                   "worker_rows": worker_rows}
         _log_epoch("backbone", metrics)
         if done % optim.checkpoint_every == 0 or done == optim.epochs:
             state = {
@@ -246,6 +254,22 @@ def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.
     return torch.cat(chunks) if chunks else torch.zeros(0, sum(config["stage_dims"]), device=device)
 
 
+def _rows_per_worker(rows: int) -> list[int]:
+    """Every worker's shard size, in rank order: how the stage split its data (recorded in the manifest)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [rows]
+    counts: list[int | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, rows)
+    return [int(count) for count in counts]
+
+
+def _worker_batch(batch_size: int) -> int:
+    """A worker's share of the configured batch, which is the global batch: with gradients averaged across
+    workers, N workers take the same steps on the same batch size as one, so the worker count changes the
+    speed of a fit, not its result (up to BatchNorm statistics, which stay per worker)."""
+    return max(1, math.ceil(batch_size / ray.train.get_context().get_world_size()))
+
+
 def _steps_per_epoch(rows: int, batch_size: int, device: torch.device) -> int:
     """The same step count on every worker (the smallest shard decides), so DDP never waits forever."""
     steps = torch.tensor([math.ceil(rows / batch_size)], device=device)
@@ -267,19 +291,21 @@ def layerwise_loop(config: dict) -> None:
     backbone.load_state_dict(config["backbone_state"])
     backbone.to(device).eval()
     z0_all = _cache_features(backbone, config, settings.preprocess.native_size, device)
+    worker_rows = _rows_per_worker(len(z0_all))
     del backbone
 
     run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
     schedule = schedule_for(settings.layerwise)
-    steps = _steps_per_epoch(len(z0_all), optim.batch_size, device)
+    batch_size = _worker_batch(optim.batch_size)
+    steps = _steps_per_epoch(len(z0_all), batch_size, device)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
     for epoch in range(start_epoch, optim.epochs):
         denoiser.train()
         order = torch.randperm(len(z0_all), generator=generator).to(device)
         loss_sum = 0.0
         for index in range(steps):
-            z0 = z0_all[order[index * optim.batch_size : (index + 1) * optim.batch_size]]
+            z0 = z0_all[order[index * batch_size : (index + 1) * batch_size]]
             t = torch.randint(0, settings.layerwise.timesteps, (len(z0),), generator=generator).to(device)
             noise = torch.randn(z0.shape, generator=generator).to(device)
             loss = F.mse_loss(denoiser(schedule.q_sample(z0, t, noise), t), z0)
@@ -292,7 +318,7 @@ def layerwise_loop(config: dict) -> None:
         done = epoch + 1
         save = done % optim.checkpoint_every == 0 or done == optim.epochs
         state = run.state(done, step)
-        metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "feature_rows": len(z0_all)}
+        metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
         _log_epoch("layerwise", metrics)
         if save:
             _report(metrics, state)
@@ -315,7 +341,9 @@ def ddpm_loop(config: dict) -> None:
     unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
     schedule = ddp_schedule(settings.ddp)
     data = _cached_shard(config, settings)
-    steps = _steps_per_epoch(len(data), optim.batch_size, device)
+    worker_rows = _rows_per_worker(len(data))
+    batch_size = _worker_batch(optim.batch_size)
+    steps = _steps_per_epoch(len(data), batch_size, device)
     flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
     highest_t = settings.ddp.timesteps - 1 if optim.timesteps == "all" else max(settings.ddp.levels)
     null = len(class_names)
@@ -323,7 +351,7 @@ def ddpm_loop(config: dict) -> None:
         unet.train()
         generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
         loss_sum, batches = 0.0, 0
-        for index in data.epoch_batches(optim.batch_size, steps, generator):
+        for index in data.epoch_batches(batch_size, steps, generator):
             x0 = flip(data.images(index, device), generator) * 2 - 1
             labels = data.labels[index].to(device)
             dropped = torch.rand(len(labels), generator=generator).to(device) < settings.ddp.label_dropout
@@ -341,7 +369,7 @@ def ddpm_loop(config: dict) -> None:
             loss_sum += loss.item()
             batches += 1
         done = epoch + 1
-        metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step}
+        metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
         _log_epoch("ddpm", metrics)
         if done % optim.checkpoint_every == 0 or done == optim.epochs:
             _report(metrics, run.state(done, step))

@@ -1,0 +1,42 @@
+"""Fitting across Ray Train workers: every stage splits its data, and the bundle is as good as one worker's."""
+
+from __future__ import annotations
+
+import json
+
+from rayood.screen.pipeline import screen
+from rayood.train.fit import fit
+from tests.conftest import tiny_config
+
+STRONG_SCORES = ("mahalanobis", "layerwise_mse", "knn", "multiscale")  # the ones well above chance on the demo
+
+
+def _demo_aurocs(bundle: str, corpus, output) -> dict[str, float]:
+    config = tiny_config(screen={
+        "inputs": [str(corpus)], "output": str(output), "bundle": bundle, "batch_size": 128,
+        "passthrough_columns": ["group"], "truth": {"column": "group", "id_values": ["id"]},
+    })
+    summary, _ = screen(config)
+    return {name: scores["auroc"] for name, scores in summary["evaluation"]["scores"].items()}
+
+
+def test_two_workers_split_every_stage_and_fit_a_bundle_as_good_as_one(ray_cluster, tiny_bundle, demo_data, tmp_path):
+    fit_path, corpus = demo_data
+    bundle = str(tmp_path / "two-workers")
+    fit(tiny_config(train={
+        "data": [str(fit_path)], "bundle": bundle, "num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1,
+    }))
+    manifest = json.load(open(f"{bundle}/manifest.json"))
+    train_rows = manifest["data"]["train_rows"]
+    for stage in ("backbone", "layerwise", "ddpm"):
+        rows = manifest["training"][stage]["worker_rows"]
+        # Ray Train splits datasets with equal=True: up to num_workers - 1 rows are left out to even the shards
+        assert len(rows) == 2 and train_rows - 2 < sum(rows) <= train_rows, (stage, rows)
+        assert min(rows) >= 0.4 * train_rows, f"{stage}: each worker should see about half: {rows}"
+    single = json.load(open(f"{tiny_bundle}/manifest.json"))
+    assert single["training"]["backbone"]["worker_rows"] == [train_rows]
+
+    two, one = _demo_aurocs(bundle, corpus, tmp_path / "two"), _demo_aurocs(tiny_bundle, corpus, tmp_path / "one")
+    print("AUROC one worker, two:", {name: (round(one[name], 4), round(two[name], 4)) for name in one})
+    for name in STRONG_SCORES:
+        assert abs(two[name] - one[name]) < 0.05, (name, two[name], one[name])
