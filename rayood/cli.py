@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rayood.bundle import BundleError
-from rayood.config import ConfigError, RayoodConfig, load_config, parse_config
+from rayood.config import ConfigError, RayoodConfig, load_config, parse_config, with_overrides
 from rayood.data.sources import InputError
 from rayood.screen.lease import LeaseError
 from rayood.screen.output import OutputError
@@ -29,6 +29,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--config", help="YAML config (default: the embedded demo when the job is given no data, else neutral defaults)"
     )
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing result")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own output (worker logs, progress blocks)")
     return parser
 
 
@@ -37,10 +38,12 @@ def job_config(args: argparse.Namespace, *data_arguments: object) -> RayoodConfi
     (``python jobs/screen.py`` alone runs the demo); neutral defaults otherwise, so that a user's own corpus never
     picks up the demo's passthrough columns, truth column or paths."""
     if args.config:
-        return load_config(args.config)
-    if any(value not in (None, [], ()) for value in data_arguments):
-        return parse_config({}, "the defaults (no --config)")
-    return load_config(DEFAULT_CONFIG)
+        config = load_config(args.config)
+    elif any(value not in (None, [], ()) for value in data_arguments):
+        config = parse_config({}, "the defaults (no --config)")
+    else:
+        config = load_config(DEFAULT_CONFIG)
+    return with_overrides(config, "ray", verbose=True) if getattr(args, "verbose", False) else config
 
 
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:

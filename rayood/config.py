@@ -38,6 +38,11 @@ class RaySettings(_Strict):
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1, description="only for a local cluster started in-process")
+    verbose: bool = Field(
+        default=False,
+        description="Ray's own console output (worker logs, Ray Data's progress blocks, its INFO lines); otherwise "
+        "they stay in the session's log files, whose path the job prints (--verbose)",
+    )
 
 
 class S3Settings(_Strict):

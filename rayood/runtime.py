@@ -6,6 +6,7 @@ import logging
 import os
 
 import ray
+import ray.data
 
 from rayood.config import RaySettings
 
@@ -13,13 +14,26 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(settings: RaySettings) -> None:
-    """Join the configured or submitting cluster; with neither, start a local one in-process."""
+    """Join the configured or submitting cluster; with neither, start a local one in-process.
+
+    Unless ``ray.verbose``, the console gets rayood's own lines only: workers' output and Ray's INFO lines go to
+    the session's log files (printed once), and Ray Data's per-second progress blocks are off."""
     if ray.is_initialized():
         return
+    quiet = {"log_to_driver": settings.verbose, "logging_level": logging.INFO if settings.verbose else logging.WARNING}
+    if not settings.verbose:
+        ray.data.DataContext.get_current().enable_progress_bars = False
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **quiet)
         log.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=settings.num_cpus, include_dashboard=False)
+        ray.init(num_cpus=settings.num_cpus, include_dashboard=False, **quiet)
         log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+    if not settings.verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        log.info("Ray's own logs: %s (--verbose shows them here)", os.path.join(_session_dir(), "logs"))
+
+
+def _session_dir() -> str:
+    return ray._private.worker._global_node.get_session_dir_path()

@@ -1,8 +1,11 @@
-"""URIs to filesystems: local paths and ``s3://`` on any S3-compatible endpoint.
+"""URIs to filesystems: local paths, ``s3://`` on any S3-compatible endpoint, and every other fsspec URI.
 
 Everything goes through ``pyarrow.fs`` so that the same filesystem object serves Ray Data reads and
-writes, Ray Train checkpoints and bundle files. The object is built from config and environment only
-(no live client inside), so it pickles cheaply to every Ray task.
+writes, Ray Train checkpoints and bundle files. ``s3://`` uses pyarrow's native S3 client (its retries and
+the AWS credential chain); any other scheme (``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``, ...)
+goes through fsspec, wrapped as ``PyFileSystem(FSSpecHandler(...))`` so that the rest of rayood keeps one
+code path. The objects are built from the URI, config and environment only (no secret inside), so they
+pickle cheaply to every Ray task, and each process finds credentials the way that filesystem's package does.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -113,7 +116,18 @@ class Location:
 
     def uri_of(self, fs_path: str) -> str:
         """The URI of a path that this filesystem returned (for example from ``list_files``)."""
-        return f"s3://{fs_path}" if is_s3(self.uri) else fs_path
+        return self.uri_prefix + fs_path
+
+    @property
+    def uri_prefix(self) -> str:
+        """What turns this filesystem's paths into URIs: ``s3://``, ``gs://``, ``memory://``; nothing for local
+        files and for URLs, whose paths are whole URLs already."""
+        if is_s3(self.uri):
+            return "s3://"
+        if isinstance(self.fs, pafs.PyFileSystem):
+            full = self.fs.handler.fs.unstrip_protocol(self.path)
+            return full[: len(full) - len(self.path)]
+        return ""
 
 
 LINK_NOT_FOLLOWED, NAME_NOT_UTF8 = "link not followed", "name not UTF-8"
@@ -148,14 +162,41 @@ def _walk_local(root: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]
     return sorted(files), sorted(left_out)
 
 
+def redacted(value):
+    """``value`` (a URI, or a structure of them) without what may be a secret: the user and password of a URL
+    and its query string (signed URLs, SAS tokens). For what reports record about their inputs and bundle."""
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(item) for item in value]
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    parts = urlsplit(value)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "redacted" if parts.query else "", parts.fragment))
+
+
+def _fsspec_location(uri: str) -> Location:
+    import fsspec
+
+    scheme = uri.split("://", 1)[0]
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except ImportError as error:  # a known scheme whose package is not installed (gcsfs, adlfs, huggingface_hub)
+        raise StorageError(f"{uri}: {scheme}:// needs an extra package on every node: {error}") from None
+    except ValueError as error:
+        raise StorageError(f"unsupported URI scheme in {uri!r} ({error}): use a local path, s3:// or an fsspec URI") from None
+    return Location(uri.rstrip("/"), pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/") or path)
+
+
 def resolve(uri: str, s3: S3Settings | None = None) -> Location:
-    """Turn a local path or ``s3://bucket/key`` into a :class:`Location`."""
+    """Turn a local path, ``s3://bucket/key`` or any fsspec URI into a :class:`Location`."""
     if is_s3(uri):
         path = uri[len("s3://") :].rstrip("/")
         if not path:
             raise StorageError(f"{uri!r} names no bucket")
         return Location(uri.rstrip("/"), _s3_filesystem(s3 or S3Settings()), path)
     if "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+        return _fsspec_location(uri)
     local = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
     return Location(local, pafs.LocalFileSystem(), local)

@@ -93,3 +93,14 @@ def test_screening_a_plain_image_folder_needs_no_config(ray_cluster, tiny_bundle
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "_SUCCESS").exists() and f"rows {len(good_images())}" in result.stdout
+    # the console is rayood's: a screenful, no per-second progress blocks or workers' lines, Ray's logs named
+    console = (result.stdout + result.stderr).splitlines()
+    assert len(console) <= 40, "\n".join(console)
+    assert not [line for line in console if "logging_progress" in line or "pid=" in line], "\n".join(console)
+    logs = [line.split("Ray's own logs: ")[1].split(" ")[0] for line in console if "Ray's own logs: " in line]
+    assert len(logs) == 1 and Path(logs[0]).is_dir(), console
+    verbose = run_job(
+        "screen.py", "--bundle", tiny_bundle, "--input", str(tmp_path / "my_images"), "--output", str(tmp_path / "out"),
+        "--overwrite", "--verbose", env=env,
+    )
+    assert verbose.returncode == 0 and "logging_progress" in verbose.stdout + verbose.stderr

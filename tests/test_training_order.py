@@ -54,10 +54,27 @@ def test_cache_refuses_a_shard_over_its_limit(ray_cluster):
     import ray.data
 
     pixels = pixels_to_column(np.zeros((10, 8, 8, 3), np.uint8))
-    rows = ray.data.from_arrow(pa.table({"pixels": pixels, "label": ["a"] * 10}))
+    rows = ray.data.from_arrow(pa.table({"pixels": pixels, "label": ["a"] * 10, "id": [str(i) for i in range(10)]}))
     try:
         CachedShard.load(rows, 8, "label", ["a"], max_bytes=5 * 8 * 8 * 3)
     except CacheTooLarge as error:
         assert "train.cache_max_bytes" in str(error)
     else:
         raise AssertionError("a shard of 10 images passed a limit of 5")
+
+
+def test_the_cache_is_in_id_order_whatever_order_the_blocks_arrive_in(ray_cluster):
+    """Ray Data hands blocks over in the order its tasks finish; two fits of one config must see the same rows
+    in the same order, or their permutations (and so their models) differ."""
+    import ray.data
+
+    count = 200
+    values = np.arange(count, dtype=np.uint8)
+    pixels = pixels_to_column(np.broadcast_to(values[:, None, None, None], (count, 8, 8, 3)).copy())
+    table = pa.table({"pixels": pixels, "label": ["a"] * count, "id": [f"{v:03d}" for v in values]})
+    caches = []
+    for seed in (1, 2):
+        shuffled = ray.data.from_arrow(table).repartition(8).random_shuffle(seed=seed)
+        caches.append(CachedShard.load(shuffled, 8, "label", ["a"], max_bytes=10**9))
+    assert torch.equal(caches[0].pixels[:, 0, 0, 0], torch.from_numpy(values))
+    assert torch.equal(caches[0].pixels, caches[1].pixels)

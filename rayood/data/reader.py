@@ -44,9 +44,9 @@ def _read_image_files(plan: SourcePlan, paths: list[str], max_bytes: int) -> tup
     """``bytes, path`` per file, and whether a ``problem`` column was added. A file the listing showed to be
     over ``max_bytes`` is never read: its row is made from its name and size alone (a 50 GB file must not reach
     a read task's memory). Only then do read files get the column too, so common corpora pay no extra stage."""
-    sizes = dict(zip(plan.paths, plan.sizes))
-    too_large = [p for p in paths if sizes.get(p, 0) > max_bytes]
-    readable = [p for p in paths if sizes.get(p, 0) <= max_bytes]
+    sizes = dict(zip(plan.paths, plan.sizes))  # None where the listing gives no size (HTTP): decoding checks
+    too_large = [p for p in paths if (sizes.get(p) or 0) > max_bytes]
+    readable = [p for p in paths if (sizes.get(p) or 0) <= max_bytes]
     read = ray.data.read_binary_files(readable, filesystem=plan.location.fs, include_paths=True) if readable else None
     if not too_large:
         return read, False
@@ -88,7 +88,7 @@ def read_decoded(
             raw, has_problems = _read_image_files(plan, paths, limits.max_bytes)
             decoder = BatchDecoder(
                 image_column="bytes", id_column="path", source=plan.uri, size=size, limits=limits,
-                id_uri_prefix="s3://" if plan.uri.startswith("s3://") else "",
+                id_uri_prefix=plan.location.uri_prefix,
                 error_column=PROBLEM_FIELD if has_problems else None,
             )
         elif plan.kind == "webdataset":

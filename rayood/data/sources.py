@@ -153,7 +153,8 @@ def plan_source(
     uri: str, corpus: CorpusSettings, s3: S3Settings | None = None, extra_columns: tuple[str, ...] = ()
 ) -> SourcePlan:
     """Classify one URI: a Parquet file or directory of them, a WebDataset shard (``.tar``) or directory of
-    them, or a directory of images. Extra columns of a WebDataset come from its samples and may be null."""
+    them, or a directory of images. Extra columns of a WebDataset come from its samples and may be null.
+    A URI ending in ``/`` is always listed as a directory (an HTTP server's index page)."""
     location = resolve(uri, s3)
     try:
         info = location.info()
@@ -162,7 +163,7 @@ def plan_source(
     if info.type.name == "NotFound":
         raise InputError(f"input not found: {uri}")
     required = [corpus.image_column, corpus.id_column, *extra_columns]
-    if info.type.name == "File":
+    if info.type.name == "File" and not uri.endswith("/"):  # over HTTP a directory's listing page is a file
         if location.path.endswith(SHARD_EXTENSION):
             return _webdataset_plan(uri, location, [location.path], corpus)
         if not location.path.endswith(".parquet"):

@@ -31,7 +31,7 @@ from rayood.report.summary import summarize
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
 from rayood.screen.output import STATS, ReportTarget
-from rayood.storage import resolve
+from rayood.storage import redacted, resolve
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,12 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
             "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
         }
-        # what a reader a month later needs to reproduce the report (the config holds no secrets: S3 keys
-        # come from the environment, and endpoints with credentials are refused)
-        summary["provenance"] = {
+        # what a reader a month later needs to reproduce the report (S3 keys come from the environment and
+        # endpoints with credentials are refused; URLs lose their user, password and query string)
+        summary["provenance"] = redacted({
             "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
             "config": config.model_dump(mode="json"),
-        }
+        })
         _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
         target.finish(summary)
     finally:

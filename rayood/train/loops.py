@@ -34,7 +34,7 @@ from rayood.models.backbones import build_backbone, load_matching, uint8_to_unit
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
-from rayood.train.cache import CachedShard
+from rayood.train.cache import CachedShard, id_order
 from rayood.train.objectives import BackboneObjective
 from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learning_rates
 
@@ -245,13 +245,17 @@ class EmaRun:
 
 
 def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.device) -> torch.Tensor:
-    """z0 of every row of this worker's shard, computed once: features see no augmentation (METHODS.md)."""
+    """z0 of every row of this worker's shard, computed once and kept in id order (``cache.id_order``):
+    features see no augmentation (METHODS.md)."""
     shard = ray.train.get_dataset_shard("train")
-    chunks = []
+    chunks, ids = [], []
     with torch.no_grad():
         for batch in shard.iter_batches(batch_size=config["feature_batch_size"], batch_format="pyarrow"):
             chunks.append(layer_features(backbone.features(_batch_images(batch, size, device)).stage_maps))
-    return torch.cat(chunks) if chunks else torch.zeros(0, sum(config["stage_dims"]), device=device)
+            ids += batch.column("id").to_pylist()
+    if not chunks:
+        return torch.zeros(0, sum(config["stage_dims"]), device=device)
+    return torch.cat(chunks)[id_order(ids).to(device)]
 
 
 def _rows_per_worker(rows: int) -> list[int]:
