@@ -26,7 +26,7 @@ from rayood.config import load_config, parse_config
 from rayood.data.decode import decode_image
 from rayood.detectors.baselines import classifier_scores
 from rayood.detectors.knn import kth_neighbour_distance, normalise
-from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector
+from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
 from rayood.detectors.synthetic import synthetic_outliers
 from rayood.models.backbones import uint8_to_unit
 from rayood.report.metrics import auroc
@@ -63,9 +63,10 @@ def run(config, data: CachedShard, sets: dict) -> dict:
     seconds = sum(epoch_seconds)
     train_pixels = data.pixels.permute(0, 2, 3, 1).numpy()
     penultimate, _ = _features(backbone, train_pixels)
+    normalised = config.model.mahalanobis.normalise
     statistics = GaussianStatistics(10, penultimate.shape[1])
-    statistics.partial_fit(penultimate.numpy(), data.labels.numpy())
-    gaussian = MahalanobisDetector(torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()))
+    statistics.partial_fit(mahalanobis_features(penultimate.numpy(), normalised), data.labels.numpy())
+    gaussian = MahalanobisDetector(torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()), normalised)
     bank = normalise(penultimate)
     scored = {name: _scores(backbone, bank, gaussian, pixels) for name, (pixels, _) in sets.items()}
     _, test_logits = _features(backbone, sets["cifar10_test"][0])

@@ -223,6 +223,8 @@ def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle {uri} has format_version {version!r}; this rayood reads {FORMAT_VERSION}")
+    if isinstance(manifest.get("model"), dict):  # bundles from before the setting hold raw-feature statistics
+        manifest["model"].setdefault("mahalanobis", {"normalise": False})
     try:
         _ManifestShape.model_validate(manifest)
     except ValidationError as error:

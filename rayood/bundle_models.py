@@ -80,7 +80,8 @@ def _read_mahalanobis(bundle: Location, manifest: dict) -> MahalanobisDetector:
     dim = manifest["stage_dims"][-1]
     if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
         raise BundleError(f"{bundle.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims")
-    return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision))
+    normalise = ModelSettings.model_validate(manifest["model"]).mahalanobis.normalise
+    return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision), normalise)
 
 
 @dataclass

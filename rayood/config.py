@@ -160,6 +160,16 @@ class MultiscaleSettings(_Strict):
     search_chunk: int = Field(default=65_536, ge=1, description="bank rows per matrix product (bounds memory)")
 
 
+class MahalanobisSettings(_Strict):
+    """The Mahalanobis baseline (Lee et al., 2018) and its feature normalisation (Mahalanobis++)."""
+
+    normalise: bool = Field(
+        default=True,
+        description="fit and score L2-normalised penultimate features (Mueller & Hein 2025, Mahalanobis++): raw "
+        "features of OOD images have small norms that sit close to every class mean (CIFAR-10: far AUROC 41 raw, 80 normalised)",
+    )
+
+
 class DDPSettings(_Strict):
     """DDP (DiffOOD): a class-conditional pixel DDPM and its test-time reconstruction (METHODS.md section 2).
 
@@ -218,6 +228,7 @@ class ModelSettings(_Strict):
     backbone: BackboneSettings = BackboneSettings()
     layerwise: LayerwiseSettings = LayerwiseSettings()
     multiscale: MultiscaleSettings = MultiscaleSettings()
+    mahalanobis: MahalanobisSettings = MahalanobisSettings()
     ddp: DDPSettings = DDPSettings()
     fusion: FusionSettings = FusionSettings()
 

@@ -192,3 +192,12 @@ def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_
     assert not np.allclose(scored.scores["msp"], unflipped.scores["msp"])
     np.testing.assert_allclose(scored.scores["layerwise_mse"], unflipped.scores["layerwise_mse"], rtol=1e-5)
     np.testing.assert_allclose(scored.embedding, unflipped.embedding, rtol=1e-5)
+
+
+def test_bundles_from_before_the_normalisation_setting_keep_raw_mahalanobis(tmp_path):
+    location, manifest = make_bundle(tmp_path)
+    del manifest["model"]["mahalanobis"]
+    write_manifest(location, manifest)
+    assert load_bundle(str(tmp_path)).mahalanobis.normalise is False
+    assert make_bundle(tmp_path / "new")[1]["model"]["mahalanobis"]["normalise"] is True
+    assert load_bundle(str(tmp_path / "new")).mahalanobis.normalise is True

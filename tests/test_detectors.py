@@ -96,6 +96,22 @@ def test_mahalanobis_streaming_statistics_equal_the_batch_computation():
 def test_mahalanobis_score_is_the_distance_to_the_closest_class():
     from rayood.detectors.mahalanobis import MahalanobisDetector
 
-    detector = MahalanobisDetector(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.diag(torch.tensor([1.0, 4.0])))
+    detector = MahalanobisDetector(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.diag(torch.tensor([1.0, 4.0])), False)
     scores = detector.score(torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))["mahalanobis"]
     torch.testing.assert_close(scores, torch.tensor([0.0, 1.0, 4.0, 125.0]))
+
+
+def test_normalised_mahalanobis_scores_directions_not_norms():
+    """Mahalanobis++: a feature scaled up or down scores the same; only its direction counts."""
+    from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
+
+    generator = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 200)
+    directions = np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3]])
+    features = directions[labels] * generator.uniform(0.2, 5.0, (400, 1)) + generator.normal(0, 0.05, (400, 3))
+    statistics = GaussianStatistics(2, 3).partial_fit(mahalanobis_features(features, True), labels)
+    detector = MahalanobisDetector(torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()), True)
+    probe = torch.tensor([[2.0, 0.4, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(detector.score(probe)["mahalanobis"], detector.score(probe * 7)["mahalanobis"])
+    near, off = detector.score(probe)["mahalanobis"]
+    assert near < 1.0 < off  # on a class direction at any norm vs a direction no class has

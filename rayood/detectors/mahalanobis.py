@@ -1,5 +1,8 @@
 """Mahalanobis baseline (Lee et al., 2018): distance of the penultimate feature to the closest class mean
-under one covariance shared by all classes (higher = more OOD).
+under one covariance shared by all classes (higher = more OOD). With ``normalise`` (the default, Mueller &
+Hein 2025, "Mahalanobis++") the features are L2-normalised first, for fitting and scoring alike: feature norms
+vary far more than one Gaussian per class allows, and OOD images' small-norm features otherwise land near
+every class mean.
 
 Fitting accumulates sufficient statistics batch by batch (per-class counts and sums, and the total sum
 of outer products), so it never holds all features in memory:
@@ -12,6 +15,13 @@ import numpy as np
 import torch
 
 from rayood.detectors.names import MAHALANOBIS
+
+
+def mahalanobis_features(penultimate: np.ndarray, normalise: bool) -> np.ndarray:
+    """The features the statistics are fitted on (the scorer applies the same map to torch tensors)."""
+    if not normalise:
+        return penultimate
+    return penultimate / np.maximum(np.linalg.norm(penultimate, axis=1, keepdims=True), 1e-12)
 
 
 class GaussianStatistics:
@@ -45,9 +55,10 @@ class GaussianStatistics:
 class MahalanobisDetector:
     score_names = MAHALANOBIS
 
-    def __init__(self, means: torch.Tensor, precision: torch.Tensor) -> None:
+    def __init__(self, means: torch.Tensor, precision: torch.Tensor, normalise: bool) -> None:
         self.means = means.float()
         self.precision = precision.float()
+        self.normalise = normalise
 
     def to(self, device: torch.device) -> MahalanobisDetector:
         self.means, self.precision = self.means.to(device), self.precision.to(device)
@@ -55,6 +66,9 @@ class MahalanobisDetector:
 
     @torch.no_grad()
     def score(self, penultimate: torch.Tensor) -> dict[str, torch.Tensor]:
-        centred = penultimate.float()[:, None, :] - self.means[None]  # (N, C, D)
+        features = penultimate.float()
+        if self.normalise:
+            features = torch.nn.functional.normalize(features, dim=1, eps=1e-12)
+        centred = features[:, None, :] - self.means[None]  # (N, C, D)
         distances = torch.einsum("ncd,de,nce->nc", centred, self.precision, centred)
         return {"mahalanobis": distances.min(dim=1).values}

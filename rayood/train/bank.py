@@ -15,7 +15,7 @@ import torch
 
 from rayood.config import ModelSettings, RayoodConfig
 from rayood.data.decode import pixels_from_column
-from rayood.detectors.mahalanobis import GaussianStatistics
+from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
 from rayood.detectors.multiscale import region_vectors
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.screen.scorer import pick_device
@@ -72,5 +72,6 @@ def build_references(
         chunks.append(batch["regions"].astype(np.float32))
         if statistics is None:
             statistics = GaussianStatistics(len(class_names), batch["penultimate"].shape[1])
-        statistics.partial_fit(batch["penultimate"], batch["class_index"])
+        penultimate = mahalanobis_features(batch["penultimate"], config.model.mahalanobis.normalise)
+        statistics.partial_fit(penultimate, batch["class_index"])
     return np.concatenate(chunks), statistics
