@@ -396,6 +396,7 @@ STAGE_INPUTS = {
 }
 STAGE_UPSTREAM = {"layerwise": ("backbone",)}
 TEST_TIME_ONLY = {  # settings a stage's training never reads
+    "model.backbone": {"flip_tta"},
     "model.layerwise": {"noise_level", "ddim_steps"},
     "model.ddp": {"enabled", "stride", "draws", "guidance", "compare", "chunk_rows"},  # levels: see timesteps
 }

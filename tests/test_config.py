@@ -97,7 +97,8 @@ def test_stage_fingerprints_follow_what_each_stage_reads():
     backbone = parse_config({"model": {"backbone": {"widths": [8, 8, 8, 8]}}})
     assert base.stage_fingerprint("layerwise") != backbone.stage_fingerprint("layerwise"), "it reads the backbone"
     assert base.stage_fingerprint("ddpm") == backbone.stage_fingerprint("ddpm")
-    test_time = parse_config({"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5}}})
+    test_time = parse_config({"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5},
+                                        "backbone": {"flip_tta": True}}})
     assert all(base.stage_fingerprint(s) == test_time.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
     data = parse_config({"train": {"data": ["other.parquet"]}})
     assert all(base.stage_fingerprint(s) != data.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))

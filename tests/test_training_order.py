@@ -78,3 +78,20 @@ def test_the_cache_is_in_id_order_whatever_order_the_blocks_arrive_in(ray_cluste
         caches.append(CachedShard.load(shuffled, 8, "label", ["a"], max_bytes=10**9))
     assert torch.equal(caches[0].pixels[:, 0, 0, 0], torch.from_numpy(values))
     assert torch.equal(caches[0].pixels, caches[1].pixels)
+
+
+def test_two_fits_of_one_config_give_the_same_backbone(ray_cluster, demo_data, tmp_path):
+    from rayood.train.fit import fit
+    from tests.conftest import NO_DDP
+
+    fit_path, _ = demo_data
+    states = []
+    for run in ("a", "b"):
+        bundle = tmp_path / run
+        fit(tiny_config(model=NO_DDP, train={
+            "data": [str(fit_path)], "bundle": str(bundle), "layerwise": {"epochs": 1}, "backbone": {"epochs": 2},
+        }))
+        states.append(torch.load(bundle / "backbone.pt", weights_only=True))
+    assert states[0].keys() == states[1].keys()
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
