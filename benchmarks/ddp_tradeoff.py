@@ -30,7 +30,7 @@ from rayood.data.decode import decode_image
 from rayood.detectors.ddp import DDPDetector, guided_ddim
 from rayood.models.backbones import uint8_to_unit
 from rayood.report.metrics import auroc
-from rayood.train.fit import SplitTagger
+from rayood.train.id_sample import in_sample
 
 MC_DRAWS = 4  # single-draw scores per held-out ID image, to estimate the Monte-Carlo error of r draws
 SETTINGS = {
@@ -73,8 +73,8 @@ def main() -> None:
     images, ids, is_id = load_pixels(sample, size).to(device), sample.column("id").to_pylist(), groups[rows] == "id"
     manifest = bundle.manifest
     fit_table = pq.read_table(args.fit_data)
-    tagger = SplitTagger(manifest["data"]["calibration_fraction"], manifest["data"]["split_seed"])
-    held_out = fit_table.filter(pa.array([tagger.bucket(i) < tagger.cutoff for i in fit_table.column("id").to_pylist()]))
+    fraction, seed = manifest["data"]["calibration_fraction"], manifest["data"]["split_seed"]
+    held_out = fit_table.filter(pa.array([in_sample(i, fraction, seed, salt="") for i in fit_table.column("id").to_pylist()]))
     held_out = held_out.slice(0, args.id_limit)
     id_images, id_ids = load_pixels(held_out, size).to(device), held_out.column("id").to_pylist()
 

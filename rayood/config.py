@@ -156,6 +156,11 @@ class MultiscaleSettings(_Strict):
     grid: int = Field(default=2, ge=1, le=8, description="grid x grid regions of the last feature map")
     centre: bool = Field(default=True, description="add the centre region")
     k: int = Field(default=10, ge=1, description="k of the multi-scale search (MODE: 10)")
+    bank_fraction: float = Field(
+        default=1.0, gt=0, le=1,
+        description="the share of training images in the KNN / multi-scale bank, chosen by a hash of each id "
+        "(the KNN paper keeps 1% of ImageNet); bank memory and search time scale with it",
+    )
     knn_k: int = Field(default=50, ge=1, description="k of the plain KNN baseline (KNN paper, CIFAR: 50)")
     search_chunk: int = Field(default=65_536, ge=1, description="bank rows per matrix product (bounds memory)")
 

@@ -162,7 +162,7 @@ def _walk_local(root: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]
     return sorted(files), sorted(left_out)
 
 
-def redacted(value):
+def redacted(value: object) -> object:
     """``value`` (a URI, or a structure of them) without what may be a secret: the user and password of a URL
     and its query string (signed URLs, SAS tokens). For what reports record about their inputs and bundle."""
     if isinstance(value, dict):

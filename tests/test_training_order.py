@@ -2,6 +2,7 @@
 and a worker's cached shard holds every training row once."""
 
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -85,13 +86,33 @@ def test_two_fits_of_one_config_give_the_same_backbone(ray_cluster, demo_data, t
     from tests.conftest import NO_DDP
 
     fit_path, _ = demo_data
-    states = []
+    states, banks = [], []
     for run in ("a", "b"):
         bundle = tmp_path / run
-        fit(tiny_config(model=NO_DDP, train={
+        fit(tiny_config(model={**NO_DDP, "multiscale": {"bank_fraction": 0.5}}, train={
             "data": [str(fit_path)], "bundle": str(bundle), "layerwise": {"epochs": 1}, "backbone": {"epochs": 2},
         }))
         states.append(torch.load(bundle / "backbone.pt", weights_only=True))
+        banks.append(np.load(bundle / "multiscale_bank.npy"))
+        train_rows = json.loads((bundle / "manifest.json").read_text())["data"]["train_rows"]
     assert states[0].keys() == states[1].keys()
     for name in states[0]:
         assert torch.equal(states[0][name], states[1][name]), name
+    # the bank keeps about half of the training images, the same half each time (its row order is Ray Data's
+    # arrival order, which no score depends on)
+    assert 0.4 * train_rows < len(banks[0]) < 0.6 * train_rows
+    rows = [np.unique(bank.reshape(len(bank), -1), axis=0) for bank in banks]
+    np.testing.assert_array_equal(rows[0], rows[1])
+
+
+def test_an_id_sample_is_stable_nested_and_independent_of_the_calibration_split():
+    from rayood.train.id_sample import in_sample
+
+    ids = [f"image-{n:05d}" for n in range(20_000)]
+    half = {i for i in ids if in_sample(i, 0.5, seed=0, salt="bank")}
+    tenth = {i for i in ids if in_sample(i, 0.1, seed=0, salt="bank")}
+    assert abs(len(half) / len(ids) - 0.5) < 0.02 and abs(len(tenth) / len(ids) - 0.1) < 0.01
+    assert tenth <= half, "a smaller sample lies inside a larger one"
+    assert half == {i for i in ids if in_sample(i, 0.5, seed=0, salt="bank")}
+    calibration = {i for i in ids if in_sample(i, 0.5, seed=0, salt="")}
+    assert abs(len(half & calibration) / len(ids) - 0.25) < 0.02, "the bank's sample ignores the split"

@@ -3,7 +3,8 @@
 
 The forward passes run in an actor pool (GPU actors on a cluster), so they scale past one machine; the
 bank itself, N x R x C float32, is gathered on the driver and stored in the bundle, while the Gaussian
-statistics are accumulated batch by batch as they stream in.
+statistics are accumulated batch by batch as they stream in. With ``model.multiscale.bank_fraction`` below 1
+the bank keeps that share of the training images (chosen by id hash); the statistics still see every row.
 """
 
 from __future__ import annotations
@@ -13,25 +14,32 @@ import pyarrow as pa
 import ray.data
 import torch
 
-from rayood.config import ModelSettings, RayoodConfig
+from rayood.config import ConfigError, ModelSettings, RayoodConfig
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
 from rayood.detectors.multiscale import region_vectors
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.screen.scorer import pick_device
+from rayood.train.id_sample import in_sample
+
+
+BANK_SALT = "bank"  # the bank's sample is independent of the calibration split
 
 
 class RegionVectors:
-    """``map_batches`` class: decoded rows -> region vectors (R, C), penultimate features and class index."""
+    """``map_batches`` class: decoded rows -> region vectors (R, C), penultimate features, class index and
+    whether the row is in the bank's sample (every row feeds the Mahalanobis statistics)."""
 
     def __init__(
-        self, model: dict, class_names: list[str], label_column: str, state: dict, device: str, cpu_threads: int = 1
+        self, model: dict, class_names: list[str], label_column: str, state: dict, device: str, cpu_threads: int = 1,
+        seed: int = 0,
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         self.settings = ModelSettings.model_validate(model)
         self.device = pick_device(device)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.label_column = label_column
+        self.seed = seed
         self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
         self.backbone.load_state_dict(state)
         self.backbone.to(self.device).eval()
@@ -42,7 +50,9 @@ class RegionVectors:
         images = uint8_to_unit(torch.from_numpy(pixels.copy()).to(self.device))
         features = self.backbone.features(images)
         labels = batch.column(self.label_column).cast(pa.string()).to_pylist()
+        fraction = self.settings.multiscale.bank_fraction
         return {
+            "in_bank": np.array([in_sample(i, fraction, self.seed, BANK_SALT) for i in batch.column("id").to_pylist()]),
             "regions": region_vectors(features.stage_maps[-1], self.settings.multiscale).cpu().numpy(),
             "penultimate": features.penultimate.cpu().numpy(),
             "class_index": np.array([self.class_index[label] for label in labels]),
@@ -59,7 +69,7 @@ def build_references(
         fn_constructor_kwargs={
             "model": config.model.model_dump(mode="json"), "class_names": class_names,
             "label_column": config.corpus.label_column, "state": state,
-            "device": screen.device, "cpu_threads": screen.actor_threads,
+            "device": screen.device, "cpu_threads": screen.actor_threads, "seed": config.train.seed,
         },
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=screen.max_actors),
         num_gpus=screen.num_gpus_per_actor or None,
@@ -69,9 +79,16 @@ def build_references(
     )
     chunks, statistics = [], None
     for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
-        chunks.append(batch["regions"].astype(np.float32))
+        chunks.append(batch["regions"][batch["in_bank"]].astype(np.float32))
         if statistics is None:
             statistics = GaussianStatistics(len(class_names), batch["penultimate"].shape[1])
         penultimate = mahalanobis_features(batch["penultimate"], config.model.mahalanobis.normalise)
         statistics.partial_fit(penultimate, batch["class_index"])
-    return np.concatenate(chunks), statistics
+    bank = np.concatenate(chunks)
+    search = config.model.multiscale
+    if len(bank) < max(search.k, search.knn_k):
+        raise ConfigError(
+            f"model.multiscale.bank_fraction={search.bank_fraction} leaves {len(bank)} bank images, fewer than the "
+            f"k of its searches ({max(search.k, search.knn_k)}): raise it"
+        )
+    return bank, statistics

@@ -49,11 +49,11 @@ from rayood.detectors.synthetic import synthetic_outliers
 from rayood.screen.actor import PREDICTED_CLASS, ScoreActor
 from rayood.storage import Location, resolve
 from rayood.train.bank import build_references
+from rayood.train.id_sample import in_sample
 from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_state
 
 log = logging.getLogger(__name__)
 
-SPLIT_BUCKETS = 10_000
 STAGING = "bundle-staging"  # under the checkpoint location
 
 
@@ -61,15 +61,11 @@ class SplitTagger:
     """Adds ``calibration`` (bool) from a hash of the id: stable across runs, workers and file order."""
 
     def __init__(self, fraction: float, seed: int) -> None:
-        self.cutoff = int(fraction * SPLIT_BUCKETS)
+        self.fraction = fraction
         self.seed = seed
 
-    def bucket(self, image_id: str) -> int:
-        digest = hashlib.blake2b(f"{self.seed}\0{image_id}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % SPLIT_BUCKETS
-
     def __call__(self, batch: pa.Table) -> pa.Table:
-        flags = [self.bucket(i) < self.cutoff for i in batch.column("id").to_pylist()]
+        flags = [in_sample(i, self.fraction, self.seed, salt="") for i in batch.column("id").to_pylist()]
         return batch.append_column("calibration", pa.array(flags, pa.bool_()))
 
 
