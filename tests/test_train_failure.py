@@ -66,7 +66,8 @@ def test_a_killed_train_worker_resumes_from_the_last_checkpoint(demo_data, tmp_p
     with ray_head(tmp_path / "ray") as head, open(log, "wb") as output:
         env = head.env()
         job = subprocess.Popen(
-            [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config)],
+            # --verbose: the assertions read the workers' epoch lines, which the quiet console keeps in Ray's logs
+            [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), "--verbose"],
             stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
         )
         try:
