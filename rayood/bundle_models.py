@@ -74,13 +74,12 @@ def write_mahalanobis(bundle: Location, means: np.ndarray, precision: np.ndarray
     write_file(bundle, MAHALANOBIS_FILE, sink.getvalue())
 
 
-def _read_mahalanobis(bundle: Location, manifest: dict) -> MahalanobisDetector:
+def _read_mahalanobis(bundle: Location, manifest: dict, normalise: bool) -> MahalanobisDetector:
     arrays = _read_arrays(bundle.join(MAHALANOBIS_FILE), ("means", "precision"))
     means, precision = arrays["means"], arrays["precision"]
     dim = manifest["stage_dims"][-1]
     if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
         raise BundleError(f"{bundle.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims")
-    normalise = ModelSettings.model_validate(manifest["model"]).mahalanobis.normalise
     return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision), normalise)
 
 
@@ -138,7 +137,7 @@ def load_bundle(
         backbone=backbone,
         layerwise=LayerwiseDetector(denoiser, settings.layerwise, stage_dims),
         multiscale=MultiscaleDetector(torch.from_numpy(_read_bank(location, manifest)), settings.multiscale),
-        mahalanobis=_read_mahalanobis(location, manifest),
+        mahalanobis=_read_mahalanobis(location, manifest, settings.mahalanobis.normalise),
         ddp=ddp,
         calibration=calibration,
     )

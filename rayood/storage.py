@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -118,10 +119,10 @@ class Location:
         """The URI of a path that this filesystem returned (for example from ``list_files``)."""
         return self.uri_prefix + fs_path
 
-    @property
+    @cached_property
     def uri_prefix(self) -> str:
         """What turns this filesystem's paths into URIs: ``s3://``, ``gs://``, ``memory://``; nothing for local
-        files and for URLs, whose paths are whole URLs already."""
+        files and for URLs, whose paths are whole URLs already. Computed once: ``uri_of`` runs per listed file."""
         if is_s3(self.uri):
             return "s3://"
         if isinstance(self.fs, pafs.PyFileSystem):
