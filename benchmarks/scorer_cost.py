@@ -43,10 +43,10 @@ def random_bundle(directory: str, config, bank_rows: int) -> None:
         write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, NUM_CLASSES).state_dict()))
     shape = (bank_rows, region_count(settings.multiscale), dims[-1])
     bank = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True))
+    bank_index = write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), settings.multiscale, seed=0)
     write_mahalanobis(location, np.zeros((NUM_CLASSES, dims[-1])), np.eye(dims[-1]))
     scores = score_names(settings)
-    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, scores, bank.shape)
+    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, scores, bank.shape, bank_index=bank_index)
     write_calibration(location, {name: np.arange(10.0) for name in scores})
     manifest["calibration"] = {"rows": 10}
     write_manifest(location, manifest)

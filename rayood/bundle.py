@@ -6,7 +6,9 @@ Layout (a local directory or an ``s3://`` prefix)::
                                fingerprint, library versions, training metrics, calibration summary
     backbone.pt                state_dict of the backbone (classifier + feature taps)
     layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights)
-    multiscale_bank.npy        N x R x C region vectors of the ID training images (MODE / KNN)
+    multiscale_bank.npy        N x R x C region vectors of the ID training images (MODE / KNN), or, for banks
+    multiscale_index.faiss     searched approximately, two faiss IVF indexes: every region vector, and
+    knn_index.faiss            the global vectors alone (``model.multiscale.index``)
     mahalanobis.npz            class means and shared precision of the penultimate features
     ddpm.pt                    state_dict of the class-conditional pixel U-Net (EMA weights), when DDP is on
     calibration.parquet        held-out ID scores, one column per score
@@ -47,10 +49,12 @@ CALIBRATION_FILE = "calibration.parquet"
 BANK_FILE = "multiscale_bank.npy"
 DDPM_FILE = "ddpm.pt"
 MAHALANOBIS_FILE = "mahalanobis.npz"
-
+MULTISCALE_INDEX_FILE = "multiscale_index.faiss"
+KNN_INDEX_FILE = "knn_index.faiss"
 
 BUNDLE_FILES = frozenset(
-    {MANIFEST, BACKBONE_FILE, LAYERWISE_FILE, CALIBRATION_FILE, BANK_FILE, DDPM_FILE, MAHALANOBIS_FILE}
+    {MANIFEST, BACKBONE_FILE, LAYERWISE_FILE, CALIBRATION_FILE, BANK_FILE, DDPM_FILE, MAHALANOBIS_FILE,
+     MULTISCALE_INDEX_FILE, KNN_INDEX_FILE}
 )
 
 
@@ -159,9 +163,14 @@ def fused_score(manifest: dict, calibration: dict[str, np.ndarray]) -> FusedScor
 
 def new_manifest(
     settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str], bank_shape: tuple,
-    data: dict | None = None, training: dict | None = None,
+    data: dict | None = None, training: dict | None = None, bank_index: str = "exact",
 ) -> dict:
-    """A manifest for freshly fitted weights; ``calibration`` is filled in once calibration scores exist."""
+    """A manifest for freshly fitted weights; ``calibration`` is filled in once calibration scores exist.
+    ``bank_index``: how the bank is stored and searched, ``exact`` (an array) or ``ivf`` (two indexes)."""
+    bank_files = (
+        {"multiscale_bank": BANK_FILE} if bank_index == "exact"
+        else {"multiscale_index": MULTISCALE_INDEX_FILE, "knn_index": KNN_INDEX_FILE}
+    )
     return {
         "format_version": FORMAT_VERSION,
         "bundle_id": uuid.uuid4().hex,
@@ -171,8 +180,7 @@ def new_manifest(
         "class_names": class_names,
         "stage_dims": stage_dims,
         "scores": scores,
-        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE, "multiscale_bank": BANK_FILE,
-                  "mahalanobis": MAHALANOBIS_FILE,
+        "files": {"backbone": BACKBONE_FILE, "layerwise": LAYERWISE_FILE, **bank_files, "mahalanobis": MAHALANOBIS_FILE,
                   **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {})},
         "calibration": None,
         "fusion": _fusion(settings, scores),

@@ -4,17 +4,24 @@ the detectors for scoring. The format itself (manifest, file names, calibration)
 from __future__ import annotations
 
 import io
+import os
+import posixpath
+import shutil
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from rayood.bundle import (
-    BACKBONE_FILE, BANK_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, BundleError, read_calibration, read_manifest,
-    report_scores, write_file,
+    BACKBONE_FILE, BANK_FILE, DDPM_FILE, KNN_INDEX_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, MULTISCALE_INDEX_FILE,
+    BundleError, read_calibration, read_manifest, report_scores, write_file,
 )
-from rayood.config import ModelSettings, S3Settings
+from rayood.config import ModelSettings, MultiscaleSettings, S3Settings
 from rayood.detectors.ddp import DDPDetector
+from rayood.detectors.knn import IvfSearch, build_ivf, ivf_bytes, read_ivf
 from rayood.detectors.layerwise import LayerwiseDetector
 from rayood.detectors.mahalanobis import MahalanobisDetector
 from rayood.detectors.multiscale import MultiscaleDetector
@@ -22,6 +29,8 @@ from rayood.models.backbones import FeatureBackbone, build_backbone
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.storage import Location, StorageError, resolve
+
+COPY_CHUNK = 16 << 20
 
 
 def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
@@ -43,29 +52,82 @@ def _load_into(module: torch.nn.Module, location: Location, what: str) -> None:
         raise BundleError(f"{location.uri} does not match the manifest's {what}: {error}") from None
 
 
-def write_bank(bundle: Location, bank: np.ndarray) -> None:
-    sink = io.BytesIO()
-    np.save(sink, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
-    write_file(bundle, BANK_FILE, sink.getvalue())
+def write_bank(bundle: Location, bank: np.ndarray, search: MultiscaleSettings, seed: int) -> str:
+    """Store the (N, R, C) bank as the search it gets (``MultiscaleSettings.index_for``); returns that kind."""
+    kind = search.index_for(bank.shape[0] * bank.shape[1])
+    if kind == "exact":
+        sink = io.BytesIO()
+        np.save(sink, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
+        write_file(bundle, BANK_FILE, sink.getvalue())
+    else:
+        mixed = bank.reshape(-1, bank.shape[-1])
+        write_file(bundle, MULTISCALE_INDEX_FILE, ivf_bytes(build_ivf(mixed, search.ivf_lists, seed)))
+        write_file(bundle, KNN_INDEX_FILE, ivf_bytes(build_ivf(bank[:, 0], search.ivf_lists, seed)))
+    return kind
 
 
-def _read_arrays(location: Location, names: tuple[str, ...] = ()) -> np.ndarray | dict[str, np.ndarray]:
-    """A ``.npy`` array, or the named arrays of a ``.npz``; anything unreadable is a BundleError."""
+def local_file(location: Location, bundle_id: str) -> str:
+    """A path on this node to memory-map: the file itself in a local bundle; for a remote one, a copy in the
+    node's cache (``$RAYOOD_CACHE``, default ~/.cache/rayood), one per bundle and node, written to a temporary
+    name and renamed, so that the actors of a node share one copy and never read a partial one."""
+    if isinstance(location.fs, pafs.LocalFileSystem):
+        return location.path
+    cache = Path(os.environ.get("RAYOOD_CACHE") or Path.home() / ".cache" / "rayood") / "bundles" / bundle_id
+    target = cache / posixpath.basename(location.path)
+    try:
+        if target.exists() and target.stat().st_size == location.info().size:
+            return str(target)
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+        with location.fs.open_input_stream(location.path) as source, open(partial, "wb") as sink:
+            shutil.copyfileobj(source, sink, COPY_CHUNK)
+        os.replace(partial, target)
+    except (OSError, StorageError) as error:
+        raise BundleError(f"cannot copy {location.uri} to this node's cache {cache}: {error}") from None
+    return str(target)
+
+
+def _mapped_bank(bundle: Location, manifest: dict) -> np.ndarray:
+    """The exact bank, memory-mapped copy-on-write (tensors can wrap it; pages stay shared until written)."""
+    path = local_file(bundle.join(BANK_FILE), manifest["bundle_id"])
+    try:
+        bank = np.load(path, mmap_mode="c", allow_pickle=False)
+    except Exception as error:  # truncated, not NumPy's format, a pickle
+        raise BundleError(f"{bundle.join(BANK_FILE).uri} is not readable: {type(error).__name__}: {error}") from None
+    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], manifest["stage_dims"][-1])
+    if bank.shape != tuple(expected) or bank.dtype != np.float32:
+        raise BundleError(f"{bundle.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, the manifest says {expected} float32")
+    return bank
+
+
+def read_multiscale(bundle: Location, manifest: dict, settings: MultiscaleSettings) -> MultiscaleDetector:
+    """The KNN and multi-scale searches over the bundle's bank: memory-mapped, exact or by index as it was written."""
+    if "multiscale_index" not in manifest["files"]:
+        return MultiscaleDetector.exact(_mapped_bank(bundle, manifest), settings)
+    searches = []
+    for name, rows in ((MULTISCALE_INDEX_FILE, manifest["multiscale"]["bank_rows"] * manifest["multiscale"]["regions"]),
+                       (KNN_INDEX_FILE, manifest["multiscale"]["bank_rows"])):
+        location = bundle.join(name)
+        try:
+            search = IvfSearch(read_ivf(local_file(location, manifest["bundle_id"])), settings.ivf_probe)
+        except RuntimeError as error:  # faiss's own error for a damaged file
+            raise BundleError(f"{location.uri} is not a readable faiss index: {error}") from None
+        if search.rows != rows or search.index.d != manifest["stage_dims"][-1]:
+            raise BundleError(f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; the manifest says "
+                              f"{rows} of {manifest['stage_dims'][-1]}")
+        searches.append(search)
+    return MultiscaleDetector(*searches, settings)
+
+
+def _read_arrays(location: Location, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of a ``.npz``; anything unreadable is a BundleError."""
     try:
         loaded = np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)
-        return {name: loaded[name] for name in names} if names else np.asarray(loaded)
+        return {name: loaded[name] for name in names}
     except StorageError as error:
         raise BundleError(f"bundle is incomplete: {error}") from None
     except Exception as error:  # truncated, not NumPy's format, a pickle, a missing member
         raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
-
-
-def _read_bank(bundle: Location, manifest: dict) -> np.ndarray:
-    bank = _read_arrays(bundle.join(BANK_FILE))
-    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], manifest["stage_dims"][-1])
-    if bank.shape != tuple(expected):
-        raise BundleError(f"{bundle.uri}: {BANK_FILE} has shape {bank.shape}, the manifest says {expected}")
-    return bank
 
 
 def write_mahalanobis(bundle: Location, means: np.ndarray, precision: np.ndarray) -> None:
@@ -136,7 +198,7 @@ def load_bundle(
         settings=settings,
         backbone=backbone,
         layerwise=LayerwiseDetector(denoiser, settings.layerwise, stage_dims),
-        multiscale=MultiscaleDetector(torch.from_numpy(_read_bank(location, manifest)), settings.multiscale),
+        multiscale=read_multiscale(location, manifest, settings.multiscale),
         mahalanobis=_read_mahalanobis(location, manifest, settings.mahalanobis.normalise),
         ddp=ddp,
         calibration=calibration,

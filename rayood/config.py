@@ -163,6 +163,20 @@ class MultiscaleSettings(_Strict):
     )
     knn_k: int = Field(default=50, ge=1, description="k of the plain KNN baseline (KNN paper, CIFAR: 50)")
     search_chunk: int = Field(default=65_536, ge=1, description="bank rows per matrix product (bounds memory)")
+    index: Literal["auto", "exact", "ivf"] = Field(
+        default="auto",
+        description="exact: brute force over the bank; ivf: a faiss inverted-file index (approximate); auto: ivf "
+        "when the region bank holds more than exact_max_vectors vectors",
+    )
+    exact_max_vectors: int = Field(default=2_000_000, ge=1, description="the largest region bank auto searches exactly")
+    ivf_lists: int | None = Field(default=None, ge=1, description="ivf: k-means cells (default 4 sqrt(vectors))")
+    ivf_probe: int = Field(default=32, ge=1, description="ivf: cells scanned per query (recall against speed)")
+
+    def index_for(self, vectors: int) -> Literal["exact", "ivf"]:
+        """The search a region bank of ``vectors`` vectors gets."""
+        if self.index == "auto":
+            return "ivf" if vectors > self.exact_max_vectors else "exact"
+        return self.index
 
 
 class MahalanobisSettings(_Strict):

@@ -35,7 +35,7 @@ def make_bundle(path, settings=SETTINGS, calibrated=True):
     write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
     write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, 3).state_dict()))
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
-    write_bank(location, bank)
+    write_bank(location, bank, settings.multiscale, seed=0)
     write_mahalanobis(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
     manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES, bank.shape)
     if calibrated:
@@ -97,7 +97,7 @@ def test_arbitrary_pickles_are_never_unpickled(tmp_path):
 
 def test_bank_shape_is_checked(tmp_path):
     location, _ = make_bundle(tmp_path)
-    write_bank(location, np.zeros((3, 6, 8), dtype=np.float32))
+    write_bank(location, np.zeros((3, 6, 8), dtype=np.float32), SETTINGS.multiscale, seed=0)
     with pytest.raises(BundleError, match="shape"):
         load_bundle(str(tmp_path))
 

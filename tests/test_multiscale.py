@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -68,7 +69,7 @@ def test_region_vectors_on_odd_maps(size):
 def test_cross_scale_decision_takes_the_best_matching_region():
     settings = MultiscaleSettings(k=1, knn_k=1)
     train_maps = torch.rand(10, 8, 4, 4)
-    detector = MultiscaleDetector(region_vectors(train_maps, settings), settings)
+    detector = MultiscaleDetector.exact(region_vectors(train_maps, settings), settings)
     scores = detector.score(train_maps[:3])
     torch.testing.assert_close(scores["multiscale"], torch.zeros(3), atol=1e-3, rtol=0)
     torch.testing.assert_close(scores["knn"], torch.zeros(3), atol=1e-3, rtol=0)
@@ -108,3 +109,47 @@ def test_contrastive_objectives_reach_every_head(objective):
     assert not missing, missing
     if model.alpa is not None:
         assert model.alpa.query[0].weight.grad.abs().sum() > 0
+
+
+def _clustered(rows: int, dim: int, clusters: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=generator)
+    members = torch.randint(0, clusters, (rows,), generator=generator)
+    return normalise(centres[members] + 0.3 * torch.randn(rows, dim, generator=generator))
+
+
+def test_ivf_search_agrees_with_exact_search():
+    """The approximate index's k-th distances match brute force for most queries, and the scores order ID
+    against OOD queries the same way (tolerance stated: 90% exact, AUROC within 0.01)."""
+    from sklearn.metrics import roc_auc_score
+
+    from rayood.detectors.knn import ExactSearch, IvfSearch, build_ivf
+
+    bank = _clustered(20_000, 32, 50, seed=0)
+    id_queries = _clustered(500, 32, 50, seed=0)[:500] + 0.05 * torch.randn(500, 32)
+    ood_queries = normalise(torch.randn(500, 32))
+    queries = normalise(torch.cat([id_queries, ood_queries]))
+    exact = ExactSearch(bank.numpy(), chunk_rows=4096).kth_distance(queries, 10)
+    approximate = IvfSearch(build_ivf(bank.numpy(), lists=64), probe=8).kth_distance(queries, 10)
+    assert (approximate >= exact - 1e-4).all()  # an approximate search only ever misses neighbours
+    assert ((approximate - exact).abs() < 1e-4).float().mean() >= 0.9
+    truth = [0] * 500 + [1] * 500
+    assert abs(roc_auc_score(truth, approximate) - roc_auc_score(truth, exact)) < 0.01
+
+
+def test_exact_search_reads_a_memory_mapped_bank_in_chunks(tmp_path):
+    from rayood.detectors.knn import ExactSearch
+
+    bank = _clustered(1000, 16, 5, seed=1)
+    np.save(tmp_path / "bank.npy", bank.numpy())
+    mapped = np.load(tmp_path / "bank.npy", mmap_mode="c")
+    queries = normalise(torch.randn(7, 16))
+    got = ExactSearch(mapped, chunk_rows=300).kth_distance(queries, 5)
+    torch.testing.assert_close(got.double(), brute_force_kth(queries, bank, 5), atol=1e-5, rtol=0)
+
+
+def test_auto_index_is_exact_up_to_the_threshold():
+    settings = MultiscaleSettings(exact_max_vectors=1000)
+    assert settings.index_for(1000) == "exact" and settings.index_for(1001) == "ivf"
+    assert MultiscaleSettings(index="ivf").index_for(10) == "ivf"
+    assert MultiscaleSettings(index="exact").index_for(10**9) == "exact"

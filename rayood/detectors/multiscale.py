@@ -4,7 +4,7 @@ Per image, R L2-normalised vectors from the last feature map: the global average
 region averages (adaptive pooling: overlapping windows on odd sizes) and optionally the centre region
 (per side, the middle window of about half the side that is exactly centred: 2 of 4 as in MODE's 4 x 4 map,
 1 of 3, 3 of 5 or 7). The bank holds every region vector of every ID training image in
-one index, scales mixed. Scores (higher = more OOD):
+one index, scales mixed (exact or approximate search: ``rayood.detectors.knn``). Scores (higher = more OOD):
 - ``multiscale``: min over an image's R vectors of the distance to its k-th neighbour in the mixed bank;
 - ``knn``: the distance of the global vector to its k-th neighbour among the banks' global vectors.
 """
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rayood.config import MultiscaleSettings
-from rayood.detectors.knn import kth_neighbour_distance, normalise
+from rayood.detectors.knn import ExactSearch, NeighbourSearch, normalise
 from rayood.detectors.names import MULTISCALE
 
 
@@ -48,25 +49,28 @@ def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> t
 class MultiscaleDetector:
     score_names = MULTISCALE
 
-    def __init__(self, bank: torch.Tensor, settings: MultiscaleSettings) -> None:
-        """``bank``: (N, R, C) region vectors of the ID training images, on the scoring device."""
+    def __init__(self, mixed: NeighbourSearch, global_: NeighbourSearch, settings: MultiscaleSettings) -> None:
+        """``mixed`` searches every region vector of the ID training images, ``global_`` their global vectors."""
         self.settings = settings
-        self.global_bank = bank[:, 0].contiguous()
-        self.mixed_bank = bank.reshape(-1, bank.shape[-1])
+        self.mixed, self.global_ = mixed, global_
+
+    @classmethod
+    def exact(cls, bank: torch.Tensor | np.ndarray, settings: MultiscaleSettings) -> MultiscaleDetector:
+        """Brute-force searches over an (N, R, C) bank (a tensor, or a NumPy array that may be memory-mapped)."""
+        chunk = settings.search_chunk
+        return cls(ExactSearch(bank.reshape(-1, bank.shape[-1]), chunk), ExactSearch(bank[:, 0], chunk), settings)
 
     def to(self, device: torch.device) -> MultiscaleDetector:
-        """Move the banks to the scoring device once, when an actor starts."""
-        self.global_bank = self.global_bank.to(device)
-        self.mixed_bank = self.mixed_bank.to(device)
+        """Move exact banks to an accelerator once, when an actor starts."""
+        self.mixed, self.global_ = self.mixed.to(device), self.global_.to(device)
         return self
 
     @torch.no_grad()
     def score(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
         vectors = region_vectors(feature_map.float(), self.settings)
         n, r, c = vectors.shape
-        chunk = self.settings.search_chunk
-        per_region = kth_neighbour_distance(vectors.reshape(-1, c), self.mixed_bank, self.settings.k, chunk)
+        per_region = self.mixed.kth_distance(vectors.reshape(-1, c), self.settings.k)
         return {
-            "knn": kth_neighbour_distance(vectors[:, 0], self.global_bank, self.settings.knn_k, chunk),
+            "knn": self.global_.kth_distance(vectors[:, 0].contiguous(), self.settings.knn_k),
             "multiscale": per_region.view(n, r).min(dim=1).values,
         }

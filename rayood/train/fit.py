@@ -252,13 +252,13 @@ def fit(config: RayoodConfig) -> str:
     clear_bundle(staged)
     write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(staged, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
-    write_bank(staged, bank)
+    bank_index = write_bank(staged, bank, config.model.multiscale, config.train.seed)
     write_mahalanobis(staged, gaussian.means(), gaussian.precision())
     if ddpm_state is not None:
         write_file(staged, DDPM_FILE, state_dict_bytes(ddpm_state))
     manifest = new_manifest(
         config.model, class_names, stage_dims, score_names(config.model), bank.shape,
-        data=corpus.summary(train), training=training,
+        data=corpus.summary(train), training=training, bank_index=bank_index,
     )
     write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing
 
