@@ -7,7 +7,9 @@ import io
 import os
 import posixpath
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from rayood.bundle import (
 )
 from rayood.config import ModelSettings, MultiscaleSettings, S3Settings
 from rayood.detectors.ddp import DDPDetector
-from rayood.detectors.knn import IvfSearch, build_ivf, ivf_bytes, read_ivf
+from rayood.detectors.knn import IvfSearch, build_ivf, read_ivf, write_ivf
 from rayood.detectors.layerwise import LayerwiseDetector
 from rayood.detectors.mahalanobis import MahalanobisDetector
 from rayood.detectors.multiscale import MultiscaleDetector
@@ -56,14 +58,24 @@ def write_bank(bundle: Location, bank: np.ndarray, search: MultiscaleSettings, s
     """Store the (N, R, C) bank as the search it gets (``MultiscaleSettings.index_for``); returns that kind."""
     kind = search.index_for(bank.shape[0] * bank.shape[1])
     if kind == "exact":
-        sink = io.BytesIO()
-        np.save(sink, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
-        write_file(bundle, BANK_FILE, sink.getvalue())
-    else:
-        mixed = bank.reshape(-1, bank.shape[-1])
-        write_file(bundle, MULTISCALE_INDEX_FILE, ivf_bytes(build_ivf(mixed, search.ivf_lists, seed)))
-        write_file(bundle, KNN_INDEX_FILE, ivf_bytes(build_ivf(bank[:, 0], search.ivf_lists, seed)))
+        bundle.join(BANK_FILE).write_chunks(_npy_chunks(bank))
+        return kind
+    with tempfile.TemporaryDirectory(prefix="rayood-index-") as scratch:
+        for name, vectors in ((MULTISCALE_INDEX_FILE, bank.reshape(-1, bank.shape[-1])), (KNN_INDEX_FILE, bank[:, 0])):
+            path = os.path.join(scratch, name)
+            write_ivf(build_ivf(vectors, search.ivf_lists, seed), path)
+            with open(path, "rb") as source:
+                bundle.join(name).write_chunks(iter(lambda: source.read(COPY_CHUNK), b""))
     return kind
+
+
+def _npy_chunks(array: np.ndarray, rows: int = 4096) -> Iterator[bytes]:
+    """A float32 ``.npy`` file in pieces of ``rows`` rows: a memory-mapped bank is never read whole."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": array.shape})
+    yield header.getvalue()
+    for start in range(0, len(array), rows):
+        yield np.ascontiguousarray(array[start : start + rows], dtype="<f4").tobytes()
 
 
 def local_file(location: Location, bundle_id: str) -> str:

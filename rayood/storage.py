@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import urlparse, urlsplit, urlunsplit
@@ -84,12 +85,17 @@ class Location:
             raise StorageError(f"cannot read {self.uri}: {error}") from None
 
     def write_bytes(self, data: bytes) -> None:
+        self.write_chunks([data])
+
+    def write_chunks(self, chunks: Iterable[bytes]) -> None:
+        """Write the file from pieces produced one at a time, so that it never has to be in memory whole."""
         try:
             parent = posixpath.dirname(self.path)
             if parent:
                 self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(self.path) as stream:
-                stream.write(data)
+                for chunk in chunks:
+                    stream.write(chunk)
         except OSError as error:
             raise StorageError(f"cannot write {self.uri}: {error}") from None
 

@@ -121,10 +121,10 @@ def build_ivf(vectors: np.ndarray, lists: int | None, seed: int = 0):
     return index
 
 
-def ivf_bytes(index) -> bytes:
+def write_ivf(index, path: str) -> None:
     import faiss
 
-    return faiss.serialize_index(index).tobytes()
+    faiss.write_index(index, path)
 
 
 def read_ivf(path: str):

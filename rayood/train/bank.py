@@ -2,12 +2,14 @@
 (region vectors, for KNN and MODE) and the Mahalanobis class statistics of the penultimate features.
 
 The forward passes run in an actor pool (GPU actors on a cluster), so they scale past one machine; the
-bank itself, N x R x C float32, is gathered on the driver and stored in the bundle, while the Gaussian
-statistics are accumulated batch by batch as they stream in. With ``model.multiscale.bank_fraction`` below 1
+bank itself, N x R x C float32, streams batch by batch into a scratch file on the driver and from there into
+the bundle, and the Gaussian statistics are accumulated as the batches stream in. With ``model.multiscale.bank_fraction`` below 1
 the bank keeps that share of the training images (chosen by id hash); the statistics still see every row.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -60,9 +62,11 @@ class RegionVectors:
 
 
 def build_references(
-    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], state: dict
+    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], state: dict, scratch: str
 ) -> tuple[np.ndarray, GaussianStatistics]:
-    """The (N, R, C) bank and the Mahalanobis statistics of the training rows, in one pass."""
+    """The (N, R, C) bank and the Mahalanobis statistics of the training rows, in one pass. The bank's rows
+    stream into a file in the ``scratch`` directory and come back memory-mapped: the driver never holds the
+    bank (ImageNet at 224 px with a ResNet-50: tens of GB), only a batch at a time."""
     screen = config.screen
     vectors = data.map_batches(
         RegionVectors,
@@ -77,18 +81,20 @@ def build_references(
         batch_size=screen.batch_size,
         batch_format="pyarrow",
     )
-    chunks, statistics = [], None
-    for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
-        chunks.append(batch["regions"][batch["in_bank"]].astype(np.float32))
-        if statistics is None:
-            statistics = GaussianStatistics(len(class_names), batch["penultimate"].shape[1])
-        penultimate = mahalanobis_features(batch["penultimate"], config.model.mahalanobis.normalise)
-        statistics.partial_fit(penultimate, batch["class_index"])
-    bank = np.concatenate(chunks)
+    path, rows, region_shape, statistics = os.path.join(scratch, "bank.f32"), 0, None, None
+    with open(path, "wb") as sink:
+        for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
+            kept = batch["regions"][batch["in_bank"]].astype(np.float32)
+            sink.write(kept.tobytes())
+            rows, region_shape = rows + len(kept), batch["regions"].shape[1:]
+            if statistics is None:
+                statistics = GaussianStatistics(len(class_names), batch["penultimate"].shape[1])
+            penultimate = mahalanobis_features(batch["penultimate"], config.model.mahalanobis.normalise)
+            statistics.partial_fit(penultimate, batch["class_index"])
     search = config.model.multiscale
-    if len(bank) < max(search.k, search.knn_k):
+    if rows < max(search.k, search.knn_k):
         raise ConfigError(
-            f"model.multiscale.bank_fraction={search.bank_fraction} leaves {len(bank)} bank images, fewer than the "
+            f"model.multiscale.bank_fraction={search.bank_fraction} leaves {rows} bank images, fewer than the "
             f"k of its searches ({max(search.k, search.knn_k)}): raise it"
         )
-    return bank, statistics
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, *region_shape)), statistics

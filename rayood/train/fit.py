@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -244,20 +245,22 @@ def fit(config: RayoodConfig) -> str:
         )
         ddpm_state = load_state(ddpm_result.checkpoint)["ema"]
         training["ddpm"] = _plain(ddpm_result.metrics)
-    started = time.perf_counter()
-    bank, gaussian = build_references(config, train_data, class_names, backbone_state)
-    training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
-
     staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
     clear_bundle(staged)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rayood-bank-") as scratch:
+        bank, gaussian = build_references(config, train_data, class_names, backbone_state, scratch)
+        bank_index = write_bank(staged, bank, config.model.multiscale, config.train.seed)
+        bank_shape = bank.shape
+        del bank  # the mapping, before its file goes
+    training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
     write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
     write_file(staged, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
-    bank_index = write_bank(staged, bank, config.model.multiscale, config.train.seed)
     write_mahalanobis(staged, gaussian.means(), gaussian.precision())
     if ddpm_state is not None:
         write_file(staged, DDPM_FILE, state_dict_bytes(ddpm_state))
     manifest = new_manifest(
-        config.model, class_names, stage_dims, score_names(config.model), bank.shape,
+        config.model, class_names, stage_dims, score_names(config.model), bank_shape,
         data=corpus.summary(train), training=training, bank_index=bank_index,
     )
     write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing
