@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import tempfile
 import time
 
@@ -42,23 +41,33 @@ def _timed(search, queries: torch.Tensor, k: int) -> tuple[np.ndarray, float]:
 def _mapped_search_peak(path: str, kind: str, queries: np.ndarray, k: int, probe: int, out) -> None:
     torch.set_num_threads(2)
     IvfSearch(build_ivf(queries[:64], 1), 1).kth_distance(torch.from_numpy(queries[:4]), 1)  # libraries warmed up
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fields = ("VmHWM", "RssAnon", "RssFile")
+    base = [_status_kib(field) for field in fields]
     search = ExactSearch(np.load(path, mmap_mode="c"), CHUNK) if kind == "exact" else IvfSearch(read_ivf(path), probe)
     search.kth_distance(torch.from_numpy(queries), k)
-    out.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+    out.put([_status_kib(field) - before for field, before in zip(fields, base)])
 
 
-def _peak_mib_of_mapped_search(path: str, kind: str, queries: np.ndarray, k: int, probe: int) -> float:
-    """Growth of peak RSS (MiB) in a fresh process, past its warmed-up libraries, while it maps ``path`` and runs
-    the queries: what one more actor costs (spawned, not forked: OpenMP's threads do not survive a fork).
-    Mapped pages that were read count here too, but the page cache shares them between processes."""
+def _status_kib(field: str) -> int:
+    """A /proc/self/status memory figure (KiB). Not ru_maxrss: that survives exec, so a spawned child would
+    report its parent's peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _peak_mib_of_mapped_search(path: str, kind: str, queries: np.ndarray, k: int, probe: int) -> dict:
+    """Memory of a fresh process (spawned, not forked: OpenMP's threads do not survive a fork) that maps ``path``
+    and runs the queries, past its warmed-up libraries: growth of its peak RSS, and of its private (anonymous)
+    and mapped-file resident MiB at the end. Mapped pages are the page cache's, shared by every process on the
+    node that maps the same file; private ones are what each further actor costs."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_mapped_search_peak, args=(path, kind, queries, k, probe, queue))
     process.start()
-    peak = queue.get()
+    growth, anonymous, mapped = queue.get()
     process.join()
-    return round(peak / 1024, 1)
+    return {"peak_growth_mib": round(growth / 1024, 1), "private_mib": round(anonymous / 1024, 1),
+            "mapped_file_mib": round(mapped / 1024, 1)}
 
 
 def compare(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, lists: int | None, regions: int = 1) -> dict:
@@ -86,7 +95,7 @@ def compare(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, 
         result["bank_file_mib"] = round(os.path.getsize(bank_path) / 2**20, 1)
         result["index_file_mib"] = round(os.path.getsize(index_path) / 2**20, 1)
         sample = queries[:256].numpy()
-        result["exact_search_rss_mib"] = _peak_mib_of_mapped_search(bank_path, "exact", sample, k, 0)
+        result["exact_search_memory"] = _peak_mib_of_mapped_search(bank_path, "exact", sample, k, 0)
         for probe in PROBES:
             approximate, ms = _timed(IvfSearch(read_ivf(index_path), probe), queries, k)
             result["ivf"].append({
@@ -94,7 +103,7 @@ def compare(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, 
                 "recall_kth": round(float(np.mean(np.abs(approximate - exact) < 1e-4)), 4),
                 "mean_excess": round(float(np.mean(approximate - exact)), 5),
                 "auroc": auroc(approximate),
-                "search_rss_mib": _peak_mib_of_mapped_search(index_path, "ivf", sample, k, probe),
+                "search_memory": _peak_mib_of_mapped_search(index_path, "ivf", sample, k, probe),
             })
     return result
 
