@@ -44,13 +44,14 @@ def _check_k(k: int, rows: int) -> None:
 @torch.no_grad()
 def kth_neighbour_distance(queries: torch.Tensor, bank: torch.Tensor | np.ndarray, k: int, chunk_rows: int) -> torch.Tensor:
     """(Q, C) queries, (M, C) bank, both L2-normalised -> (Q,) distance to each query's k-th neighbour.
-    A NumPy bank (memory-mapped or not) is read chunk by chunk and never copied whole."""
+    A NumPy bank (memory-mapped or not) is read chunk by chunk and never copied whole; a strided one (the global
+    vectors of an (N, R, C) bank) is multiplied in place, BLAS reading its rows at their stride."""
     _check_k(k, bank.shape[0])
     best = torch.full((queries.shape[0], 0), float("-inf"), device=queries.device, dtype=queries.dtype)
     for start in range(0, bank.shape[0], chunk_rows):
         chunk = bank[start : start + chunk_rows]
         if isinstance(chunk, np.ndarray):
-            chunk = torch.from_numpy(np.ascontiguousarray(chunk))
+            chunk = torch.from_numpy(chunk)
         candidates = torch.cat([best, queries @ chunk.to(queries.device, queries.dtype, non_blocking=True).T], dim=1)
         best = candidates.topk(min(k, candidates.shape[1]), dim=1).values
     return _distance(best[:, k - 1])
@@ -79,6 +80,7 @@ class IvfSearch:
     def __init__(self, index, probe: int) -> None:
         self.index, self.rows = index, int(index.ntotal)
         self.index.nprobe = probe
+        _use_torch_threads()  # once, when the actor loads its bundle (it sets torch's threads before that)
 
     def to(self, device: torch.device) -> IvfSearch:
         return self
@@ -86,7 +88,6 @@ class IvfSearch:
     @torch.no_grad()
     def kth_distance(self, queries: torch.Tensor, k: int) -> torch.Tensor:
         _check_k(k, self.rows)
-        _use_torch_threads()
         similarities, labels = self.index.search(np.ascontiguousarray(queries.float().cpu().numpy()), k)
         kth = np.where(labels[:, k - 1] >= 0, similarities[:, k - 1], -1.0)  # fewer than k found: farthest possible
         return _distance(torch.from_numpy(kth).to(queries.device, queries.dtype))
