@@ -91,9 +91,12 @@ def local_file(location: Location, bundle_id: str) -> str:
             return str(target)
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-        with location.fs.open_input_stream(location.path) as source, open(partial, "wb") as sink:
-            shutil.copyfileobj(source, sink, COPY_CHUNK)
-        os.replace(partial, target)
+        try:
+            with location.fs.open_input_stream(location.path) as source, open(partial, "wb") as sink:
+                shutil.copyfileobj(source, sink, COPY_CHUNK)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)  # a failed copy leaves nothing behind in the cache
     except (OSError, StorageError) as error:
         raise BundleError(f"cannot copy {location.uri} to this node's cache {cache}: {error}") from None
     return str(target)
