@@ -1,6 +1,7 @@
 """Planned sources -> one Ray Dataset of decoded rows (``id, source, status, error, pixels, ...``).
 
-Bytes are read with ``read_binary_files`` / ``read_parquet`` / a streaming read of WebDataset shards
+Bytes are read with ``read_binary_files`` / row ranges of Parquet files (:mod:`rayood.data.parquet_ranges`) /
+a streaming read of WebDataset shards
 (:mod:`rayood.data.webdataset`) and decoded per row in a CPU
 ``map_batches`` step, never with ``read_images``: one corrupt file must become one error row, not a
 failed read task or a silently dropped block.
@@ -17,8 +18,14 @@ import pyarrow as pa
 import ray.data
 
 from rayood.data.decode import BatchDecoder, DecodeLimits, ids_as_text
+from rayood.data.parquet_ranges import ParquetRowRanges
 from rayood.data.sources import SourcePlan
 from rayood.data.webdataset import IMAGE_FIELD, KEY_COLUMN, PROBLEM_FIELD, SHARD_COLUMN, ShardReader
+
+
+# Decode batches per Parquet read task: few enough tasks that their overhead (~50 ms each on 2 cores) stays
+# small, enough that a 20,000-row file decodes on every CPU.
+READ_TASK_BATCHES = 16
 
 
 class _Unwritten:
@@ -66,6 +73,17 @@ def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...], max_bytes: int)
     )
 
 
+def _read_parquet(plan: SourcePlan, columns: list[str], batch_size: int) -> ray.data.Dataset:
+    """The plan's files in read tasks of ``READ_TASK_BATCHES`` decode batches each, so that decoding runs on
+    every CPU however the rows are spread over files (a 20,000-row file is one block to ``read_parquet``)."""
+    rows = plan.rows or 1
+    source = ParquetRowRanges(
+        plan.location.fs, list(zip(plan.paths, plan.row_groups)), columns,
+        rows_per_task=READ_TASK_BATCHES * batch_size, batch_rows=batch_size, bytes_per_row=plan.data_bytes / rows,
+    )
+    return ray.data.read_datasource(source)
+
+
 def read_decoded(
     plans: list[SourcePlan],
     *,
@@ -100,11 +118,7 @@ def read_decoded(
                 passthrough=tuple(dict.fromkeys([SHARD_COLUMN, KEY_COLUMN, *passthrough])), error_column=PROBLEM_FIELD,
             )
         else:
-            columns = list(dict.fromkeys([image_column, id_column, *passthrough]))
-            raw = ray.data.read_parquet(list(plan.paths), filesystem=plan.location.fs, columns=columns)
-            # A Parquet file comes out as one block per file: split it so that decoding runs on every CPU
-            # (a 20,000-row file otherwise decodes in a single task; measured in BENCHMARKS.md).
-            raw = raw.repartition(target_num_rows_per_block=batch_size)
+            raw = _read_parquet(plan, list(dict.fromkeys([image_column, id_column, *passthrough])), batch_size)
             if done:
                 raw = raw.map_batches(_Unwritten(id_column, done), batch_format="pyarrow", batch_size=batch_size)
             decoder = BatchDecoder(

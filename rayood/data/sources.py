@@ -44,6 +44,8 @@ class SourcePlan:
     image_extensions: tuple[str, ...] = ()  # webdataset: a sample's image is its first member with one of these
     left_out: tuple[tuple[str, str], ...] = ()  # (why, name): hidden names, links not followed, non-UTF-8 names
     sizes: tuple[int, ...] = ()  # images: each path's size in bytes from the listing (too large: never read)
+    row_groups: tuple[tuple[int, ...], ...] = ()  # parquet: each path's row counts per row group, from its footer
+    data_bytes: int = 0  # parquet: uncompressed bytes of every row group (sizes the read's memory estimate)
 
 
 HIDDEN = "hidden name (. or _)"
@@ -76,10 +78,20 @@ def _schema_problem(schema: pa.Schema, image_column: str, id_column: str, requir
     return None
 
 
-def _parquet_rows(location: Location, paths: list[str], corpus: CorpusSettings, required: list[str]) -> int:
-    """Rows of every file, after checking every file's schema (not just the first's) and that no id repeats:
-    a file that a job cannot read is a clear error now, not a dead job later."""
-    total = 0
+@dataclass(frozen=True)
+class _ParquetLayout:
+    row_groups: tuple[tuple[int, ...], ...]  # per file, rows of each row group
+    data_bytes: int
+
+    @property
+    def rows(self) -> int:
+        return sum(sum(groups) for groups in self.row_groups)
+
+
+def _parquet_layout(location: Location, paths: list[str], corpus: CorpusSettings, required: list[str]) -> _ParquetLayout:
+    """Row groups of every file, after checking every file's schema (not just the first's) and that no id
+    repeats: a file that a job cannot read is a clear error now, not a dead job later."""
+    row_groups, data_bytes = [], 0
     for path in paths:
         try:
             with location.fs.open_input_file(path) as handle:
@@ -87,13 +99,15 @@ def _parquet_rows(location: Location, paths: list[str], corpus: CorpusSettings, 
                 problem = _schema_problem(parquet.schema_arrow, corpus.image_column, corpus.id_column, required)
                 if problem:
                     raise InputError(f"{location.uri_of(path)} {problem}")
-                total += parquet.metadata.num_rows
+                groups = [parquet.metadata.row_group(i) for i in range(parquet.metadata.num_row_groups)]
+                row_groups.append(tuple(group.num_rows for group in groups))
+                data_bytes += sum(group.total_byte_size for group in groups)
         except InputError:
             raise
         except Exception as error:
             raise InputError(f"cannot read Parquet file {location.uri_of(path)}: {error}") from None
     _repeated_ids(location, paths, corpus.id_column)
-    return total
+    return _ParquetLayout(tuple(row_groups), data_bytes)
 
 
 def _repeated_ids(location: Location, paths: list[str], id_column: str) -> None:
@@ -171,16 +185,21 @@ def plan_source(
             if extension not in corpus.file_extensions:
                 raise InputError(f"{uri} is neither a Parquet file nor an image ({corpus.file_extensions})")
             return SourcePlan(uri, "images", location, (location.path,), 1, sizes=(info.size,))
-        rows = _parquet_rows(location, [location.path], corpus, required)
-        return SourcePlan(uri, "parquet", location, (location.path,), rows)
+        layout = _parquet_layout(location, [location.path], corpus, required)
+        return SourcePlan(
+            uri, "parquet", location, (location.path,), layout.rows, row_groups=layout.row_groups, data_bytes=layout.data_bytes
+        )
     sized, left_out = _listed(location)
     files = list(sized)
     if not files:
         raise InputError(f"input directory is empty: {uri}")
     parquet_files = [p for p in files if p.endswith(".parquet")]
     if parquet_files and len(parquet_files) == len(files):
-        rows = _parquet_rows(location, files, corpus, required)
-        return SourcePlan(uri, "parquet", location, tuple(files), rows, left_out=left_out)
+        layout = _parquet_layout(location, files, corpus, required)
+        return SourcePlan(
+            uri, "parquet", location, tuple(files), layout.rows, left_out=left_out, row_groups=layout.row_groups,
+            data_bytes=layout.data_bytes,
+        )
     images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
     shards = [p for p in files if p.endswith(SHARD_EXTENSION)]
     if shards:
