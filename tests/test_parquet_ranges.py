@@ -8,7 +8,9 @@ import ray.data
 
 from rayood.config import CorpusSettings
 from rayood.data.parquet_ranges import ParquetRowRanges, split_rows
-from rayood.data.sources import plan_source
+from rayood.data.decode import DecodeLimits, formats_for
+from rayood.data.reader import read_decoded
+from rayood.data.sources import InputError, plan_source
 from rayood.storage import resolve
 
 
@@ -52,3 +54,25 @@ def test_a_read_over_row_ranges_yields_every_row_once_in_bounded_tasks(ray_clust
     assert len(blocks) == 9 and max(len(block) for block in blocks) <= 16
     for block in blocks:  # each task's rows are one run of the files' order
         assert block == ids[ids.index(block[0]) : ids.index(block[0]) + len(block)]
+
+
+def test_a_synthetic_corpus_is_planned_without_storage_and_refuses_bad_counts():
+    plan = plan_source("synthetic://2500", CorpusSettings())
+    assert (plan.kind, plan.rows, plan.paths, plan.location) == ("synthetic", 2500, (), None)
+    for uri in ("synthetic://", "synthetic://0", "synthetic://ten"):
+        with pytest.raises(InputError, match="synthetic://N with N a positive row count"):
+            plan_source(uri, CorpusSettings())
+    with pytest.raises(InputError, match="no columns \\['label'\\]"):
+        plan_source("synthetic://5", CorpusSettings(), extra_columns=("label",))
+
+
+def test_a_synthetic_corpus_decodes_to_the_same_rows_every_time(ray_cluster):
+    plan = plan_source("synthetic://300", CorpusSettings())
+    limits = DecodeLimits(10**6, 10**6, formats_for(("jpg",)))
+    rows = [read_decoded([plan], image_column="image", id_column="id", size=16, limits=limits, batch_size=8)
+            .to_arrow_refs() for _ in range(2)]
+    first, second = (pa.concat_tables(ray.get(refs)).sort_by("id") for refs in rows)
+    assert first.num_rows == 300 and set(first.column("status").to_pylist()) == {"ok"}
+    assert first.column("id").to_pylist() == sorted(f"synthetic-{i}" for i in range(300))
+    assert first.column("pixels").equals(second.column("pixels"))
+    assert len({bytes(p) for p in first.column("pixels").to_pylist()}) > 100  # distinct images, not one repeated

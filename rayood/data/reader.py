@@ -20,6 +20,7 @@ import ray.data
 from rayood.data.decode import BatchDecoder, DecodeLimits, ids_as_text
 from rayood.data.parquet_ranges import ParquetRowRanges
 from rayood.data.sources import SourcePlan
+from rayood.data.synthetic_corpus import rows_to_images
 from rayood.data.webdataset import IMAGE_FIELD, KEY_COLUMN, PROBLEM_FIELD, SHARD_COLUMN, ShardReader
 
 
@@ -84,6 +85,13 @@ def _read_parquet(plan: SourcePlan, columns: list[str], batch_size: int) -> ray.
     return ray.data.read_datasource(source)
 
 
+def _read_synthetic(rows: int, size: int, rows_per_task: int) -> ray.data.Dataset:
+    """``synthetic://N``: ``id`` and ``image`` columns made from ``ray.data.range``, ``rows_per_task`` rows a task."""
+    return ray.data.range(rows, override_num_blocks=max(1, -(-rows // rows_per_task))).map_batches(
+        rows_to_images, fn_kwargs={"size": size}, batch_format="pyarrow", batch_size=rows_per_task,
+    )
+
+
 def read_decoded(
     plans: list[SourcePlan],
     *,
@@ -117,6 +125,11 @@ def read_decoded(
                 image_column=IMAGE_FIELD, id_column="id", source=plan.uri, size=size, limits=limits,
                 passthrough=tuple(dict.fromkeys([SHARD_COLUMN, KEY_COLUMN, *passthrough])), error_column=PROBLEM_FIELD,
             )
+        elif plan.kind == "synthetic":
+            raw = _read_synthetic(plan.rows, size, READ_TASK_BATCHES * batch_size)
+            if done:
+                raw = raw.map_batches(_Unwritten("id", done), batch_format="pyarrow", batch_size=batch_size)
+            decoder = BatchDecoder(image_column="image", id_column="id", source=plan.uri, size=size, limits=limits)
         else:
             raw = _read_parquet(plan, list(dict.fromkeys([image_column, id_column, *passthrough])), batch_size)
             if done:

@@ -20,6 +20,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
+from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
+from rayood.data.synthetic_corpus import SyntheticCorpusError, synthetic_rows
 from rayood.data.webdataset import SHARD_EXTENSION, count_samples
 from rayood.storage import Location, StorageError, resolve
 
@@ -36,8 +38,8 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class SourcePlan:
     uri: str
-    kind: Literal["images", "parquet", "webdataset"]
-    location: Location
+    kind: Literal["images", "parquet", "webdataset", "synthetic"]
+    location: Location | None  # None for synthetic://N, which reads no storage
     paths: tuple[str, ...]
     rows: int
     skipped_files: tuple[str, ...] = ()  # files of another kind than the input's (no image extension, sidecars)
@@ -167,8 +169,15 @@ def plan_source(
     uri: str, corpus: CorpusSettings, s3: S3Settings | None = None, extra_columns: tuple[str, ...] = ()
 ) -> SourcePlan:
     """Classify one URI: a Parquet file or directory of them, a WebDataset shard (``.tar``) or directory of
-    them, or a directory of images. Extra columns of a WebDataset come from its samples and may be null.
+    them, a directory of images, or ``synthetic://N`` (N images made on the fly). Extra columns of a WebDataset come from its samples and may be null.
     A URI ending in ``/`` is always listed as a directory (an HTTP server's index page)."""
+    if uri.startswith(SYNTHETIC):
+        if extra_columns:
+            raise InputError(f"{uri} is a synthetic corpus, which has no columns {list(extra_columns)} to pass through")
+        try:
+            return SourcePlan(uri, "synthetic", None, (), synthetic_rows(uri))
+        except SyntheticCorpusError as error:
+            raise InputError(str(error)) from None
     location = resolve(uri, s3)
     try:
         info = location.info()

@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 from PIL import Image, UnidentifiedImageError
 
 from rayood.config import CorpusSettings, S3Settings
-from rayood.data.sources import plan_source
+from rayood.data.sources import InputError, plan_source
 from rayood.data.webdataset import WebSample, read_samples, sample_id, split_sample_id
 
 FORMAT_EXTENSIONS = {"jpeg": "jpg", "tiff": "tif"}
@@ -47,6 +47,8 @@ def iter_originals(
     if not ids:
         return
     plan = plan_source(source, corpus, s3)
+    if plan.location is None:
+        raise InputError(f"{source} is a synthetic corpus: it has no original files to copy")
     fs = plan.location.fs
     paths_by_uri = {plan.location.uri_of(path): path for path in plan.paths}
     if plan.kind == "webdataset":

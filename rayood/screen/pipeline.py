@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pyarrow as pa
 import pyarrow.dataset as pads
 import ray.data
 import ray.exceptions
@@ -56,6 +55,8 @@ BATCHES_PER_FILE = 16
 # Retries of a batch whose scoring actor died; finite, so that an input that kills every actor it meets
 # fails the job instead of restarting actors for ever (Ray Data's default is -1, unlimited).
 ACTOR_TASK_RETRIES = 3
+# The finished report is read back this many rows at a time for its summary (never whole: see summarize).
+SUMMARY_BATCH_ROWS = 65_536
 
 
 def run_fingerprint(config: RayoodConfig, plans: list[SourcePlan], bundle_id: str) -> str:
@@ -156,9 +157,9 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in scores)]
         if settings.truth:
             needed.append(settings.truth.column)
-        report = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet").to_table(columns=needed)
+        rows = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet")
         summary = summarize(
-            report,
+            rows.to_batches(columns=needed, batch_size=SUMMARY_BATCH_ROWS),
             score_names=scores,
             calibration=calibration,
             decision=settings.decision,
@@ -168,6 +169,9 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             truth=settings.truth,
             skipped_files=sum(len(plan.skipped_files) for plan in plans),
             left_out=Counter(why for plan in plans for why, _ in plan.left_out),
+            # planning refuses repeated Parquet ids and paths are unique: only shard keys, or two attempts'
+            # rows, can repeat a key
+            count_repeats=written.rows > 0 or any(plan.kind == "webdataset" for plan in plans),
         )
         summary["reused_rows"] = written.rows
         summary["decode_limits"] = {
@@ -180,7 +184,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
             "config": config.model_dump(mode="json"),
         })
-        _check_accounting(report, expected_rows, resumed=written.rows > 0, uri=target.location.uri)
+        _check_accounting(summary, resumed=written.rows > 0, uri=target.location.uri)
         target.finish(summary)
     finally:
         target.release()  # after finish() a no-op; after a failure it frees the output for a resume
@@ -219,13 +223,12 @@ def _unreadable_input(error: BaseException | None) -> OSError | None:
     return None
 
 
-def _check_accounting(report: pa.Table, expected_rows: int, *, resumed: bool, uri: str) -> None:
+def _check_accounting(summary: dict, *, resumed: bool, uri: str) -> None:
     """Every planned row once. A resumed report must also hold each (source, id) once: attempts meet on those
     keys, so a repeat means two attempts wrote the same input (an input repeating an id of its own is only
     counted in a fresh report, as ``duplicate_ids``)."""
-    if report.num_rows != expected_rows:
+    if summary["rows"] != summary["expected_rows"]:
         hint = " (resumed: ids repeated within an input cannot be resumed, pass --overwrite)" if resumed else ""
-        raise AccountingError(f"the report at {uri} has {report.num_rows} rows, expected {expected_rows}{hint}")
-    repeated = report.num_rows - report.group_by(["source", "id"]).aggregate([]).num_rows
-    if resumed and repeated:
-        raise AccountingError(f"the report at {uri} holds {repeated} (source, id) keys more than once")
+        raise AccountingError(f"the report at {uri} has {summary['rows']} rows, expected {summary['expected_rows']}{hint}")
+    if resumed and summary["duplicate_ids"]:
+        raise AccountingError(f"the report at {uri} holds {summary['duplicate_ids']} (source, id) keys more than once")
