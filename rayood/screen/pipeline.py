@@ -153,7 +153,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                     # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
                     # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
                     # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a
-                    # writer per actor: unbounded, zero-CPU tasks each started a worker process (+0.9 GiB, 0.6x rows/s).
+                    # writer per actor: unbounded, zero-CPU tasks each started a worker process (+1.25 GiB, 0.6x the rows/s).
                     ray_remote_args={"num_cpus": 0}, concurrency=max(1, settings.max_actors),
                 )
                 target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
