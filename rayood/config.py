@@ -373,6 +373,9 @@ class ScreenSettings(_Strict):
     predictions: bool = Field(default=False, description="add the classifier's ID class as predicted_class")
     decision: DecisionSettings = DecisionSettings()
     truth: TruthSettings | None = None
+    progress_every_s: float = Field(
+        default=30, ge=0, description="log the rows screened so far, their rate and an ETA this often (0: never)"
+    )
 
     @property
     def actor_threads(self) -> int:

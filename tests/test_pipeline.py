@@ -1,8 +1,10 @@
 """Fit with Ray Train and screen with Ray Data on a real local cluster; read the Parquet report back."""
 
 import json
+import logging
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +14,8 @@ from rayood.data.sources import HIDDEN, InputError
 from rayood.report.metrics import auroc
 from rayood.screen.output import OutputError
 from rayood.screen.pipeline import screen
-from rayood.storage import LINK_NOT_FOLLOWED
+from rayood.screen.progress import RowProgress
+from rayood.storage import LINK_NOT_FOLLOWED, resolve
 from tests.conftest import tiny_config
 from tests.images import bad_images, good_images
 
@@ -222,3 +225,29 @@ def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tin
     assert ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.manifest["bundle_id"] == planned
     with pytest.raises(BundleError, match=f"is now {planned}, but this run screens with 0123abcd"):
         ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id="0123abcd")
+
+
+def test_a_synthetic_corpus_is_screened_with_progress_lines(tiny_bundle, tmp_path, caplog):
+    """synthetic://N end to end (issue 15, item 5): every row once, and the driver logs progress meanwhile."""
+    output = tmp_path / "report"
+    config = tiny_config(screen={
+        "inputs": ["synthetic://3000"], "output": str(output), "bundle": tiny_bundle, "batch_size": 64,
+        "progress_every_s": 0.2,
+    })
+    with caplog.at_level(logging.INFO, logger="rayood.screen.progress"):
+        summary, _ = screen(config)
+    assert summary["rows"] == summary["ok"] == 3000 and summary["per_source"] == {"synthetic://3000": 3000}
+    assert len(read_report(output).column("id").unique()) == 3000
+    progress = [r.getMessage() for r in caplog.records if r.name == "rayood.screen.progress"]
+    assert progress and all(" of 3000 rows" in line and "rows/s, ETA" in line for line in progress)
+
+
+def test_progress_counts_finished_row_files_only(tmp_path):
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c"]}), rows / "done.parquet")
+    (rows / "being-written.parquet").write_bytes(b"PAR1 no footer yet")
+    progress = RowProgress(resolve(str(rows)), total=10, every_s=0)
+    assert progress.rows_done() == 3
+    pq.write_table(pa.table({"id": ["d"]}), rows / "being-written.parquet")  # finished later: counted then
+    assert progress.rows_done() == 4

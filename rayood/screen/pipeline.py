@@ -30,6 +30,7 @@ from rayood.report.summary import summarize
 from rayood.runtime import init_ray
 from rayood.screen.actor import ScoreActor
 from rayood.screen.output import STATS, ReportTarget
+from rayood.screen.progress import RowProgress
 from rayood.storage import redacted, resolve
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def _require(value: object, field: str) -> None:
 # Settings that shape no report row: an attempt may change them and still resume the report.
 NOT_FINGERPRINTED = {
     "output", "bundle", "overwrite", "fit_if_missing", "device", "batch_size", "decode_batch_size", "min_actors",
-    "max_actors", "num_gpus_per_actor", "cpus_per_actor", "torch_threads", "truth",
+    "max_actors", "num_gpus_per_actor", "cpus_per_actor", "torch_threads", "truth", "progress_every_s",
 }
 # Row files hold this many batches: a kill loses at most the rows not yet in a file (and those being scored),
 # while a large corpus still makes few enough files to list and read back quickly.
@@ -147,15 +148,16 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                     batch_size=settings.batch_size,
                     batch_format="pyarrow",
                 )
-                scored.write_parquet(
-                    target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
-                    min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
-                    # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
-                    # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
-                    # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a
-                    # writer per actor: unbounded, zero-CPU tasks each started a worker process (+1.25 GiB, 0.6x the rows/s).
-                    ray_remote_args={"num_cpus": 0}, concurrency=max(1, settings.max_actors),
-                )
+                with RowProgress(target.rows, expected_rows, settings.progress_every_s):
+                    scored.write_parquet(
+                        target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
+                        min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
+                        # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
+                        # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
+                        # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a
+                        # writer per actor: unbounded, zero-CPU tasks each started a worker process (+1.25 GiB, 0.6x the rows/s).
+                        ray_remote_args={"num_cpus": 0}, concurrency=max(1, settings.max_actors),
+                    )
                 target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
         elapsed = time.perf_counter() - started
 
