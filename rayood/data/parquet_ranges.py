@@ -5,7 +5,8 @@ it in a separate repartition task, which on a 2-CPU node held the CPU that decod
 actor held the other (BENCHMARKS.md, "Pipeline against the tight loop": a 27 s stall per run, and ~55 ms of
 task overhead per 64-row decode block). The planner has already read every footer, so the driver knows each
 row group's size: each read task here takes at most ``rows_per_task`` rows (parts of row groups, streamed in
-batches), and Ray Data fuses it with the decoding ``map_batches`` into one task.
+batches), so decoding gets blocks of that size and no separate split task (Ray Data runs the read and the
+decode as two operators).
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ def _textures(size: int, seed: int = 0) -> list[bytes]:
 
 
 def rows_to_images(batch: pa.Table, size: int) -> pa.Table:
-    """A ``map_batches`` function over ``ray.data.range``'s rows (no Ray import here: planning stays Ray-free)."""
-    # ``id`` (the row number) -> ``id`` (text) and ``image`` (JPEG bytes)
+    """``ray.data.range``'s ``id`` (the row number) -> ``id`` (text) and ``image`` (JPEG bytes), for
+    ``map_batches`` (no Ray import here: planning, which imports this module, stays Ray-free)."""
     numbers = batch.column("id").to_numpy().tolist()
     images = _textures(size)
     return pa.table({

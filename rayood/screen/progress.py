@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayood.storage import Location
@@ -54,7 +55,7 @@ class RowProgress:
                 try:
                     with self.rows.fs.open_input_file(info.path) as handle:
                         self.counted[info.path] = pq.ParquetFile(handle).metadata.num_rows
-                except Exception:  # noqa: BLE001 - being written: no footer yet
+                except (OSError, pa.ArrowInvalid):  # still being written: no footer yet, counted later
                     continue
         return sum(self.counted.values())
 
