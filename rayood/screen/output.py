@@ -11,13 +11,19 @@ A finished report is replaced only with ``overwrite``. An unfinished one is resu
 for the same fingerprint (inputs, bundle, row-shaping settings): its complete row files are kept, a file
 cut short by a kill (no Parquet footer) is deleted, and the (source, id) keys already written are handed
 back so the run skips those inputs. An unfinished report of another run is refused unless ``overwrite``,
-which discards it. A non-empty directory that is not a rayood report is never touched.
+which discards it.
+
+Nothing else is ever deleted. A directory is a rayood report only if it holds ``_STARTED``: ``_SUCCESS`` alone
+is what Spark and Hadoop leave in every table they write, so it proves nothing. A report directory that also
+holds files rayood does not write (a user's notes, another tool's output) is refused whole, with those files
+named, rather than emptied, replaced or resumed around them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import uuid
 from dataclasses import dataclass, field
 
@@ -27,7 +33,7 @@ import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
 from rayood.report.summary import finite_or_null
-from rayood.screen.lease import OutputLease
+from rayood.screen.lease import LEASE, OutputLease
 from rayood.storage import Location
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,7 @@ SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
 STATS = "ray_data_stats.txt"
 ROWS = "rows"
+REPORT_FILES = frozenset({STARTED, SUCCESS, SUMMARY, STATS, LEASE})  # and rows/*.parquet
 KEY = ("source", "id")
 
 
@@ -87,12 +94,27 @@ class ReportTarget:
             if info.path != self.lease.location.path:
                 self.location.fs.delete_file(info.path)
 
+    def _foreign_files(self, entries: list) -> list[str]:
+        """The entries that a report does not consist of, as paths relative to the output."""
+        relative = (posixpath.relpath(info.path, self.location.path) for info in entries)
+        return [name for name in relative
+                if name not in REPORT_FILES and not (name.startswith(f"{ROWS}/") and name.endswith(".parquet"))]
+
     def _prepare(self, overwrite: bool) -> Written:
         location = self.location
         entries = [i for i in location.list_files() if i.path != self.lease.location.path] if location.is_dir() else []
         attempts: list[dict] = []
         written = Written()
         if entries:
+            if not location.join(STARTED).exists():
+                raise OutputError(f"output {location.uri} is not empty and is not a rayood report (no {STARTED}); refusing to write")
+            foreign = self._foreign_files(entries)
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise OutputError(
+                    f"output {location.uri} is a rayood report but also holds files rayood did not write ({shown}); "
+                    "nothing was deleted: move them away, or choose another --output"
+                )
             if location.join(SUCCESS).exists():
                 if not overwrite:
                     raise OutputError(
@@ -101,7 +123,7 @@ class ReportTarget:
                     )
                 log.warning("replacing the finished report at %s", location.uri)
                 self._delete_contents()
-            elif location.join(STARTED).exists():
+            else:
                 started = self._read_started()
                 if overwrite:
                     log.warning("discarding the unfinished report at %s", location.uri)
@@ -118,8 +140,6 @@ class ReportTarget:
                         "resuming the unfinished report at %s: reusing %d rows from %d files of %d earlier attempt(s)",
                         location.uri, written.rows, written.files, len(attempts),
                     )
-            else:
-                raise OutputError(f"output {location.uri} is not empty and is not a rayood report; refusing to write")
         attempts = [*attempts, {"run_id": self.run_id, "started": utc_now()}]
         marker = {"fingerprint": self.fingerprint, "attempts": attempts}
         location.join(STARTED).write_bytes(json.dumps(marker, indent=2).encode())
