@@ -27,7 +27,7 @@ SETTINGS = ModelSettings.model_validate(
 SCORES = ["msp", "layerwise_mse"]
 
 
-def make_bundle(path, settings=SETTINGS, calibrated=True):
+def make_bundle(path, settings=SETTINGS, calibrated=True, scores=SCORES):
     backbone = build_backbone(settings.backbone, settings.preprocess, 3)
     dims = backbone.stage_dims()
     location = resolve(str(path))
@@ -37,9 +37,9 @@ def make_bundle(path, settings=SETTINGS, calibrated=True):
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
     write_bank(location, bank, settings.multiscale, seed=0)
     write_mahalanobis(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
-    manifest = new_manifest(settings, ["a", "b", "c"], dims, SCORES, bank.shape)
+    manifest = new_manifest(settings, ["a", "b", "c"], dims, scores, bank.shape)
     if calibrated:
-        write_calibration(location, {name: np.arange(5.0) for name in SCORES})
+        write_calibration(location, {name: np.arange(5.0) for name in scores})
         manifest["calibration"] = {"file": "calibration.parquet", "rows": 5}
     write_manifest(location, manifest)
     return location, manifest
@@ -192,6 +192,38 @@ def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_
     assert not np.allclose(scored.scores["msp"], unflipped.scores["msp"])
     np.testing.assert_allclose(scored.scores["layerwise_mse"], unflipped.scores["layerwise_mse"], rtol=1e-5)
     np.testing.assert_allclose(scored.embedding, unflipped.embedding, rtol=1e-5)
+
+
+def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores_in_bank_and_queries(tmp_path):
+    """The averaged map of a mirror image is the averaged map of the image flipped: the global vector is the same,
+    the grid regions swap sides and the centre stays, so KNN and MODE cannot tell an image from its mirror."""
+    import pyarrow as pa
+
+    from rayood.data.decode import pixels_to_column
+    from rayood.screen.scorer import Scorer
+    from rayood.train.bank import RegionVectors
+
+    plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
+    averaged = ModelSettings.model_validate({**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}})
+    make_bundle(tmp_path, averaged, scores=["msp", "knn", "multiscale"])
+    bundle = load_bundle(str(tmp_path))
+    pixels = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    pixels = np.concatenate([pixels, pixels[:, :, ::-1]])  # each image, then its mirror
+    ids = [f"i{n}" for n in range(6)]
+    scored = Scorer(bundle, torch.device("cpu")).score(pixels, ids)
+    for name in ("knn", "multiscale"):
+        np.testing.assert_allclose(scored.scores[name][:3], scored.scores[name][3:], rtol=1e-5)
+    unaveraged = Scorer(dataclasses.replace(load_bundle(str(tmp_path)), settings=plain), torch.device("cpu")).score(pixels, ids)
+    assert not np.allclose(unaveraged.scores["knn"][:3], unaveraged.scores["knn"][3:], rtol=1e-5)
+    np.testing.assert_allclose(scored.scores["msp"], unaveraged.scores["msp"], rtol=1e-5)  # the classifier sees the image alone
+
+    batch = pa.table({"pixels": pixels_to_column(pixels), "label": ["a", "b", "c"] * 2, "id": ids})
+    state = bundle.backbone.state_dict()
+    regions = {name: RegionVectors(settings.model_dump(mode="json"), ["a", "b", "c"], "label", state, "cpu")(batch)["regions"]
+               for name, settings in (("averaged", averaged), ("plain", plain))}
+    np.testing.assert_allclose(regions["averaged"][:3, 0], regions["averaged"][3:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(regions["plain"][:3, 0], regions["plain"][3:, 0], rtol=1e-5)
 
 
 def test_bundles_from_before_the_normalisation_setting_keep_raw_mahalanobis(tmp_path):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rayood.config import MultiscaleSettings
 from rayood.detectors.knn import ExactSearch, NeighbourSearch, normalise
 from rayood.detectors.names import MULTISCALE
+from rayood.models.backbones import Features
 
 
 def region_count(settings: MultiscaleSettings) -> int:
@@ -31,6 +32,14 @@ def _centred_half(side: int) -> int:
     the top-left quadrant again)."""
     half = math.ceil(side / 2)
     return half if (side - half) % 2 == 0 else max(1, half - 1)
+
+
+def search_map(features: Features, mirror: Features | None) -> torch.Tensor:
+    """The last feature map that the bank and the queries are made from: the image's own, or with
+    ``flip_average`` (``mirror`` given, the features of the image flipped left-right) the mean of the image's map
+    and the mirror's map flipped back, so that every region still covers the same part of the image."""
+    own = features.stage_maps[-1]
+    return own if mirror is None else (own + mirror.stage_maps[-1].flip(3)) / 2
 
 
 def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> torch.Tensor:

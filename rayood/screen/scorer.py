@@ -10,7 +10,9 @@ import torch
 
 from rayood.bundle_models import Bundle
 from rayood.detectors.baselines import classifier_scores
-from rayood.models.backbones import uint8_to_unit
+from rayood.config import ModelSettings
+from rayood.detectors.multiscale import search_map
+from rayood.models.backbones import FeatureBackbone, Features, uint8_to_unit
 
 
 def pick_device(preference: str) -> torch.device:
@@ -45,12 +47,14 @@ class Scorer:
     def score(self, pixels: np.ndarray, ids: Sequence[str]) -> ScoredBatch:
         images = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True))
         features = self.backbone.features(images)
-        logits = self.classifier_logits(images, features.logits)
+        mirror = mirror_features(self.backbone, images, self.bundle.settings)
+        logits = classifier_logits(features, mirror if self.bundle.settings.backbone.flip_tta else None)
         scores = classifier_scores(logits)
         scores.update(self.bundle.mahalanobis.score(features.penultimate))
         scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
-        scores.update(self.bundle.multiscale.score(features.stage_maps[-1]))
-        if self.bundle.ddp is not None:  # the only second pass: the discriminator on reconstructions
+        average = mirror if self.bundle.settings.multiscale.flip_average else None
+        scores.update(self.bundle.multiscale.score(search_map(features, average)))
+        if self.bundle.ddp is not None:  # the only other pass: the discriminator on reconstructions
             scores.update(self.bundle.ddp.score(images, features, ids, self.backbone))
         return ScoredBatch(
             {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names},
@@ -58,9 +62,16 @@ class Scorer:
             logits.argmax(dim=1).cpu().numpy(),
         )
 
-    def classifier_logits(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The logits the classifier scores and the predicted class use: with ``flip_tta``, the mean of the
-        image's and its mirror's (the fast CIFAR-10 recipes' test-time augmentation)."""
-        if not self.bundle.settings.backbone.flip_tta:
-            return logits
-        return (logits + self.backbone(images.flip(3))) / 2
+
+def mirror_features(backbone: FeatureBackbone, images: torch.Tensor, settings: ModelSettings) -> Features | None:
+    """The features of the images flipped left-right, when a setting reads them (``flip_tta``, ``flip_average``):
+    one backbone pass serves both."""
+    if settings.backbone.flip_tta or settings.multiscale.flip_average:
+        return backbone.features(images.flip(3))
+    return None
+
+
+def classifier_logits(features: Features, mirror: Features | None) -> torch.Tensor:
+    """The logits the classifier scores and the predicted class use: with ``flip_tta`` (``mirror`` given), the mean
+    of the image's and its mirror's (the fast CIFAR-10 recipes' test-time augmentation)."""
+    return features.logits if mirror is None else (features.logits + mirror.logits) / 2

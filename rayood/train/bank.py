@@ -19,7 +19,7 @@ import torch
 from rayood.config import ConfigError, ModelSettings, RayoodConfig
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
-from rayood.detectors.multiscale import region_vectors
+from rayood.detectors.multiscale import region_vectors, search_map
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.screen.scorer import pick_device
 from rayood.train.id_sample import in_sample
@@ -51,11 +51,12 @@ class RegionVectors:
         pixels = pixels_from_column(batch.column("pixels"), self.settings.preprocess.native_size)
         images = uint8_to_unit(torch.from_numpy(pixels.copy()).to(self.device))
         features = self.backbone.features(images)
+        mirror = self.backbone.features(images.flip(3)) if self.settings.multiscale.flip_average else None
         labels = batch.column(self.label_column).cast(pa.string()).to_pylist()
         fraction = self.settings.multiscale.bank_fraction
         return {
             "in_bank": np.array([in_sample(i, fraction, self.seed, BANK_SALT) for i in batch.column("id").to_pylist()]),
-            "regions": region_vectors(features.stage_maps[-1], self.settings.multiscale).cpu().numpy(),
+            "regions": region_vectors(search_map(features, mirror), self.settings.multiscale).cpu().numpy(),
             "penultimate": features.penultimate.cpu().numpy(),
             "class_index": np.array([self.class_index[label] for label in labels]),
         }
