@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
 from rayood.data.synthetic_corpus import SyntheticCorpusError, synthetic_rows
+from rayood.data.unique_ids import BATCH_ROWS, repeated_ids
 from rayood.data.webdataset import SHARD_EXTENSION, count_samples
 from rayood.storage import Location, StorageError, resolve
 
@@ -108,23 +108,28 @@ def _parquet_layout(location: Location, paths: list[str], corpus: CorpusSettings
             raise
         except Exception as error:
             raise InputError(f"cannot read Parquet file {location.uri_of(path)}: {error}") from None
-    _repeated_ids(location, paths, corpus.id_column)
-    return _ParquetLayout(tuple(row_groups), data_bytes)
+    layout = _ParquetLayout(tuple(row_groups), data_bytes)
+    _repeated_ids(location, paths, corpus.id_column, layout.rows)
+    return layout
 
 
-def _repeated_ids(location: Location, paths: list[str], id_column: str) -> None:
+def _repeated_ids(location: Location, paths: list[str], id_column: str, rows: int) -> None:
     """Refuse a Parquet input whose id column repeats a value: a report row is known by (source, id), so a
-    repeat would make resume, filtering and joins ambiguous. Reads the id column only."""
+    repeat would make resume, filtering and joins ambiguous. Streams the id column (``data/unique_ids.py``)."""
+    dataset = pads.dataset(paths, filesystem=location.fs, format="parquet")
+
+    def batches():
+        for batch in dataset.to_batches(columns=[id_column], batch_size=BATCH_ROWS):
+            yield batch.column(0)
+
     try:
-        ids = pads.dataset(paths, filesystem=location.fs, format="parquet").to_table(columns=[id_column]).column(0)
+        count, examples = repeated_ids(batches, rows)
     except Exception as error:
         raise InputError(f"cannot read column {id_column!r} of {location.uri}: {error}") from None
-    counts = pc.value_counts(ids.drop_null() if ids.null_count else ids)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        examples = ", ".join(repr(v) for v in repeated.field("values")[:3].to_pylist())
+    if count:
+        shown = ", ".join(repr(v) for v in examples)
         raise InputError(
-            f"{location.uri}: {len(repeated)} ids occur more than once in column {id_column!r} (e.g. {examples}); "
+            f"{location.uri}: {count} ids occur more than once in column {id_column!r} (e.g. {shown}); "
             "every row needs its own id: deduplicate the input, or point corpus.id_column at a unique column"
         )
 
