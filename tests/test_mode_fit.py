@@ -2,6 +2,7 @@
 storage large banks get; the shared fixture's bundle covers the exact one), and screening with it."""
 
 import json
+import logging
 import os
 
 import faiss
@@ -16,11 +17,12 @@ from rayood.train.fit import fit
 from tests.conftest import NO_DDP, tiny_config
 
 
-def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_path):
+def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_path, caplog):
+    """Also: the console shows each stage's epochs without --verbose, and the bank takes the mirror-averaged maps."""
     fit_path, corpus = demo_data
     bundle = str(tmp_path / "alpa")
     config = tiny_config(
-        model={**NO_DDP, "multiscale": {"index": "ivf", "ivf_lists": 4, "ivf_probe": 4}},
+        model={**NO_DDP, "multiscale": {"index": "ivf", "ivf_lists": 4, "ivf_probe": 4, "flip_average": True}},
         train={
             "data": [str(fit_path)], "bundle": bundle,
             "backbone": {"objective": "alpa_train", "epochs": 1, "batch_size": 32, "lr": 0.01, "alpa_dim": 16},
@@ -29,7 +31,11 @@ def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_p
         screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
                 "decision": {"score": "multiscale", "alpha": 0.05}},
     )
-    fit(config)
+    with caplog.at_level(logging.INFO, logger="rayood.train.progress"):
+        fit(config)
+    assert "backbone: epoch 1 of 1, loss" in caplog.text and "train accuracy" in caplog.text
+    assert "layerwise: epoch 1 of 2, loss" in caplog.text and "s per epoch, about" in caplog.text
+    assert "layerwise: epoch 2 of 2, loss" in caplog.text
     manifest = json.load(open(f"{bundle}/manifest.json"))
     assert manifest["training"]["backbone"]["epoch"] == 1
     assert not os.path.exists(f"{bundle}/{BANK_FILE}")

@@ -52,6 +52,7 @@ from rayood.storage import Location, resolve
 from rayood.train.bank import build_references
 from rayood.train.id_sample import in_sample
 from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_state
+from rayood.train.progress import StageProgress
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +93,18 @@ def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunC
 
 def _fit_stage(config: RayoodConfig, checkpoints: Location, stage: str, loop, loop_config: dict, data) -> ray.train.Result:
     train = config.train
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}
-        ),
-        run_config=_run_config(config, checkpoints, stage),
-        datasets={"train": data},
-    )
     started = time.perf_counter()
-    result = trainer.fit()
+    with StageProgress(stage, int(loop_config["optim"]["epochs"])) as progress:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={**loop_config, "progress": progress.queue},
+            scaling_config=ScalingConfig(
+                num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}
+            ),
+            run_config=_run_config(config, checkpoints, stage),
+            datasets={"train": data},
+        )
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"the {stage} stage finished without a checkpoint")
     log.info("%s stage done in %.0f s: %s", stage, time.perf_counter() - started, result.metrics)

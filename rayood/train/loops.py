@@ -24,6 +24,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ray.util.queue import Queue
 from torch import nn
 
 from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
@@ -36,6 +37,7 @@ from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import CachedShard, id_order
 from rayood.train.objectives import BackboneObjective
+from rayood.train.progress import report_epoch
 from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learning_rates
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,11 @@ def load_state(checkpoint: ray.train.Checkpoint) -> dict:
         return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
 
 
-def _log_epoch(what: str, metrics: dict) -> None:
+def _log_epoch(what: str, metrics: dict, progress: Queue | None = None) -> None:
+    """Rank 0 logs (the worker log; the console with --verbose) and hands the metrics to the driver's progress."""
     if ray.train.get_context().get_world_rank() == 0:
         log.info("%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        report_epoch(progress, what, metrics)
 
 
 def _report(metrics: dict, state: dict | None) -> None:
@@ -183,6 +187,7 @@ def backbone_loop(config: dict) -> None:
     views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
     epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, batch_size, device)
     epochs_s = 0.0
+    _log_epoch("backbone", {"start_epoch": start_epoch}, config.get("progress"))
     for epoch in range(start_epoch, optim.epochs):
         generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
         started = time.perf_counter()
@@ -193,7 +198,7 @@ def backbone_loop(config: dict) -> None:
         metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                    "epoch_s": round(epoch_s, 1), "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
                    "worker_rows": worker_rows}
-        _log_epoch("backbone", metrics)
+        _log_epoch("backbone", metrics, config.get("progress"))
         if done % optim.checkpoint_every == 0 or done == optim.epochs:
             state = {
                 "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
@@ -304,6 +309,7 @@ def layerwise_loop(config: dict) -> None:
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(z0_all), batch_size, device)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    _log_epoch("layerwise", {"start_epoch": start_epoch}, config.get("progress"))
     for epoch in range(start_epoch, optim.epochs):
         denoiser.train()
         order = torch.randperm(len(z0_all), generator=generator).to(device)
@@ -323,7 +329,7 @@ def layerwise_loop(config: dict) -> None:
         save = done % optim.checkpoint_every == 0 or done == optim.epochs
         state = run.state(done, step)
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
-        _log_epoch("layerwise", metrics)
+        _log_epoch("layerwise", metrics, config.get("progress"))
         if save:
             _report(metrics, state)
     if run.resumed is not None and start_epoch >= optim.epochs:
@@ -351,6 +357,7 @@ def ddpm_loop(config: dict) -> None:
     flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
     highest_t = settings.ddp.timesteps - 1 if optim.timesteps == "all" else max(settings.ddp.levels)
     null = len(class_names)
+    _log_epoch("ddpm", {"start_epoch": start_epoch}, config.get("progress"))
     for epoch in range(start_epoch, optim.epochs):
         unet.train()
         generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
@@ -374,7 +381,7 @@ def ddpm_loop(config: dict) -> None:
             batches += 1
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
-        _log_epoch("ddpm", metrics)
+        _log_epoch("ddpm", metrics, config.get("progress"))
         if done % optim.checkpoint_every == 0 or done == optim.epochs:
             _report(metrics, run.state(done, step))
     if run.resumed is not None and start_epoch >= optim.epochs:
