@@ -132,3 +132,15 @@ def test_fusion_choice_refuses_a_score_that_wins_one_kind_and_harms_another():
     choice = choose_fused_scores(calibration, outliers, kinds, ["one_trick", "broad"], "cauchy")
     assert choice["scores"] == ["broad"]
     assert choice["steps"][0]["kind_auroc"] == alone
+
+
+def test_a_fusion_of_one_score_ranks_exactly_as_that_score_even_beyond_its_reference():
+    from rayood.detectors.fusion import FusedScore
+
+    rng = np.random.default_rng(3)
+    fused = FusedScore({"energy": rng.normal(size=400)}, ["energy"], "cauchy")
+    new = np.concatenate([rng.normal(size=50), rng.normal(10, 1, 50), [np.nan]])  # half far beyond every reference
+    statistic = fused.statistic({"energy": new})
+    assert np.isnan(statistic[-1])
+    assert np.array_equal(np.argsort(statistic[:-1]), np.argsort(new[:-1]))
+    assert len(np.unique(statistic[:-1])) == 100

@@ -51,7 +51,11 @@ class FusedScore:
         self.calibration = self.statistic({name: np.asarray(calibration[name])[1::2] for name in names})
 
     def statistic(self, scores: Mapping[str, np.ndarray]) -> np.ndarray:
-        """T for each row; NaN where any fused score is NaN (rows that were not scored)."""
+        """T for each row; NaN where any fused score is NaN (rows that were not scored). A fusion of one score
+        is that score: its conformal p-value would only coarsen it to the reference's 1/(n + 1) steps, tying
+        every image beyond the highest reference score (0.01 AUROC on CIFAR-10 vs MNIST)."""
+        if len(self.names) == 1:
+            return np.asarray(scores[self.names[0]], dtype=float)
         pvalues = np.stack([self.references[name].pvalues(scores[name]) for name in self.names], axis=1)
         pvalues = np.minimum(pvalues, 1.0 - 1.0 / (self.references[self.names[0]].sorted.size + 1.0))
         missing = np.isnan(pvalues).any(axis=1)
