@@ -205,7 +205,9 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
 
     plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
     averaged = ModelSettings.model_validate({**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}})
-    make_bundle(tmp_path, averaged, scores=["msp", "knn", "multiscale"])
+    location, manifest = make_bundle(tmp_path, averaged, scores=["msp", "knn", "multiscale"])
+    bank = np.random.default_rng(0).normal(size=(12, 6, manifest["stage_dims"][-1])).astype(np.float32)
+    write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), averaged.multiscale, seed=0)  # unit rows, as fitted
     bundle = load_bundle(str(tmp_path))
     pixels = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     pixels = np.concatenate([pixels, pixels[:, :, ::-1]])  # each image, then its mirror
