@@ -1,4 +1,4 @@
-"""A class-conditional DDPM U-Net (eps-prediction) for DDP (DiffOOD, METHODS.md section 2).
+"""A class-conditional DDPM U-Net (eps-prediction) for DDP (DiffOOD, docs/METHODS.md section 2).
 
 The shape of the paper's CIFAR U-Net (base channels x multipliers, residual blocks per level, self-attention
 at chosen resolutions, dropout) with every size from config, so one class serves the GPU model and a tiny

@@ -251,7 +251,7 @@ class EmaRun:
 
 def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.device) -> torch.Tensor:
     """z0 of every row of this worker's shard, computed once and kept in id order (``cache.id_order``):
-    features see no augmentation (METHODS.md)."""
+    features see no augmentation (docs/METHODS.md)."""
     shard = ray.train.get_dataset_shard("train")
     chunks, ids = [], []
     with torch.no_grad():
@@ -338,7 +338,7 @@ def layerwise_loop(config: dict) -> None:
 
 def ddpm_loop(config: dict) -> None:
     """Fit DDP's class-conditional pixel DDPM: eps-prediction, linear betas, label dropout to the null class,
-    AdamW with linear warm-up, gradient clipping, EMA (METHODS.md section 2)."""
+    AdamW with linear warm-up, gradient clipping, EMA (docs/METHODS.md section 2)."""
     settings = ModelSettings.model_validate(config["model"])
     optim = DiffusionOptimSettings.model_validate(config["optim"])
     class_names: list[str] = config["class_names"]
