@@ -146,7 +146,7 @@ def from_bundle(args: argparse.Namespace) -> dict:
     from rayood.bundle_models import load_bundle
 
     bundle = load_bundle(args.bundle, require_calibration=False)
-    bank = np.ascontiguousarray(bundle.multiscale.mixed.bank).reshape(
+    bank = np.ascontiguousarray(bundle.detectors["multiscale"].mixed.bank).reshape(
         bundle.manifest["multiscale"]["bank_rows"], bundle.manifest["multiscale"]["regions"], -1)
     search = bundle.settings.multiscale
     id_vectors = _region_vectors(bundle, args.id, args.limit)

@@ -47,7 +47,7 @@ def _sample(path: Path, count: int, size: int) -> tuple[torch.Tensor, np.ndarray
 
 @torch.no_grad()
 def measure(bundle, level: int, images: torch.Tensor, ids: list[str], labels: np.ndarray | None) -> dict:
-    ddp, settings = bundle.ddp, bundle.settings.ddp
+    ddp, settings = bundle.detectors["ddp"], bundle.settings.ddp
     before, after, recon_all = [], [], []
     for start in range(0, len(images), BATCH):
         x = images[start : start + BATCH]
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", help="noise levels to reconstruct from")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle, require_calibration=False)
-    if bundle.ddp is None:
+    if "ddp" not in bundle.detectors:
         raise SystemExit("this bundle has no DDP model (model.ddp.enabled was false)")
     size = bundle.settings.preprocess.native_size
     index = {name: i for i, name in enumerate(bundle.manifest["class_names"])}

@@ -29,7 +29,7 @@ from rayood.config import DDPSettings
 from rayood.data.decode import decode_image
 from rayood.detectors.ddp import DDPDetector, guided_ddim
 from rayood.models.backbones import uint8_to_unit
-from rayood.report.metrics import auroc
+from rayood.evaluation.metrics import auroc
 from rayood.train.id_sample import in_sample
 
 MC_DRAWS = 4  # single-draw scores per held-out ID image, to estimate the Monte-Carlo error of r draws
@@ -78,11 +78,11 @@ def main() -> None:
     held_out = held_out.slice(0, args.id_limit)
     id_images, id_ids = load_pixels(held_out, size).to(device), held_out.column("id").to_pylist()
 
-    backbone = bundle.backbone.eval()
+    backbone, unet = bundle.backbone.eval(), bundle.detectors["ddp"].unet
     with torch.no_grad():
         started = time.perf_counter()
         features = backbone.features(images)
-        layerwise = bundle.layerwise.score(features.stage_maps, ids)
+        layerwise = bundle.detectors["layerwise"].score_stages(features.stage_maps, ids)
         _sync(device)
         layerwise_rate = len(ids) / (time.perf_counter() - started)
         id_features = backbone.features(id_images)
@@ -93,21 +93,21 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, overrides in SETTINGS.items():
         settings = DDPSettings(**{**bundle.settings.ddp.model_dump(), **overrides})
-        detector = DDPDetector(bundle.ddp.unet, settings)
+        detector = DDPDetector(unet, settings)
         with torch.no_grad():
             started = time.perf_counter()
-            scores = detector.score(images, features, ids, backbone)["ddp"].cpu().numpy()
+            scores = detector.score_images(images, features, ids, backbone)["ddp"].cpu().numpy()
             _sync(device)
             rate = len(ids) / (time.perf_counter() - started)
             per_draw = []
             predicted = id_features.logits.argmax(1)
             for draw in range(MC_DRAWS):
                 one = DDPSettings(**{**settings.model_dump(), "draws": 1})
-                per_draw.append(DDPDetector(bundle.ddp.unet, one).score(
+                per_draw.append(DDPDetector(unet, one).score_images(
                     id_images, id_features, [f"{i}#{draw}" for i in id_ids], backbone)["ddp"].cpu().numpy())
             top = max(settings.levels)
             noise = torch.randn(id_images.shape, generator=torch.Generator().manual_seed(0)).to(device)
-            recon = guided_ddim(bundle.ddp.unet, id_images * 2 - 1, torch.full((len(id_ids),), top), noise, predicted,
+            recon = guided_ddim(unet, id_images * 2 - 1, torch.full((len(id_ids),), top), noise, predicted,
                                 detector.schedule, settings.stride, settings.guidance)
             kept = float((backbone.features((recon + 1) / 2).logits.argmax(1) == predicted).float().mean())
         draws = np.stack(per_draw)

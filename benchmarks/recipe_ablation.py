@@ -29,7 +29,7 @@ from rayood.detectors.knn import kth_neighbour_distance, normalise
 from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
 from rayood.detectors.synthetic import synthetic_outliers
 from rayood.models.backbones import uint8_to_unit
-from rayood.report.metrics import auroc
+from rayood.evaluation.metrics import auroc
 from rayood.train.cache import CachedShard
 
 KNN_K = 50
@@ -53,7 +53,7 @@ def _scores(backbone, bank: torch.Tensor, gaussian: MahalanobisDetector, pixels:
     penultimate, logits = _features(backbone, pixels)
     return {
         "knn": kth_neighbour_distance(normalise(penultimate), bank, KNN_K, 65_536).numpy(),
-        "mahalanobis": gaussian.score(penultimate)["mahalanobis"].numpy(),
+        "mahalanobis": gaussian.distance(penultimate).numpy(),
         "energy": classifier_scores(logits)["energy"].numpy(),
     }
 

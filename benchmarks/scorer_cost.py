@@ -19,14 +19,16 @@ import numpy as np
 import torch
 
 from rayood.bundle import BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, new_manifest, write_calibration, write_file, write_manifest
-from rayood.bundle_models import load_bundle, state_dict_bytes, write_bank, write_mahalanobis
+from rayood.bundle_files import state_dict_bytes
+from rayood.bundle_models import load_bundle
+from rayood.detectors import mahalanobis
 from rayood.config import load_config
-from rayood.detectors.multiscale import region_count
-from rayood.detectors.names import score_names
+from rayood.detectors.multiscale import region_count, write_bank
+from rayood.detectors.registry import score_names
 from rayood.models.backbones import build_backbone
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
-from rayood.screen.scorer import Scorer
+from rayood.scoring.scorer import Scorer
 from rayood.storage import resolve
 
 NUM_CLASSES = 10
@@ -44,7 +46,7 @@ def random_bundle(directory: str, config, bank_rows: int) -> None:
     shape = (bank_rows, region_count(settings.multiscale), dims[-1])
     bank = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     bank_index = write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), settings.multiscale, seed=0)
-    write_mahalanobis(location, np.zeros((NUM_CLASSES, dims[-1])), np.eye(dims[-1]))
+    mahalanobis.write(location, np.zeros((NUM_CLASSES, dims[-1])), np.eye(dims[-1]))
     scores = score_names(settings)
     manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, scores, bank.shape, bank_index=bank_index)
     write_calibration(location, {name: np.arange(10.0) for name in scores})

@@ -27,7 +27,7 @@ from rayood.config import load_config, with_overrides
 from rayood.data.decode import decode_image
 from rayood.data.demo import build_demo
 from rayood.screen.pipeline import screen
-from rayood.screen.scorer import Scorer, pick_device
+from rayood.scoring.scorer import Scorer, pick_device
 from rayood.storage import resolve
 from rayood.train.fit import fit
 

@@ -16,7 +16,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rayood.detectors.names import score_names
+from rayood.detectors.registry import score_names
+from rayood.report.columns import COMPUTED_COLUMNS, COMPUTED_PREFIXES
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -78,7 +79,7 @@ class CorpusSettings(_Strict):
 class PreprocessSettings(_Strict):
     """The ID transform. Every input is first resized to ``native_size`` (the ID data's own resolution) and
     only then upsampled to ``input_size``, exactly as the ID data was, so that sharpness cannot separate ID
-    from OOD (the resolution shortcut in METHODS.md)."""
+    from OOD (the resolution shortcut in docs/METHODS.md)."""
 
     native_size: int = Field(default=32, ge=8, le=1024)
     input_size: int = Field(default=32, ge=8, le=1024)
@@ -128,7 +129,7 @@ class BackboneSettings(_Strict):
 
 
 class LayerwiseSettings(_Strict):
-    """DLSR: the feature denoiser (LFDN) and its test-time reconstruction (METHODS.md section 1)."""
+    """DLSR: the feature denoiser (LFDN) and its test-time reconstruction (docs/METHODS.md section 1)."""
 
     timesteps: int = Field(default=100, ge=2, le=10_000)
     beta_start: float = Field(default=0.0015, gt=0, lt=1)
@@ -151,7 +152,7 @@ class LayerwiseSettings(_Strict):
 
 
 class MultiscaleSettings(_Strict):
-    """MODE's cross-scale KNN decision and the plain KNN baseline (METHODS.md section 3)."""
+    """MODE's cross-scale KNN decision and the plain KNN baseline (docs/METHODS.md section 3)."""
 
     grid: int = Field(default=2, ge=1, le=8, description="grid x grid regions of the last feature map")
     centre: bool = Field(default=True, description="add the centre region")
@@ -196,7 +197,7 @@ class MahalanobisSettings(_Strict):
 
 
 class DDPSettings(_Strict):
-    """DDP (DiffOOD): a class-conditional pixel DDPM and its test-time reconstruction (METHODS.md section 2).
+    """DDP (DiffOOD): a class-conditional pixel DDPM and its test-time reconstruction (docs/METHODS.md section 2).
 
     The architecture defaults are a small CPU model; ``configs/*-gpu.yaml`` use the paper's U-Net (base 128,
     multipliers 1-2-2-2, 2 residual blocks, attention at 16 px). ``levels`` must share the DDIM grid: every
@@ -404,8 +405,6 @@ class ScreenSettings(_Strict):
 
 # Report columns that screening writes itself; an input column passed through under one of these names would
 # replace the computed value (a row with status "ok" and garbage bytes would stay "ok").
-COMPUTED_COLUMNS = ("id", "source", "status", "error", "is_ood", "predicted_class", "embedding")
-COMPUTED_PREFIXES = ("score_", "pvalue_", "qvalue_")
 
 
 class DemoSettings(_Strict):

@@ -24,14 +24,13 @@ import pyarrow.dataset as pads
 from rayood.bundle import read_calibration, read_manifest, report_scores
 from rayood.cli import job_config
 from rayood.config import ConfigError, RayoodConfig
-from rayood.data.decode import STATUS_OK
 from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
-from rayood.report.evaluation import OODSet, evaluate_scores, to_csv, to_markdown
-from rayood.report.plots import histogram_png, roc_png
-from rayood.screen.actor import PREDICTED_CLASS
+from rayood.evaluation.table import OODSet, evaluate_scores, to_csv, to_markdown
+from rayood.evaluation.plots import histogram_png, roc_png
 from rayood.screen.pipeline import screen
 from rayood.storage import resolve
+from rayood.report.columns import PREDICTED_CLASS, SOURCE, STATUS, STATUS_OK, score_col
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,13 @@ def parse_named(values: list[str]) -> dict[str, str]:
 
 def _scores_by_source(report_rows, sources: dict[str, str], names: list[str]) -> dict[str, dict[str, np.ndarray]]:
     table = pads.dataset(report_rows.path, filesystem=report_rows.fs, format="parquet").to_table(
-        columns=["source", "status", *(f"score_{name}" for name in names)]
+        columns=[SOURCE, STATUS, *(score_col(name) for name in names)]
     )
-    table = table.filter(pc.equal(table.column("status"), "ok"))
+    table = table.filter(pc.equal(table.column(STATUS), STATUS_OK))
     result = {}
     for set_name, uri in sources.items():
         rows = table.filter(pc.equal(table.column("source"), uri))
-        result[set_name] = {name: rows.column(f"score_{name}").to_numpy() for name in names}
+        result[set_name] = {name: rows.column(score_col(name)).to_numpy() for name in names}
     return result
 
 

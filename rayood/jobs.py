@@ -9,7 +9,7 @@ from rayood.bundle import MANIFEST
 from rayood.cli import job_config
 from rayood.config import RayoodConfig, with_overrides
 from rayood.data.demo import build_demo
-from rayood.decide.report import FinishedReport
+from rayood.report.reader import FinishedReport
 from rayood.report.summary import render
 from rayood.storage import Location, resolve
 

@@ -18,10 +18,10 @@ from rayood.audit.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.two_sample import flagged_test, ks_test, mmd_test
 from rayood.audit.verdict import drift_verdict, holm_adjusted, verdict_line
 from rayood.config import CorpusSettings, DecisionSettings
-from rayood.decide.report import FinishedReport
+from rayood.report.reader import FinishedReport
 from rayood.detectors.calibrate import ConformalReference
 from rayood.report.summary import summarize
-from rayood.screen.output import ROWS, SUCCESS, SUMMARY
+from rayood.report.target import ROWS, SUCCESS, SUMMARY
 from tests.conftest import tiny_config
 from tests.test_jobs import run_job
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE, BundleError, new_manifest
-from rayood.bundle_models import read_multiscale, write_bank
+from rayood.bundle_files import BundleFiles
 from rayood.config import ModelSettings, MultiscaleSettings
 from rayood.detectors.knn import ExactSearch, IvfSearch, normalise
+from rayood.detectors.multiscale import MultiscaleDetector, load, write_bank
 from rayood.storage import resolve
 
 ROWS, REGIONS, DIM = 600, 6, 16
@@ -29,6 +30,10 @@ def _write(uri: str, search: MultiscaleSettings) -> tuple:
     return bundle, manifest
 
 
+def read_multiscale(bundle, manifest, search: MultiscaleSettings) -> MultiscaleDetector:
+    return load(BundleFiles(bundle, manifest, ModelSettings(multiscale=search)))
+
+
 def test_a_local_exact_bank_is_memory_mapped_from_the_bundle(tmp_path):
     bundle, manifest = _write(str(tmp_path), MultiscaleSettings())
     assert manifest["files"]["multiscale_bank"] == BANK_FILE
@@ -36,7 +41,7 @@ def test_a_local_exact_bank_is_memory_mapped_from_the_bundle(tmp_path):
     assert isinstance(detector.mixed, ExactSearch) and isinstance(detector.mixed.bank, np.memmap)
     assert detector.mixed.bank.filename == str(tmp_path / BANK_FILE)
     maps = torch.rand(3, DIM, 2, 2)
-    assert detector.score(maps)["knn"].shape == (3,)
+    assert detector.score_map(maps)["knn"].shape == (3,)
 
 
 def test_a_remote_bank_is_mapped_from_one_cached_copy_per_node(tmp_path, monkeypatch):
@@ -61,8 +66,8 @@ def test_an_ivf_bank_is_stored_as_two_indexes_and_scores_like_the_exact_one(tmp_
     exact_bundle, exact_manifest = _write(str(tmp_path / "exact"), MultiscaleSettings())
     exact = read_multiscale(exact_bundle, exact_manifest, MultiscaleSettings())
     maps = torch.rand(5, DIM, 2, 2)
-    for name, scores in approximate.score(maps).items():
-        torch.testing.assert_close(scores, exact.score(maps)[name], atol=1e-4, rtol=0)
+    for name, scores in approximate.score_map(maps).items():
+        torch.testing.assert_close(scores, exact.score_map(maps)[name], atol=1e-4, rtol=0)
 
 
 def test_a_damaged_index_is_a_bundle_error(tmp_path):

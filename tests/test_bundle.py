@@ -10,7 +10,10 @@ from rayood.bundle import (
     BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, MANIFEST, BundleError, check_bundle_target,
     clear_bundle, new_manifest, write_calibration, write_file, write_manifest,
 )
-from rayood.bundle_models import load_bundle, state_dict_bytes, write_bank, write_mahalanobis
+from rayood.bundle_files import state_dict_bytes
+from rayood.bundle_models import load_bundle
+from rayood.detectors import mahalanobis
+from rayood.detectors.multiscale import write_bank
 from rayood.config import ConfigError
 from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone
@@ -36,7 +39,7 @@ def make_bundle(path, settings=SETTINGS, calibrated=True, scores=SCORES):
     write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, 3).state_dict()))
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
     write_bank(location, bank, settings.multiscale, seed=0)
-    write_mahalanobis(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
+    mahalanobis.write(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
     manifest = new_manifest(settings, ["a", "b", "c"], dims, scores, bank.shape)
     if calibrated:
         write_calibration(location, {name: np.arange(5.0) for name in scores})
@@ -173,7 +176,7 @@ def test_train_job_refuses_a_foreign_output_before_any_cluster_work(demo_data, t
 
 def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_features_alone(tmp_path):
     from rayood.detectors.baselines import classifier_scores
-    from rayood.screen.scorer import Scorer
+    from rayood.scoring.scorer import Scorer
 
     small_k = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
     flipped = ModelSettings.model_validate({**small_k.model_dump(), "backbone": {**small_k.backbone.model_dump(), "flip_tta": True}})
@@ -200,7 +203,7 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     import pyarrow as pa
 
     from rayood.data.decode import pixels_to_column
-    from rayood.screen.scorer import Scorer
+    from rayood.scoring.scorer import Scorer
     from rayood.train.bank import RegionVectors
 
     plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
@@ -215,7 +218,9 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     scored = Scorer(bundle, torch.device("cpu")).score(pixels, ids)
     for name in ("knn", "multiscale"):
         np.testing.assert_allclose(scored.scores[name][:3], scored.scores[name][3:], rtol=1e-5)
-    unaveraged = Scorer(dataclasses.replace(load_bundle(str(tmp_path)), settings=plain), torch.device("cpu")).score(pixels, ids)
+    unaveraged_bundle = dataclasses.replace(load_bundle(str(tmp_path)), settings=plain)
+    unaveraged_bundle.detectors["multiscale"].settings = plain.multiscale  # the same bank, searched without the mirror
+    unaveraged = Scorer(unaveraged_bundle, torch.device("cpu")).score(pixels, ids)
     assert not np.allclose(unaveraged.scores["knn"][:3], unaveraged.scores["knn"][3:], rtol=1e-5)
     np.testing.assert_allclose(scored.scores["msp"], unaveraged.scores["msp"], rtol=1e-5)  # the classifier sees the image alone
 
@@ -232,6 +237,6 @@ def test_bundles_from_before_the_normalisation_setting_keep_raw_mahalanobis(tmp_
     location, manifest = make_bundle(tmp_path)
     del manifest["model"]["mahalanobis"]
     write_manifest(location, manifest)
-    assert load_bundle(str(tmp_path)).mahalanobis.normalise is False
+    assert load_bundle(str(tmp_path)).detectors["mahalanobis"].normalise is False
     assert make_bundle(tmp_path / "new")[1]["model"]["mahalanobis"]["normalise"] is True
-    assert load_bundle(str(tmp_path / "new")).mahalanobis.normalise is True
+    assert load_bundle(str(tmp_path / "new")).detectors["mahalanobis"].normalise is True

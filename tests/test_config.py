@@ -19,7 +19,7 @@ def test_demo_config_is_valid():
 @pytest.mark.parametrize("name", sorted(p.name for p in Path("configs").glob("*.yaml")))
 def test_every_shipped_config_is_valid_and_its_decision_score_exists(name):
     from rayood.bundle import report_scores
-    from rayood.detectors.names import score_names
+    from rayood.detectors.registry import score_names
 
     config = load_config(Path("configs") / name)
     scores = report_scores({"scores": score_names(config.model), "fusion": config.model.fusion.enabled})

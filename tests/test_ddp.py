@@ -3,7 +3,7 @@ import torch
 
 from rayood.config import BackboneSettings, ConfigError, DDPSettings, ModelSettings, PreprocessSettings, parse_config
 from rayood.detectors.ddp import DDPDetector, ddp_schedule, guided_ddim
-from rayood.detectors.names import ddp_score_names
+from rayood.detectors.registry import ddp_score_names
 from rayood.models.backbones import build_backbone
 from rayood.models.unet import ConditionalUNet, build_unet
 
@@ -101,9 +101,9 @@ def test_ddp_scores_are_per_id_deterministic_and_batched():
     detector = DDPDetector(unet, settings)
     images = torch.rand(5, 3, 8, 8)
     features = backbone.features(images)
-    scores = detector.score(images, features, ["a", "b", "c", "d", "e"], backbone)
+    scores = detector.score_images(images, features, ["a", "b", "c", "d", "e"], backbone)
     assert set(scores) == {"ddp", "ddp_t40", "ddp_t80"}
     assert (scores["ddp"] >= 0).all() and (scores["ddp"] <= 2).all()
     torch.testing.assert_close(scores["ddp"], (scores["ddp_t40"] + scores["ddp_t80"]) / 2)
-    alone = detector.score(images[2:3], backbone.features(images[2:3]), ["c"], backbone)
+    alone = detector.score_images(images[2:3], backbone.features(images[2:3]), ["c"], backbone)
     torch.testing.assert_close(alone["ddp"], scores["ddp"][2:3], atol=1e-5, rtol=1e-4)

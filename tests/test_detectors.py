@@ -7,7 +7,7 @@ from rayood.detectors.baselines import classifier_scores
 from rayood.detectors.calibrate import conformal_pvalues, threshold
 from rayood.detectors.layerwise import LayerwiseDetector, layer_features, mfsim_score, mse_score
 from rayood.models.diffusion import FeatureDenoiser
-from rayood.report.metrics import auroc, detection_metrics, fpr_at_95_tpr
+from rayood.evaluation.metrics import auroc, detection_metrics, fpr_at_95_tpr
 
 
 def test_layer_features_are_z_scored_per_sample_and_block():
@@ -31,8 +31,8 @@ def test_layerwise_detector_scores_are_deterministic_per_id():
     settings = LayerwiseSettings(num_blocks=1, time_embed_dim=8)
     detector = LayerwiseDetector(FeatureDenoiser(6, 6, 1, 8), settings, [2, 4])
     maps = [torch.randn(3, 2, 4, 4), torch.randn(3, 4, 2, 2)]
-    whole = detector.score(maps, ["a", "b", "c"])
-    alone = detector.score([m[1:2] for m in maps], ["b"])
+    whole = detector.score_stages(maps, ["a", "b", "c"])
+    alone = detector.score_stages([m[1:2] for m in maps], ["b"])
     for name in LayerwiseDetector.score_names:
         assert whole[name][1].item() == pytest.approx(alone[name][0].item(), rel=1e-5)
 
@@ -97,7 +97,7 @@ def test_mahalanobis_score_is_the_distance_to_the_closest_class():
     from rayood.detectors.mahalanobis import MahalanobisDetector
 
     detector = MahalanobisDetector(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.diag(torch.tensor([1.0, 4.0])), False)
-    scores = detector.score(torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))["mahalanobis"]
+    scores = detector.distance(torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))
     torch.testing.assert_close(scores, torch.tensor([0.0, 1.0, 4.0, 125.0]))
 
 
@@ -112,6 +112,6 @@ def test_normalised_mahalanobis_scores_directions_not_norms():
     statistics = GaussianStatistics(2, 3).partial_fit(mahalanobis_features(features, True), labels)
     detector = MahalanobisDetector(torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()), True)
     probe = torch.tensor([[2.0, 0.4, 0.0], [0.0, 0.0, 1.0]])
-    torch.testing.assert_close(detector.score(probe)["mahalanobis"], detector.score(probe * 7)["mahalanobis"])
-    near, off = detector.score(probe)["mahalanobis"]
+    torch.testing.assert_close(detector.distance(probe), detector.distance(probe * 7))
+    near, off = detector.distance(probe)
     assert near < 1.0 < off  # on a class direction at any norm vs a direction no class has

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rayood.report.evaluation import OODSet, evaluate_scores, to_markdown
-from rayood.report.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr
+from rayood.evaluation.table import OODSet, evaluate_scores, to_markdown
+from rayood.evaluation.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

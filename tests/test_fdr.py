@@ -21,7 +21,7 @@ from rayood.decide.fdr import BenjaminiHochberg
 from rayood.detectors.calibrate import ConformalReference
 from rayood.jobs import fdr_level
 from rayood.report.summary import summarize
-from rayood.screen.output import ROWS, SUCCESS, SUMMARY
+from rayood.report.target import ROWS, SUCCESS, SUMMARY
 from rayood.storage import resolve
 from tests.conftest import tiny_config
 from tests.images import encode, gradient
@@ -302,7 +302,7 @@ def test_originals_are_looked_up_in_the_recorded_source_never_read_from_a_path_m
 def test_too_few_calibration_rows_give_a_null_threshold_and_a_warning_in_strict_json(tmp_path):
     """With fewer than 1/alpha - 1 calibration rows no p-value reaches alpha: the summary says so instead of
     holding Infinity, which strict JSON readers reject (issue 12, item 16)."""
-    from rayood.screen.output import ReportTarget
+    from rayood.report.target import ReportTarget
 
     table = pa.table({
         "id": ["a", "b"], "source": ["s", "s"], "status": ["ok", "ok"], "error": [None, None],

@@ -5,7 +5,7 @@ import pytest
 
 from rayood.detectors.calibrate import ConformalReference
 from rayood.detectors.fusion import FusedScore, combine
-from rayood.report.metrics import auroc
+from rayood.evaluation.metrics import auroc
 
 
 def test_rules_on_hand_computed_pvalues():
@@ -109,7 +109,7 @@ def test_fusion_choice_refuses_a_score_that_wins_one_kind_and_harms_another():
     """A score blind to blur but sharp on shuffles raises the mean AUROC (what the mean-only rule chose by) while
     diluting the blur detections: it must stay out, so that ``fused`` cannot fall below the best single score."""
     from rayood.detectors.fusion import MAX_KIND_LOSS, MIN_GAIN, FusedScore, choose_fused_scores
-    from rayood.report.metrics import auroc
+    from rayood.evaluation.metrics import auroc
 
     rng = np.random.default_rng(0)
     n_id, n_kind = 2000, 300

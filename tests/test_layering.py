@@ -106,3 +106,30 @@ def test_filter_audit_and_the_job_entry_points_import_neither_torch_nor_ray():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else module
+
+
+# package -> packages it must never import: scoring sits below both fitting and screening; the models and the
+# detectors below all three; the report artifact below every job that writes or reads it; its column names
+# below everything.
+FORBIDDEN = {
+    "scoring": {"screen", "train", "jobs", "cli"},
+    "train": {"screen", "jobs", "cli"},
+    "detectors": {"scoring", "screen", "train", "jobs", "cli"},
+    "models": {"detectors", "scoring", "screen", "train", "jobs", "cli"},
+    "report": {"scoring", "screen", "train", "decide", "audit", "jobs", "cli"},
+}
+
+
+def test_no_package_imports_a_layer_above_it():
+    graph = import_graph()
+    upward = sorted(
+        (module, imported) for module, imports in graph.items() for imported in imports
+        if _package(imported) in FORBIDDEN.get(_package(module), set())
+    )
+    assert upward == []
+    assert graph["rayood.report.columns"] == set()

@@ -12,9 +12,9 @@ import boto3
 import pytest
 
 from rayood.config import S3Settings
-from rayood.screen import lease as lease_module
-from rayood.screen.lease import LEASE, LeaseError, OutputLease
-from rayood.screen.output import ROWS, SUCCESS, ReportTarget
+from rayood.report import lease as lease_module
+from rayood.report.lease import LEASE, LeaseError, OutputLease
+from rayood.report.target import ROWS, SUCCESS, ReportTarget
 from rayood.storage import resolve
 
 

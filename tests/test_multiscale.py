@@ -70,10 +70,10 @@ def test_cross_scale_decision_takes_the_best_matching_region():
     settings = MultiscaleSettings(k=1, knn_k=1)
     train_maps = torch.rand(10, 8, 4, 4)
     detector = MultiscaleDetector.exact(region_vectors(train_maps, settings), settings)
-    scores = detector.score(train_maps[:3])
+    scores = detector.score_map(train_maps[:3])
     torch.testing.assert_close(scores["multiscale"], torch.zeros(3), atol=1e-3, rtol=0)
     torch.testing.assert_close(scores["knn"], torch.zeros(3), atol=1e-3, rtol=0)
-    far = detector.score(-train_maps[:3] - 5)
+    far = detector.score_map(-train_maps[:3] - 5)
     assert (far["multiscale"] > scores["multiscale"]).all() and (far["knn"] > scores["knn"]).all()
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rayood.data.sources import HIDDEN, InputError
-from rayood.report.metrics import auroc
-from rayood.screen.output import OutputError
+from rayood.evaluation.metrics import auroc
+from rayood.report.guard import OutputError
 from rayood.screen.pipeline import screen
 from rayood.screen.progress import RowProgress
 from rayood.storage import LINK_NOT_FOLLOWED, resolve
@@ -219,7 +219,7 @@ def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tin
     """An actor restarted after ``train --overwrite`` must not score with a model the summary does not name."""
     from rayood.bundle import BundleError
     from rayood.config import S3Settings
-    from rayood.screen.actor import ScoreActor
+    from rayood.scoring.actor import ScoreActor
 
     planned = json.load(open(f"{tiny_bundle}/manifest.json"))["bundle_id"]
     assert ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.manifest["bundle_id"] == planned

@@ -3,7 +3,8 @@ must not empty a Spark table (whose ``_SUCCESS`` looks like ours) or a report fo
 
 import pytest
 
-from rayood.screen.output import ROWS, STARTED, SUCCESS, SUMMARY, OutputError, ReportTarget
+from rayood.report.guard import OutputError
+from rayood.report.target import ROWS, STARTED, SUCCESS, SUMMARY, ReportTarget
 from rayood.storage import resolve
 
 
@@ -22,7 +23,7 @@ def test_a_spark_table_is_never_emptied_although_it_has_a_success_marker(tmp_pat
     table.mkdir()
     (table / SUCCESS).write_bytes(b"")
     (table / "part-00000-1b2c.snappy.parquet").write_bytes(b"spark rows")
-    with pytest.raises(OutputError, match=f"not a rayood report \\(no {STARTED}\\)"):
+    with pytest.raises(OutputError, match=f"holds no {STARTED}, so it is not rayood's"):
         ReportTarget(resolve(str(table)), "fingerprint").prepare(overwrite=overwrite)
     assert sorted(p.name for p in table.iterdir()) == sorted([SUCCESS, "part-00000-1b2c.snappy.parquet"])
 
@@ -50,3 +51,43 @@ def test_overwrite_replaces_a_report_made_only_of_rayood_files(tmp_path):
     assert not (report / SUCCESS).exists() and not (report / SUMMARY).exists()
     assert not list((report / ROWS).glob("*.parquet")) and (report / STARTED).exists()
     target.release()
+
+
+def _prepare_filter(location, overwrite):
+    from rayood.decide.filter import prepare_output
+    prepare_output(location, overwrite)
+
+
+def _prepare_audit(location, overwrite):
+    from rayood.audit.job import prepare_output
+    prepare_output(location, overwrite)
+
+
+def _prepare_shards(location, overwrite):
+    from rayood.decide.shards import prepare_shard_output
+    prepare_shard_output(location, overwrite)
+
+
+JOBS = {"filter": (_prepare_filter, "filter.json"), "audit": (_prepare_audit, "audit.json"),
+        "shards": (_prepare_shards, "kept-000000.tar")}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_job_refuses_a_directory_with_foreign_files_and_deletes_nothing(tmp_path, job):
+    prepare, own_file = JOBS[job]
+    (tmp_path / own_file).write_bytes(b"an earlier result")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"files rayood did not write \(notes.txt\); nothing was deleted"):
+        prepare(resolve(str(tmp_path)), True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([own_file, "notes.txt"])
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_job_replaces_its_own_finished_result_only_with_overwrite(tmp_path, job):
+    prepare, own_file = JOBS[job]
+    (tmp_path / own_file).write_bytes(b"an earlier result")
+    with pytest.raises(OutputError, match="already holds"):
+        prepare(resolve(str(tmp_path)), False)
+    assert (tmp_path / own_file).exists()
+    prepare(resolve(str(tmp_path)), True)
+    assert not (tmp_path / own_file).exists()

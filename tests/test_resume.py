@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rayood.screen.output import OutputError
+from rayood.report.guard import OutputError
 from rayood.screen.pipeline import screen
 from tests.conftest import tiny_config
 
@@ -141,7 +141,7 @@ def test_a_row_file_cut_short_is_redone_and_a_changed_run_is_refused(tiny_bundle
     with pytest.raises(OutputError, match="unfinished report of another run"):
         screen(tiny_config(screen={"inputs": [str(other)], "output": str(output), "bundle": tiny_bundle}))
 
-    caplog.set_level(logging.INFO, logger="rayood.screen.output")
+    caplog.set_level(logging.INFO, logger="rayood.report.target")
     summary, _ = screen(config)
     assert f"reusing {kept_rows} rows from 1 files" in caplog.text and "deleting the unreadable row file" in caplog.text
     assert not cut.exists() and kept.stat().st_mtime_ns == kept_mtime

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayood.audit.two_sample import MMD_MAX_ROWS, MMD_PERMUTATIONS, flagged_test, ks_test, mmd_test
-from rayood.decide.report import FinishedReport
+from rayood.report.reader import FinishedReport
+from rayood.report.columns import EMBEDDING, ID, SOURCE, STATUS, STATUS_OK, pvalue_col, score_col
 
-EMBEDDING = "embedding"
 NO_EMBEDDINGS = "no embeddings in the report: MMD skipped"
 NULL_GROUP = "(null)"
 
@@ -31,10 +31,10 @@ class MmdSettings:
 def scored_rows(report: FinishedReport, scores: list[str], extra: tuple[str, ...] = ()) -> pa.Table:
     """The ``ok`` rows of a report with its scores, p-values, the embedding when present, and ``extra``."""
     names = set(report.dataset().schema.names)
-    wanted = ["id", "source", *(f"score_{s}" for s in scores), *(f"pvalue_{s}" for s in scores), *extra]
+    wanted = [ID, SOURCE, *(score_col(s) for s in scores), *(pvalue_col(s) for s in scores), *extra]
     if EMBEDDING in names:
         wanted.append(EMBEDDING)
-    return report.dataset().to_table(columns=wanted, filter=pc.field("status") == "ok")
+    return report.dataset().to_table(columns=wanted, filter=pc.field(STATUS) == STATUS_OK)
 
 
 def embeddings(table: pa.Table) -> np.ndarray | None:
@@ -64,8 +64,8 @@ def _compare(
     result: dict = {"rows": int(target.num_rows if rows is None else rows.sum()), "scores": {}}
     for name in scores:
         result["scores"][name] = {
-            "ks": ks_test(values_of(reference, f"score_{name}"), values_of(target, f"score_{name}", rows)),
-            "flagged": flagged_test(values_of(target, f"pvalue_{name}", rows), alpha, calibration_rows[name]),
+            "ks": ks_test(values_of(reference, score_col(name)), values_of(target, score_col(name), rows)),
+            "flagged": flagged_test(values_of(target, pvalue_col(name), rows), alpha, calibration_rows[name]),
         }
     if reference_embeddings is None or target_embeddings is None:
         result["mmd"] = {"skipped": NO_EMBEDDINGS}
@@ -95,7 +95,7 @@ def audit(
         "alpha": alpha,
         "decision_score": target.summary["decision"]["score"],
         "reference_flagged": {
-            name: flagged_test(values_of(reference_rows, f"pvalue_{name}"), alpha, calibration_rows[name]) for name in scores
+            name: flagged_test(values_of(reference_rows, pvalue_col(name)), alpha, calibration_rows[name]) for name in scores
         },
         **_compare(reference_rows, target_rows, None, *args),
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 from dataclasses import dataclass
 
 from rayood.audit.compare import MmdSettings, audit, groups_of, values_of
@@ -23,9 +22,10 @@ from rayood.bundle import read_calibration, read_manifest
 from rayood.config import RayoodConfig, S3Settings, with_overrides
 from rayood.data.decode import DecodeLimits
 from rayood.data.sources import InputError, plan_sources
-from rayood.decide.report import FinishedReport, is_finished_report
-from rayood.screen.output import OutputError
+from rayood.report.reader import FinishedReport, is_finished_report
+from rayood.report.guard import claim_output
 from rayood.storage import Location, resolve
+from rayood.report.columns import score_col
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,10 @@ class AuditRequest:
 
 
 def prepare_output(location: Location, overwrite: bool) -> None:
-    if location.exists() and not location.is_dir():
-        raise OutputError(f"output {location.uri} is a file, not a directory")
-    files = location.list_files() if location.is_dir() else []
-    tops = {posixpath.relpath(info.path, location.path).split("/")[0] for info in files}
-    if AUDIT_JSON in tops and not overwrite:
-        raise OutputError(f"output {location.uri} already holds an audit; pass --overwrite or choose another --output")
-    if not tops <= {AUDIT_JSON, AUDIT_HTML, *SIDES}:
-        raise OutputError(f"output {location.uri} is not empty and is not an audit output; refusing to write")
+    """The audit's two files are replaced; its sides' screening reports (``reference/``, ``target/``) are left
+    to the screening runs, which resume or refuse them by their own markers."""
+    claim_output(location, what="an audit", owns=lambda name: name.split("/")[0] in {AUDIT_JSON, AUDIT_HTML, *SIDES},
+                 finished=lambda names: AUDIT_JSON in names, overwrite=overwrite)
     for name in (AUDIT_JSON, AUDIT_HTML):
         if location.join(name).exists():
             location.fs.delete_file(location.join(name).path)
@@ -133,7 +129,7 @@ def run_audit(config: RayoodConfig, request: AuditRequest) -> tuple[dict, str]:
     labels = groups_of(target_rows, request.by) if request.by else None
     histograms = {}
     for name in result["scores"]:
-        column = f"score_{name}"
+        column = score_col(name)
         groups = {group: values_of(target_rows, column, labels == group) for group in result.get("groups", {})}
         try:
             histograms[name] = histogram_png(name, values_of(reference_rows, column), values_of(target_rows, column), groups)

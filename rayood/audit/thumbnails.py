@@ -18,20 +18,21 @@ from rayood.config import CorpusSettings, S3Settings
 from rayood.data.decode import DecodeError, DecodeLimits, decode_image
 from rayood.decide.originals import iter_originals
 from rayood.storage import StorageError
+from rayood.report.columns import pvalue_col, score_col
 
 log = logging.getLogger(__name__)
 
 
 def most_ood(table: pa.Table, score: str, count: int) -> list[dict]:
     """The ``count`` rows with the highest ``score_<score>``: id, source, score and p-value."""
-    values = table.column(f"score_{score}").to_numpy(zero_copy_only=False).astype(np.float64)
+    values = table.column(score_col(score)).to_numpy(zero_copy_only=False).astype(np.float64)
     order = [i for i in np.argsort(-values, kind="stable") if not np.isnan(values[i])][:count]
     return [
         {
             "id": table.column("id")[i].as_py(),
             "source": table.column("source")[i].as_py(),
             "score": float(values[i]),
-            "pvalue": table.column(f"pvalue_{score}")[i].as_py(),
+            "pvalue": table.column(pvalue_col(score))[i].as_py(),
         }
         for i in order
     ]

@@ -17,9 +17,8 @@ import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rayood.config import IMAGE_EXTENSIONS
+from rayood.report.columns import STATUS_ERROR, STATUS_OK
 
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
 
 
 class DecodeError(ValueError):

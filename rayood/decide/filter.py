@@ -15,7 +15,6 @@ bounded by driver memory.
 from __future__ import annotations
 
 import json
-import posixpath
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +23,11 @@ import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
 from rayood.decide.fdr import BenjaminiHochberg
-from rayood.decide.report import FinishedReport
+from rayood.report.reader import FinishedReport
 from rayood.decide.shards import prepare_shard_output, write_kept_shards
-from rayood.screen.output import OutputError
+from rayood.report.guard import claim_output
 from rayood.storage import Location, StorageError
+from rayood.report.columns import STATUS, STATUS_OK, pvalue_col, qvalue_col
 
 KEEP, REJECT, ERRORS, RESULT = "keep.parquet", "reject.parquet", "errors.parquet", "filter.json"
 BATCH_ROWS = 65_536
@@ -35,19 +35,14 @@ BATCH_ROWS = 65_536
 
 def prepare_output(location: Location, overwrite: bool) -> None:
     """Never mix two filter runs, and never delete anything that a filter did not write."""
-    if location.exists() and not location.is_dir():
-        raise OutputError(f"output {location.uri} is a file, not a directory")
-    names = {posixpath.relpath(info.path, location.path) for info in location.list_files()} if location.is_dir() else set()
-    if RESULT in names and not overwrite:
-        raise OutputError(f"output {location.uri} already holds a filter result; pass --overwrite or choose another --output")
-    if not names <= {KEEP, REJECT, ERRORS, RESULT}:
-        raise OutputError(f"output {location.uri} is not empty and is not a filter output; refusing to write")
+    claim_output(location, what="a filter result", owns={KEEP, REJECT, ERRORS, RESULT}.__contains__,
+                 finished=lambda names: RESULT in names, overwrite=overwrite)
     location.delete_contents()
 
 
 def _decided(batch: pa.RecordBatch, pcol: str) -> np.ndarray:
     """Rows with status ok and a p-value: the family BH decides over."""
-    ok = pc.fill_null(pc.equal(batch.column("status"), "ok"), False)
+    ok = pc.fill_null(pc.equal(batch.column(STATUS), STATUS_OK), False)
     has_p = pc.fill_null(pc.invert(pc.is_nan(batch.column(pcol))), False)
     return np.asarray(pc.and_(ok, has_p).to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -63,7 +58,7 @@ def filter_report(
     """Decide every scored row of ``report`` by BH at level ``q``; write the lists (and, given ``shards``, the
     kept samples as WebDataset shards there) and return filter.json's content."""
     score = report.check_score(score)
-    pcol, qcol = f"pvalue_{score}", f"qvalue_{score}"
+    pcol, qcol = pvalue_col(score), qvalue_col(score)
     prepare_output(output, overwrite)
     if shards is not None:
         prepare_shard_output(shards, overwrite)

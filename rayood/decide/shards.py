@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.webdataset import SHARD_EXTENSION, WebSample, write_shards
 from rayood.decide.originals import iter_originals
-from rayood.screen.output import OutputError
+from rayood.report.guard import claim_output
 from rayood.storage import Location, StorageError
 
 PREFIX = "kept-"
@@ -26,16 +26,12 @@ META = "rayood.json"
 
 def prepare_shard_output(location: Location, overwrite: bool) -> None:
     """An empty directory, or (with ``overwrite``) one holding only shards that an earlier filter wrote."""
-    files = location.list_files() if location.is_dir() else []
-    if not files:
-        return
-    ours = all(f.base_name.startswith(PREFIX) and f.base_name.endswith(SHARD_EXTENSION) for f in files)
-    if not (overwrite and ours):
-        raise OutputError(
-            f"--write-shards {location.uri} is not empty; "
-            + ("pass --overwrite to replace its kept shards" if ours else "choose an empty directory")
-        )
-    location.delete_contents()
+    names = claim_output(
+        location, what="kept shards", owns=lambda name: name.startswith(PREFIX) and name.endswith(SHARD_EXTENSION),
+        finished=bool, overwrite=overwrite, flag="--write-shards",
+    )
+    if names:
+        location.delete_contents()
 
 
 def _kept_by_source(keep: Location, pcol: str, qcol: str) -> dict[str, dict[str, dict]]:

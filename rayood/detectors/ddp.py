@@ -19,11 +19,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rayood.bundle import DDPM_FILE
+from rayood.bundle_files import BundleFiles, load_state_into
 from rayood.config import DDPSettings
-from rayood.detectors.names import ddp_score_names
+from rayood.detectors.contract import ScoringView
+from rayood.detectors.registry import ddp_score_names
 from rayood.models.backbones import FeatureBackbone, Features
 from rayood.models.diffusion import NoiseSchedule, noise_for_ids
-from rayood.models.unet import ConditionalUNet
+from rayood.models.unet import ConditionalUNet, build_unet
 
 
 def ddp_schedule(settings: DDPSettings) -> NoiseSchedule:
@@ -54,13 +57,11 @@ def guided_ddim(
         eps_both = unet(torch.cat([x_t, x_t]), torch.cat([t_batch, t_batch]), torch.cat([labels[active], null[active]]))
         conditional, unconditional = eps_both.chunk(2)
         eps = (1 + guidance) * conditional - guidance * unconditional
-        ab = schedule.alpha_bar(t_batch, x_t)
-        x0_hat = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+        x0_hat = schedule.x0_of(x_t, eps, t_batch).clamp(-1, 1)
         if t - stride < 0:
             result[active] = x0_hat
         else:
-            ab_next = schedule.alpha_bar(t_batch - stride, x_t)
-            state[active] = ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
+            state[active] = schedule.q_sample(x0_hat, t_batch - stride, eps)
     return result
 
 
@@ -76,8 +77,15 @@ class DDPDetector:
         vectors = features.logits if self.settings.compare == "logits" else features.penultimate
         return F.normalize(vectors.float(), dim=1)
 
+    def to(self, device: torch.device) -> DDPDetector:
+        self.unet.to(device)
+        return self
+
+    def score(self, view: ScoringView) -> dict[str, torch.Tensor]:
+        return self.score_images(view.images, view.features, view.ids, view.backbone)
+
     @torch.no_grad()
-    def score(
+    def score_images(
         self, images01: torch.Tensor, features: Features, ids: Sequence[str], backbone: FeatureBackbone
     ) -> dict[str, torch.Tensor]:
         settings = self.settings
@@ -109,3 +117,9 @@ class DDPDetector:
         if len(levels) > 1:
             scores.update({f"ddp_t{level}": per_level[:, i] for i, level in enumerate(levels)})
         return scores
+
+
+def load(files: BundleFiles) -> DDPDetector:
+    unet = build_unet(files.settings, files.manifest["num_classes"])
+    load_state_into(unet, files.location.join(DDPM_FILE), "DDPM U-Net")
+    return DDPDetector(unet, files.settings.ddp)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from rayood.detectors.calibrate import ConformalReference
-from rayood.report.metrics import auroc
+from rayood.evaluation.metrics import auroc
 
 FUSED = "fused"
 RULES = ("cauchy", "fisher")

@@ -16,9 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayood.bundle import LAYERWISE_FILE
+from rayood.bundle_files import BundleFiles, load_state_into
 from rayood.config import LayerwiseSettings
-from rayood.detectors.names import LAYERWISE
-from rayood.models.diffusion import NoiseSchedule, ddim_reconstruct_x0, noise_for_ids
+from rayood.detectors.contract import ScoringView
+from rayood.detectors.registry import LAYERWISE
+from rayood.models.diffusion import NoiseSchedule, build_denoiser, ddim_reconstruct_x0, noise_for_ids
 
 NORM_EPS = 1e-5
 NOISE_SALT = "layerwise"
@@ -69,11 +72,25 @@ class LayerwiseDetector:
         z_t = self.schedule.q_sample(z0, t, noise)
         return ddim_reconstruct_x0(self.denoiser, z_t, level, self.settings.ddim_steps, self.schedule)
 
+    def to(self, device: torch.device) -> LayerwiseDetector:
+        self.denoiser.to(device)
+        return self
+
+    def score(self, view: ScoringView) -> dict[str, torch.Tensor]:
+        return self.score_stages(view.features.stage_maps, view.ids)
+
     @torch.no_grad()
-    def score(self, stage_maps: Sequence[torch.Tensor], ids: Sequence[str]) -> dict[str, torch.Tensor]:
+    def score_stages(self, stage_maps: Sequence[torch.Tensor], ids: Sequence[str]) -> dict[str, torch.Tensor]:
         z0 = layer_features(stage_maps)
         z0_hat = self.reconstruct(z0, ids)
         return {
             "layerwise_mse": mse_score(z0, z0_hat),
             "layerwise_mfsim": mfsim_score(z0, z0_hat, self.block_dims),
         }
+
+
+def load(files: BundleFiles) -> LayerwiseDetector:
+    stage_dims = list(files.manifest["stage_dims"])
+    denoiser = build_denoiser(files.settings, sum(stage_dims))
+    load_state_into(denoiser, files.location.join(LAYERWISE_FILE), "layerwise denoiser")
+    return LayerwiseDetector(denoiser, files.settings.layerwise, stage_dims)

@@ -11,10 +11,16 @@ of outer products), so it never holds all features in memory:
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 
-from rayood.detectors.names import MAHALANOBIS
+from rayood.bundle import MAHALANOBIS_FILE, BundleError, write_file
+from rayood.bundle_files import BundleFiles, read_arrays
+from rayood.detectors.contract import ScoringView
+from rayood.detectors.registry import MAHALANOBIS
+from rayood.storage import Location
 
 
 def mahalanobis_features(penultimate: np.ndarray, normalise: bool) -> np.ndarray:
@@ -64,11 +70,31 @@ class MahalanobisDetector:
         self.means, self.precision = self.means.to(device), self.precision.to(device)
         return self
 
+    def score(self, view: ScoringView) -> dict[str, torch.Tensor]:
+        return {"mahalanobis": self.distance(view.features.penultimate)}
+
     @torch.no_grad()
-    def score(self, penultimate: torch.Tensor) -> dict[str, torch.Tensor]:
+    def distance(self, penultimate: torch.Tensor) -> torch.Tensor:
+        """(N, D) penultimate features -> (N,) squared distance to the closest class mean."""
         features = penultimate.float()
         if self.normalise:
             features = torch.nn.functional.normalize(features, dim=1, eps=1e-12)
         centred = features[:, None, :] - self.means[None]  # (N, C, D)
         distances = torch.einsum("ncd,de,nce->nc", centred, self.precision, centred)
-        return {"mahalanobis": distances.min(dim=1).values}
+        return distances.min(dim=1).values
+
+
+def write(bundle: Location, means: np.ndarray, precision: np.ndarray) -> None:
+    sink = io.BytesIO()
+    np.savez(sink, means=means.astype(np.float32), precision=precision.astype(np.float32))
+    write_file(bundle, MAHALANOBIS_FILE, sink.getvalue())
+
+
+def load(files: BundleFiles) -> MahalanobisDetector:
+    location, manifest = files.location, files.manifest
+    arrays = read_arrays(location.join(MAHALANOBIS_FILE), ("means", "precision"))
+    means, precision = arrays["means"], arrays["precision"]
+    dim = manifest["stage_dims"][-1]
+    if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
+        raise BundleError(f"{location.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims")
+    return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision), files.settings.mahalanobis.normalise)

@@ -11,16 +11,24 @@ one index, scales mixed (exact or approximate search: ``rayood.detectors.knn``).
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE, BundleError
+from rayood.bundle_files import COPY_CHUNK, BundleFiles, local_file
 from rayood.config import MultiscaleSettings
-from rayood.detectors.knn import ExactSearch, NeighbourSearch, normalise
-from rayood.detectors.names import MULTISCALE
+from rayood.detectors.contract import ScoringView
+from rayood.detectors.knn import ExactSearch, IvfSearch, NeighbourSearch, build_ivf, normalise, read_ivf, write_ivf
+from rayood.detectors.registry import MULTISCALE
 from rayood.models.backbones import Features
+from rayood.storage import Location
 
 
 def region_count(settings: MultiscaleSettings) -> int:
@@ -74,8 +82,11 @@ class MultiscaleDetector:
         self.mixed, self.global_ = self.mixed.to(device), self.global_.to(device)
         return self
 
+    def score(self, view: ScoringView) -> dict[str, torch.Tensor]:
+        return self.score_map(search_map(view.features, view.mirror if self.settings.flip_average else None))
+
     @torch.no_grad()
-    def score(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
+    def score_map(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
         vectors = region_vectors(feature_map.float(), self.settings)
         n, r, c = vectors.shape
         per_region = self.mixed.kth_distance(vectors.reshape(-1, c), self.settings.k)
@@ -83,3 +94,61 @@ class MultiscaleDetector:
             "knn": self.global_.kth_distance(vectors[:, 0].contiguous(), self.settings.knn_k),
             "multiscale": per_region.view(n, r).min(dim=1).values,
         }
+
+
+def write_bank(bundle: Location, bank: np.ndarray, search: MultiscaleSettings, seed: int) -> str:
+    """Store the (N, R, C) bank as the search it gets (``MultiscaleSettings.index_for``); returns that kind."""
+    kind = search.index_for(bank.shape[0] * bank.shape[1])
+    if kind == "exact":
+        bundle.join(BANK_FILE).write_chunks(_npy_chunks(bank))
+        return kind
+    with tempfile.TemporaryDirectory(prefix="rayood-index-") as scratch:
+        for name, vectors in ((MULTISCALE_INDEX_FILE, bank.reshape(-1, bank.shape[-1])), (KNN_INDEX_FILE, bank[:, 0])):
+            path = os.path.join(scratch, name)
+            write_ivf(build_ivf(vectors, search.ivf_lists, seed), path)
+            with open(path, "rb") as source:
+                bundle.join(name).write_chunks(iter(lambda: source.read(COPY_CHUNK), b""))
+    return kind
+
+
+def _npy_chunks(array: np.ndarray, rows: int = 4096) -> Iterator[bytes]:
+    """A float32 ``.npy`` file in pieces of ``rows`` rows: a memory-mapped bank is never read whole."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": array.shape})
+    yield header.getvalue()
+    for start in range(0, len(array), rows):
+        yield np.ascontiguousarray(array[start : start + rows], dtype="<f4").tobytes()
+
+
+def _mapped_bank(files: BundleFiles) -> np.ndarray:
+    """The exact bank, memory-mapped copy-on-write (tensors can wrap it; pages stay shared until written)."""
+    location, manifest = files.location.join(BANK_FILE), files.manifest
+    path = local_file(location, files.bundle_id)
+    try:
+        bank = np.load(path, mmap_mode="c", allow_pickle=False)
+    except Exception as error:  # truncated, not NumPy's format, a pickle
+        raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
+    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], manifest["stage_dims"][-1])
+    if bank.shape != tuple(expected) or bank.dtype != np.float32:
+        raise BundleError(f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, the manifest says {expected} float32")
+    return bank
+
+
+def load(files: BundleFiles) -> MultiscaleDetector:
+    """The KNN and multi-scale searches over the bundle's bank: memory-mapped, exact or by index as it was written."""
+    settings, manifest = files.settings.multiscale, files.manifest
+    if "multiscale_index" not in manifest["files"]:
+        return MultiscaleDetector.exact(_mapped_bank(files), settings)
+    searches = []
+    for name, rows in ((MULTISCALE_INDEX_FILE, manifest["multiscale"]["bank_rows"] * manifest["multiscale"]["regions"]),
+                       (KNN_INDEX_FILE, manifest["multiscale"]["bank_rows"])):
+        location = files.location.join(name)
+        try:
+            search = IvfSearch(read_ivf(local_file(location, files.bundle_id)), settings.ivf_probe)
+        except RuntimeError as error:  # faiss's own error for a damaged file
+            raise BundleError(f"{location.uri} is not a readable faiss index: {error}") from None
+        if search.rows != rows or search.index.d != manifest["stage_dims"][-1]:
+            raise BundleError(f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; the manifest says "
+                              f"{rows} of {manifest['stage_dims'][-1]}")
+        searches.append(search)
+    return MultiscaleDetector(*searches, settings)

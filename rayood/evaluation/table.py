@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rayood.report.metrics import detection_metrics
+from rayood.evaluation.metrics import detection_metrics
 
 METRICS = ("auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out")
 METRIC_LABELS = {"auroc": "AUROC", "fpr_at_95_tpr": "FPR@95TPR", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}

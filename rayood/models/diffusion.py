@@ -41,8 +41,20 @@ class NoiseSchedule:
         return values.view(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t from x0 and the noise; with the current estimates of both, this is also the deterministic DDIM
+        (eta = 0) step to ``t``, which every sampler here takes through it."""
         ab = self.alpha_bar(t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def noise_of(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise that an x0 estimate implies at x_t (for x0-predicting models)."""
+        ab = self.alpha_bar(t, x_t)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def x0_of(self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The x0 that a noise estimate implies at x_t (for eps-predicting models)."""
+        ab = self.alpha_bar(t, x_t)
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -76,7 +88,7 @@ class _ResidualBlock(nn.Module):
 
 
 class FeatureDenoiser(nn.Module):
-    """LFDN (METHODS.md section 1): an MLP-ResNet on feature vectors predicting z0 directly.
+    """LFDN (docs/METHODS.md section 1): an MLP-ResNet on feature vectors predicting z0 directly.
 
     Zero-initialised output layers make every block start as the identity and the model start at z0_hat = 0.
     """
@@ -119,7 +131,7 @@ def ddim_reconstruct_x0(
     """Deterministic DDIM (eta = 0) from ``z_start`` at timestep ``start`` back to the clean estimate.
 
     The model predicts z0; each step re-noises that estimate to the next timestep with the implied noise,
-    and the result is the z0 predicted at the last (smallest) timestep: the clean variant METHODS.md asks for.
+    and the result is the z0 predicted at the last (smallest) timestep: the clean variant docs/METHODS.md asks for.
     """
     z = z_start
     z0_hat = z
@@ -129,10 +141,8 @@ def ddim_reconstruct_x0(
         z0_hat = predict_x0(z, t_batch)
         if index + 1 == len(times):
             break
-        ab = schedule.alpha_bar(t_batch, z)
-        eps = (z - ab.sqrt() * z0_hat) / (1 - ab).sqrt()
-        ab_next = schedule.alpha_bar(torch.full_like(t_batch, times[index + 1]), z)
-        z = ab_next.sqrt() * z0_hat + (1 - ab_next).sqrt() * eps
+        eps = schedule.noise_of(z, z0_hat, t_batch)
+        z = schedule.q_sample(z0_hat, torch.full_like(t_batch, times[index + 1]), eps)
     return z0_hat
 
 

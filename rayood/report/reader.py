@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 
 from rayood.config import S3Settings
 from rayood.data.sources import InputError
-from rayood.screen.output import ROWS, SUCCESS, SUMMARY
+from rayood.report.target import ROWS, SUCCESS, SUMMARY
 from rayood.storage import Location, resolve
 
 

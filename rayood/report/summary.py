@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 
 from rayood.config import DecisionSettings, TruthSettings
 from rayood.detectors.calibrate import threshold
-from rayood.report.metrics import auroc, detection_metrics
+from rayood.evaluation.metrics import auroc, detection_metrics
+from rayood.report.columns import IS_OOD, STATUS, STATUS_OK, score_col
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MAX_ERROR_KINDS = 10
@@ -109,19 +110,19 @@ class _Tally:
 
     def add(self, batch: pa.Table | pa.RecordBatch) -> None:
         batch = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        ok = np.asarray(pc.equal(batch.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
+        ok = np.asarray(pc.equal(batch.column(STATUS), STATUS_OK).to_numpy(zero_copy_only=False), dtype=bool)
         self.rows += batch.num_rows
         self.ok += int(ok.sum())
         self.errors.update(_error_kind(e) for e in batch.column("error").to_pylist() if e is not None)
-        self.flagged += pc.sum(pc.cast(batch.column("is_ood"), pa.int64())).as_py() or 0
+        self.flagged += pc.sum(pc.cast(batch.column(IS_OOD), pa.int64())).as_py() or 0
         sources = batch.column("source").to_pylist()
         self.per_source.update(sources)
         if self.digests is not None:
             self.digests.append(_key_digests(sources, batch.column("id").to_pylist()))
         for name, reservoir in self.scores.items():
-            reservoir.add(batch.column(f"score_{name}").to_numpy(zero_copy_only=False)[ok].astype(np.float64))
+            reservoir.add(batch.column(score_col(name)).to_numpy(zero_copy_only=False)[ok].astype(np.float64))
         if self.truth is not None:
-            columns = [self.truth.column, "status", *(f"score_{name}" for name in self.score_names)]
+            columns = [self.truth.column, STATUS, *(score_col(name) for name in self.score_names)]
             self.evaluation_rows.append(batch.select(columns))
 
     @property
@@ -137,14 +138,14 @@ def _evaluation(tables: list[pa.Table], names: list[str], truth: TruthSettings) 
     if not tables:
         return {"truth_column": truth.column, "id_rows": 0, "ood_rows": 0, "note": "no rows"}
     table = pa.concat_tables(tables)
-    ok = np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
+    ok = np.asarray(pc.equal(table.column(STATUS), STATUS_OK).to_numpy(zero_copy_only=False), dtype=bool)
     labels = np.array([str(v) for v in table.column(truth.column).to_pylist()], dtype=object)
     is_id = np.isin(labels, truth.id_values)
     result = {"truth_column": truth.column, "id_rows": int((is_id & ok).sum()), "ood_rows": int((~is_id & ok).sum())}
     if result["id_rows"] == 0 or result["ood_rows"] == 0:
         result["note"] = "needs both ID and OOD rows among the scored rows"
         return result
-    columns = {name: table.column(f"score_{name}").to_numpy(zero_copy_only=False) for name in names}
+    columns = {name: table.column(score_col(name)).to_numpy(zero_copy_only=False) for name in names}
     result["scores"] = {name: detection_metrics(v[ok & is_id], v[ok & ~is_id]) for name, v in columns.items()}
     groups = sorted(set(labels[ok & ~is_id]))
     if len(groups) > 1:

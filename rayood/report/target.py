@@ -1,6 +1,6 @@
 """The report directory: its states, and the markers that keep two runs from mixing rows.
 
-    OUTPUT/_LEASE         held while a run writes: one live run per output (rayood.screen.lease)
+    OUTPUT/_LEASE         held while a run writes: one live run per output (rayood.report.lease)
     OUTPUT/_STARTED       written first: the run's fingerprint and every attempt (run id, start time)
     OUTPUT/rows/*.parquet one row per input; each file is named ``<run id>_...`` after the attempt that wrote it
     OUTPUT/summary.json   counts, quantiles, thresholds, timings, bundle id (over all rows)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import uuid
 from dataclasses import dataclass, field
 
@@ -32,8 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
+from rayood.report.guard import OutputError, claim_output
 from rayood.report.summary import finite_or_null
-from rayood.screen.lease import LEASE, OutputLease
+from rayood.report.lease import LEASE, OutputLease
 from rayood.storage import Location
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ REPORT_FILES = frozenset({STARTED, SUCCESS, SUMMARY, STATS, LEASE})  # and rows/
 KEY = ("source", "id")
 
 
-class OutputError(RuntimeError):
-    """An output location that this run must not write to."""
+def _is_report_file(name: str) -> bool:
+    return name in REPORT_FILES or (name.startswith(f"{ROWS}/") and name.endswith(".parquet"))
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ReportTarget:
     def prepare(self, overwrite: bool) -> Written:
         """Take the output's lease and make it ready for this attempt; returns the rows it can reuse (none for
         a fresh report). The lease is held until :meth:`finish` or :meth:`release`."""
-        if self.location.exists() and not self.location.is_dir():
+        if self.location.exists() and not self.location.is_dir():  # before the lease: it cannot be written there
             raise OutputError(f"output {self.location.uri} is a file, not a directory")
         self.lease.acquire()
         try:
@@ -94,33 +94,16 @@ class ReportTarget:
             if info.path != self.lease.location.path:
                 self.location.fs.delete_file(info.path)
 
-    def _foreign_files(self, entries: list) -> list[str]:
-        """The entries that a report does not consist of, as paths relative to the output."""
-        relative = (posixpath.relpath(info.path, self.location.path) for info in entries)
-        return [name for name in relative
-                if name not in REPORT_FILES and not (name.startswith(f"{ROWS}/") and name.endswith(".parquet"))]
-
     def _prepare(self, overwrite: bool) -> Written:
         location = self.location
-        entries = [i for i in location.list_files() if i.path != self.lease.location.path] if location.is_dir() else []
+        names = claim_output(
+            location, what="a finished report", owns=_is_report_file, finished=lambda found: SUCCESS in found,
+            overwrite=overwrite, marker=STARTED, ignore=frozenset({self.lease.location.path}),
+        )
         attempts: list[dict] = []
         written = Written()
-        if entries:
-            if not location.join(STARTED).exists():
-                raise OutputError(f"output {location.uri} is not empty and is not a rayood report (no {STARTED}); refusing to write")
-            foreign = self._foreign_files(entries)
-            if foreign:
-                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-                raise OutputError(
-                    f"output {location.uri} is a rayood report but also holds files rayood did not write ({shown}); "
-                    "nothing was deleted: move them away, or choose another --output"
-                )
-            if location.join(SUCCESS).exists():
-                if not overwrite:
-                    raise OutputError(
-                        f"output {location.uri} already holds a finished report; pass --overwrite "
-                        "(or set screen.overwrite) to replace it, or choose another --output"
-                    )
+        if names:
+            if SUCCESS in names:
                 log.warning("replacing the finished report at %s", location.uri)
                 self._delete_contents()
             else:

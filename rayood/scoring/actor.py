@@ -17,13 +17,12 @@ import torch
 from rayood.bundle import BundleError, fused_score
 from rayood.bundle_models import load_bundle
 from rayood.config import DecisionSettings, S3Settings
-from rayood.data.decode import STATUS_OK, pixels_from_column
+from rayood.data.decode import pixels_from_column
 from rayood.detectors.calibrate import ConformalReference
 from rayood.detectors.fusion import FUSED
-from rayood.screen.scorer import Scorer, pick_device
+from rayood.scoring.scorer import Scorer, pick_device
+from rayood.report.columns import EMBEDDING, IS_OOD, KEY_COLUMNS, PREDICTED_CLASS, STATUS, STATUS_OK, pvalue_col, score_col
 
-KEY_COLUMNS = ("id", "source", "status", "error")
-PREDICTED_CLASS = "predicted_class"
 
 
 class ScoreActor:
@@ -66,7 +65,7 @@ class ScoreActor:
         self.fusion = fused_score(self.bundle.manifest, self.bundle.calibration) if calibrated else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ok = pc.equal(batch.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
+        ok = pc.equal(batch.column(STATUS), STATUS_OK).to_numpy(zero_copy_only=False)
         ok = np.asarray(ok, dtype=bool)
         failed = ~ok
         names = self.names
@@ -84,15 +83,15 @@ class ScoreActor:
             values[FUSED] = self.fusion.statistic(values)
         columns = {name: batch.column(name) for name in KEY_COLUMNS}
         for name in names:
-            columns[f"score_{name}"] = pa.array(values[name], pa.float64(), mask=failed)
+            columns[score_col(name)] = pa.array(values[name], pa.float64(), mask=failed)
         if self.decision is not None:
             pvalues = {name: self.references[name].pvalues(values[name]) for name in names}
             for name in names:
-                columns[f"pvalue_{name}"] = pa.array(pvalues[name], mask=failed)
+                columns[pvalue_col(name)] = pa.array(pvalues[name], mask=failed)
             decided = pvalues[self.decision.score] <= self.decision.alpha
-            columns["is_ood"] = pa.array(decided, pa.bool_(), mask=failed)
+            columns[IS_OOD] = pa.array(decided, pa.bool_(), mask=failed)
         if self.embedding:
-            columns["embedding"] = self._embedding_column(embedding, ok)
+            columns[EMBEDDING] = self._embedding_column(embedding, ok)
         if self.class_names is not None:
             columns[PREDICTED_CLASS] = pa.array([self.class_names[i] for i in predicted], pa.string(), mask=failed)
         for name in self.passthrough:

@@ -1,4 +1,4 @@
-"""One backbone pass per image, every detector fed from the same features."""
+"""One backbone pass per image, every detector fed from the same view of it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from rayood.bundle_models import Bundle
-from rayood.detectors.baselines import classifier_scores
-from rayood.config import ModelSettings
-from rayood.detectors.multiscale import search_map
-from rayood.models.backbones import FeatureBackbone, Features, uint8_to_unit
+from rayood.detectors.contract import ScoringView
+from rayood.models.backbones import uint8_to_unit
 
 
 def pick_device(preference: str) -> torch.device:
@@ -37,41 +35,18 @@ class Scorer:
         self.bundle = bundle
         self.device = device
         self.backbone = bundle.backbone.to(device).eval()
-        bundle.layerwise.denoiser.to(device)
-        bundle.multiscale.to(device)
-        bundle.mahalanobis.to(device)
-        if bundle.ddp is not None:
-            bundle.ddp.unet.to(device)
+        for detector in bundle.detectors.values():
+            detector.to(device)
 
     @torch.no_grad()
     def score(self, pixels: np.ndarray, ids: Sequence[str]) -> ScoredBatch:
         images = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True))
-        features = self.backbone.features(images)
-        mirror = mirror_features(self.backbone, images, self.bundle.settings)
-        logits = classifier_logits(features, mirror if self.bundle.settings.backbone.flip_tta else None)
-        scores = classifier_scores(logits)
-        scores.update(self.bundle.mahalanobis.score(features.penultimate))
-        scores.update(self.bundle.layerwise.score(features.stage_maps, ids))
-        average = mirror if self.bundle.settings.multiscale.flip_average else None
-        scores.update(self.bundle.multiscale.score(search_map(features, average)))
-        if self.bundle.ddp is not None:  # the only other pass: the discriminator on reconstructions
-            scores.update(self.bundle.ddp.score(images, features, ids, self.backbone))
+        view = ScoringView.of(self.backbone, images, ids, self.bundle.settings)
+        scores: dict[str, torch.Tensor] = {}
+        for detector in self.bundle.detectors.values():
+            scores.update(detector.score(view))
         return ScoredBatch(
             {name: scores[name].double().cpu().numpy() for name in self.bundle.score_names},
-            features.penultimate.float().cpu().numpy(),
-            logits.argmax(dim=1).cpu().numpy(),
+            view.features.penultimate.float().cpu().numpy(),
+            view.logits.argmax(dim=1).cpu().numpy(),
         )
-
-
-def mirror_features(backbone: FeatureBackbone, images: torch.Tensor, settings: ModelSettings) -> Features | None:
-    """The features of the images flipped left-right, when a setting reads them (``flip_tta``, ``flip_average``):
-    one backbone pass serves both."""
-    if settings.backbone.flip_tta or settings.multiscale.flip_average:
-        return backbone.features(images.flip(3))
-    return None
-
-
-def classifier_logits(features: Features, mirror: Features | None) -> torch.Tensor:
-    """The logits the classifier scores and the predicted class use: with ``flip_tta`` (``mirror`` given), the mean
-    of the image's and its mirror's (the fast CIFAR-10 recipes' test-time augmentation)."""
-    return features.logits if mirror is None else (features.logits + mirror.logits) / 2

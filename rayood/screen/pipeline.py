@@ -3,7 +3,7 @@
 All checks that can fail on configuration or inputs run before Ray starts. The report is read back at
 the end and its row count compared with the planned one: a mismatch fails the run (no ``_SUCCESS``).
 A run killed part-way resumes when started again with the same output: the rows its earlier attempts
-wrote are kept and their inputs are not read or scored again (``rayood.screen.output``).
+wrote are kept and their inputs are not read or scored again (``rayood.report.target``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
 from rayood.report.summary import summarize
 from rayood.runtime import init_ray
-from rayood.screen.actor import ScoreActor
-from rayood.screen.output import STATS, ReportTarget
+from rayood.scoring.actor import ScoreActor
+from rayood.scoring.pool import actor_pool
+from rayood.report.target import STATS, ReportTarget
 from rayood.screen.progress import RowProgress
 from rayood.storage import redacted, resolve
+from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +142,9 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                         "embedding": settings.embedding,
                         "predictions": settings.predictions,
                     },
-                    compute=ray.data.ActorPoolStrategy(min_size=settings.min_actors, max_size=settings.max_actors),
                     max_restarts=-1,
                     max_task_retries=ACTOR_TASK_RETRIES,
-                    num_gpus=settings.num_gpus_per_actor or None,
-                    num_cpus=settings.cpus_per_actor,
-                    batch_size=settings.batch_size,
-                    batch_format="pyarrow",
+                    **actor_pool(settings),
                 )
                 with RowProgress(target.rows, expected_rows, settings.progress_every_s):
                     scored.write_parquet(
@@ -161,7 +159,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                 target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
         elapsed = time.perf_counter() - started
 
-        needed = ["id", "source", "status", "error", "is_ood", *(f"score_{name}" for name in scores)]
+        needed = [*KEY_COLUMNS, IS_OOD, *(score_col(name) for name in scores)]
         if settings.truth:
             needed.append(settings.truth.column)
         rows = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet")

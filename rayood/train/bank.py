@@ -21,7 +21,8 @@ from rayood.data.decode import pixels_from_column
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
 from rayood.detectors.multiscale import region_vectors, search_map
 from rayood.models.backbones import build_backbone, uint8_to_unit
-from rayood.screen.scorer import pick_device
+from rayood.scoring.pool import actor_pool
+from rayood.scoring.scorer import pick_device
 from rayood.train.id_sample import in_sample
 
 
@@ -76,11 +77,7 @@ def build_references(
             "label_column": config.corpus.label_column, "state": state,
             "device": screen.device, "cpu_threads": screen.actor_threads, "seed": config.train.seed,
         },
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=screen.max_actors),
-        num_gpus=screen.num_gpus_per_actor or None,
-        num_cpus=screen.cpus_per_actor,
-        batch_size=screen.batch_size,
-        batch_format="pyarrow",
+        **actor_pool(screen, min_actors=1),
     )
     path, rows, region_shape, statistics = os.path.join(scratch, "bank.f32"), 0, None, None
     with open(path, "wb") as sink:

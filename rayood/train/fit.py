@@ -2,9 +2,9 @@
 
 1. Read and decode the ID corpus with the screening reader, drop rows that fail to decode (counted),
    and split it by a hash of each id into a training part and a held-out calibration part.
-2. Ray Train: the backbone classifier; the DLSR feature denoiser on the frozen backbone's layer features;
-   DDP's pixel DDPM when DDP is on. Each stage resumes from its checkpoints (run names fingerprint what
-   the stage reads).
+2. Ray Train: the backbone classifier, then the stage each enabled detector declares (``train/stages.py``):
+   the DLSR feature denoiser on the frozen backbone's layer features, DDP's pixel DDPM when DDP is on. Each
+   stage resumes from its checkpoints (run names fingerprint what the stage reads).
 3. Ray Data batch inference: the KNN / multi-scale bank and the Mahalanobis statistics.
 4. Score the held-out part with the screening actor (the very code screening runs) and store those
    scores in the bundle: the reference for p-values and thresholds; the classifier's held-out accuracy.
@@ -34,25 +34,30 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
-    BACKBONE_FILE, CALIBRATION_FILE, DDPM_FILE, LAYERWISE_FILE, BundleError, check_bundle_target, clear_bundle,
+    BACKBONE_FILE, CALIBRATION_FILE, BundleError, check_bundle_target, clear_bundle,
     new_manifest, promote_bundle, write_calibration, write_file, write_manifest,
 )
-from rayood.bundle_models import state_dict_bytes, write_bank, write_mahalanobis
+from rayood.bundle_files import state_dict_bytes
 from rayood.config import ConfigError, RayoodConfig, TrainSettings
-from rayood.data.decode import STATUS_OK, DecodeLimits, formats_for, pixels_from_column, pixels_to_column
+from rayood.data.decode import DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.models.backbones import TORCHVISION_WEIGHTS, build_backbone, load_matching, torchvision_state
-from rayood.runtime import init_ray
+from rayood.detectors import mahalanobis
 from rayood.detectors.fusion import choose_fused_scores
-from rayood.detectors.names import score_names
+from rayood.detectors.multiscale import write_bank
+from rayood.detectors.registry import enabled_detectors, score_names
 from rayood.detectors.synthetic import synthetic_outliers
-from rayood.screen.actor import PREDICTED_CLASS, ScoreActor
+from rayood.report.columns import PREDICTED_CLASS, STATUS_OK, score_col
+from rayood.runtime import init_ray
+from rayood.scoring.actor import ScoreActor
+from rayood.scoring.pool import actor_pool
 from rayood.storage import Location, resolve
 from rayood.train.bank import build_references
 from rayood.train.id_sample import in_sample
-from rayood.train.loops import backbone_loop, ddpm_loop, layerwise_loop, load_state
+from rayood.train.loops import backbone_loop, load_state
 from rayood.train.progress import StageProgress
+from rayood.train.stages import STAGES, FittedBackbone
 
 log = logging.getLogger(__name__)
 
@@ -232,21 +237,18 @@ def fit(config: RayoodConfig) -> str:
             load_matching(probe, init_state)
         backbone_state, backbone_metrics = probe.state_dict(), {"epoch": 0}
 
-    layerwise_result = _fit_stage(
-        config, checkpoints, "layerwise", layerwise_loop,
-        {**base, "optim": train.layerwise.model_dump(), "backbone_state": backbone_state,
-         "stage_dims": stage_dims, "feature_batch_size": 256},
-        train_data,
-    )
-    training = {"backbone": _plain(backbone_metrics), "layerwise": _plain(layerwise_result.metrics)}
-    ddpm_state = None
-    if config.model.ddp.enabled:
-        ddpm_result = _fit_stage(
-            config, checkpoints, "ddpm", ddpm_loop,
-            {**base, "optim": train.ddpm.model_dump(), "augment": list(train.augment)}, train_data,
+    training = {"backbone": _plain(backbone_metrics)}
+    fitted_backbone, detector_states = FittedBackbone(backbone_state, stage_dims), {}
+    for spec in enabled_detectors(config.model):
+        stage = STAGES.get(spec.family)
+        if stage is None:
+            continue
+        result = _fit_stage(
+            config, checkpoints, stage.name, stage.loop,
+            {**base, "optim": stage.optim(train).model_dump(), **stage.inputs(config, fitted_backbone)}, train_data,
         )
-        ddpm_state = load_state(ddpm_result.checkpoint)["ema"]
-        training["ddpm"] = _plain(ddpm_result.metrics)
+        detector_states[stage.file] = load_state(result.checkpoint)["ema"]
+        training[stage.name] = _plain(result.metrics)
     staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
     clear_bundle(staged)
     started = time.perf_counter()
@@ -257,10 +259,9 @@ def fit(config: RayoodConfig) -> str:
         del bank  # the mapping, before its file goes
     training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
     write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
-    write_file(staged, LAYERWISE_FILE, state_dict_bytes(load_state(layerwise_result.checkpoint)["ema"]))
-    write_mahalanobis(staged, gaussian.means(), gaussian.precision())
-    if ddpm_state is not None:
-        write_file(staged, DDPM_FILE, state_dict_bytes(ddpm_state))
+    for name, state in detector_states.items():
+        write_file(staged, name, state_dict_bytes(state))
+    mahalanobis.write(staged, gaussian.means(), gaussian.precision())
     manifest = new_manifest(
         config.model, class_names, stage_dims, score_names(config.model), bank_shape,
         data=corpus.summary(train), training=training, bank_index=bank_index,
@@ -294,11 +295,7 @@ def _scored(
         ScoreActor,
         fn_constructor_kwargs={"bundle_uri": bundle_uri, "s3": config.s3, "device": settings.device,
                                "cpu_threads": settings.actor_threads, **actor},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=settings.max_actors),
-        num_gpus=settings.num_gpus_per_actor or None,
-        num_cpus=settings.cpus_per_actor,
-        batch_size=settings.batch_size,
-        batch_format="pyarrow",
+        **actor_pool(settings, min_actors=1),
     )
     return pa.concat_tables(ray.get(scored.select_columns(columns).to_arrow_refs()))
 
@@ -308,11 +305,11 @@ def _calibration_scores(
 ) -> tuple[dict[str, np.ndarray], float]:
     """The held-out rows' scores, and the classifier's accuracy on them (the bundle's held-out accuracy)."""
     label = config.corpus.label_column
-    columns = [*(f"score_{n}" for n in names), PREDICTED_CLASS, label]
+    columns = [*(score_col(n) for n in names), PREDICTED_CLASS, label]
     table = _scored(config, bundle_uri, data, columns, passthrough=(label,), predictions=True)
     correct = pc.equal(table.column(PREDICTED_CLASS), table.column(label).cast(pa.string()))
     accuracy = pc.sum(correct.cast(pa.int64())).as_py() / max(1, table.num_rows)
-    return {name: table.column(f"score_{name}").to_numpy() for name in names}, accuracy
+    return {name: table.column(score_col(name)).to_numpy() for name in names}, accuracy
 
 
 def _choose_fusion(
@@ -333,8 +330,8 @@ def _choose_fusion(
         "status": [STATUS_OK] * len(kinds), "error": pa.nulls(len(kinds), pa.string()),
         "pixels": pixels_to_column(outliers),
     })
-    scored = _scored(config, bundle_uri, ray.data.from_arrow(rows), [f"score_{n}" for n in names])
-    scores = {name: scored.column(f"score_{name}").to_numpy() for name in names}
+    scored = _scored(config, bundle_uri, ray.data.from_arrow(rows), [score_col(n) for n in names])
+    scores = {name: scored.column(score_col(name)).to_numpy() for name in names}
     choice = choose_fused_scores(calibration, scores, np.asarray(kinds), names, fusion.rule)
     log.info("fused scores chosen on %d synthetic outliers: %s", len(kinds), choice["scores"])
     return {**choice, "synthetic_outliers": len(kinds)}

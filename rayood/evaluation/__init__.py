@@ -1,0 +1,1 @@
+"""The OOD benchmark: detection metrics (AUROC, FPR@95TPR, AUPR), the per-set table and its plots."""
