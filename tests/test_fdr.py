@@ -216,7 +216,7 @@ def test_filter_job_refuses_unfinished_reports_and_bad_arguments(tmp_path):
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
     refused = run_job("filter.py", "--report", str(report), "--fdr", "0.1", "--output", str(foreign), timeout=120)
-    assert refused.returncode == 2 and "not a filter output" in refused.stderr
+    assert refused.returncode == 2 and "files rayood did not write (precious.txt); nothing was deleted" in refused.stderr
     assert (foreign / "precious.txt").read_text() == "keep me"
 
 

@@ -178,7 +178,7 @@ def test_an_unfinished_report_of_another_run_is_refused_or_redone_and_foreign_di
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="not a rayood report"):
+    with pytest.raises(OutputError, match="holds no _STARTED, so it is not rayood.s"):
         screen(corpus_config(tiny_bundle, [small], foreign))
     assert (foreign / "precious.txt").read_text() == "keep me"
 
