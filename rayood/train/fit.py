@@ -55,7 +55,8 @@ from rayood.scoring.pool import actor_pool
 from rayood.storage import Location, resolve
 from rayood.train.bank import build_references
 from rayood.train.id_sample import in_sample
-from rayood.train.loops import backbone_loop, load_state
+from rayood.train.harness import load_state
+from rayood.train.loops import backbone_loop
 from rayood.train.progress import StageProgress
 from rayood.train.stages import STAGES, FittedBackbone
 

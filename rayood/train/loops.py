@@ -1,21 +1,14 @@
 """Ray Train loops (``train_loop_per_worker``): the backbone classifier, the DLSR feature denoiser and DDP's DDPM.
 
-Each loop reads its worker's shard of the ID corpus once (decoded pixels or cached features) and shuffles it
-whole every epoch; Ray Train provides the worker group, the shards, checkpoints and restarts.
-
-Every loop resumes from ``ray.train.get_checkpoint()``: Ray Train hands it the latest checkpoint both when
-a failed worker group is restarted inside one fit and when a fit is re-run with the same run name and
-storage; the loop logs ``<stage> resumed_from_epoch=N`` and goes on from epoch N + 1. Checkpoints are a single ``state.pt`` of plain tensors and numbers,
-read back with ``weights_only=True``.
+Each loop reads its worker's shard of the ID corpus once (decoded pixels or cached features), shuffles it
+whole every epoch and says what one epoch does; ``harness.py`` runs the epochs, logs, checkpoints and resumes
+the same way for all three.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
-import tempfile
 import time
 
 import pyarrow as pa
@@ -24,7 +17,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from ray.util.queue import Queue
 from torch import nn
 
 from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
@@ -37,39 +29,10 @@ from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import CachedShard, id_order
 from rayood.train.objectives import BackboneObjective
-from rayood.train.progress import report_epoch
+from rayood.train.harness import EmaRun, load_state, log_epoch, run_epochs, unwrap
 from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learning_rates
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.pt"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def load_state(checkpoint: ray.train.Checkpoint) -> dict:
-    with checkpoint.as_directory() as directory:
-        return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
-
-
-def _log_epoch(what: str, metrics: dict, progress: Queue | None = None) -> None:
-    """Rank 0 logs (the worker log; the console with --verbose) and hands the metrics to the driver's progress."""
-    if ray.train.get_context().get_world_rank() == 0:
-        log.info("%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-        report_epoch(progress, what, metrics)
-
-
-def _report(metrics: dict, state: dict | None) -> None:
-    """Report from every worker (a barrier); only rank 0 attaches the checkpoint."""
-    if state is None or ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save(state, os.path.join(directory, STATE_FILE))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
@@ -166,7 +129,7 @@ def backbone_loop(config: dict) -> None:
     _use_threads(config)
     data = _cached_shard(config, settings)
     worker_rows = _rows_per_worker(len(data))
-    _log_epoch("backbone", {"device": str(device), "objective": optim.objective, "worker_rows": worker_rows})
+    log_epoch("backbone", {"device": str(device), "objective": optim.objective, "worker_rows": worker_rows})
     model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, config.get("init_state"))
     start_epoch, step, saved = 0, 0, None
     checkpoint = ray.train.get_checkpoint()
@@ -175,7 +138,7 @@ def backbone_loop(config: dict) -> None:
         model.load_state_dict({**saved["heads"], **{f"backbone.{k}": v for k, v in saved["model"].items()}})
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, step = int(saved["epoch"]), int(saved["step"])
-        _log_epoch("backbone", {"resumed_from_epoch": start_epoch})
+        log_epoch("backbone", {"resumed_from_epoch": start_epoch})
     model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
     lookahead = Lookahead(unwrap(model)) if optim.lookahead else None
     if lookahead is not None and saved is not None:
@@ -187,66 +150,28 @@ def backbone_loop(config: dict) -> None:
     views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
     epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, batch_size, device)
     epochs_s = 0.0
-    _log_epoch("backbone", {"start_epoch": start_epoch}, config.get("progress"))
-    for epoch in range(start_epoch, optim.epochs):
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step, epochs_s
         generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
         started = time.perf_counter()
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         epoch_s = time.perf_counter() - started
         epochs_s += epoch_s
-        done = epoch + 1
-        metrics = {"epoch": done, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                   "epoch_s": round(epoch_s, 1), "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
-                   "worker_rows": worker_rows}
-        _log_epoch("backbone", metrics, config.get("progress"))
-        if done % optim.checkpoint_every == 0 or done == optim.epochs:
-            state = {
-                "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
-                "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
-            }
-            if lookahead is not None:
-                state["lookahead"] = lookahead.state_dict()
-            _report(metrics, state)
-    if saved is not None and start_epoch >= optim.epochs:  # finished before: hand the last state back as the result
-        _report({"epoch": start_epoch}, saved)
+        return {"loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                "epoch_s": round(epoch_s, 1), "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
+                "worker_rows": worker_rows}
 
-
-class EmaRun:
-    """A diffusion model's training state: the model (prepared for DDP), its EMA copy, AdamW and an optional
-    linear warm-up, restored from ``ray.train.get_checkpoint()`` when this run was interrupted before."""
-
-    def __init__(
-        self, stage: str, model: nn.Module, optim: OptimSettings, device: torch.device, warmup_steps: int | None = None
-    ):
-        self.ema = copy.deepcopy(model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-        self.scheduler = None
-        if warmup_steps is not None:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps))
-            )
-        self.start_epoch, self.step, self.resumed = 0, 0, None
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint:
-            self.resumed = load_state(checkpoint)
-            model.load_state_dict(self.resumed["model"])
-            self.ema.load_state_dict(self.resumed["ema"])
-            self.optimizer.load_state_dict(self.resumed["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(self.resumed["scheduler"])
-            self.start_epoch, self.step = int(self.resumed["epoch"]), int(self.resumed["step"])
-            _log_epoch(stage, {"resumed_from_epoch": self.start_epoch})
-        self.ema.to(device)
-        self.model = ray.train.torch.prepare_model(model)
-
-    def state(self, epoch: int, step: int) -> dict:
-        state = {
-            "model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": step,
+    def state(done: int) -> dict:
+        saved_state = {
+            "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
+            "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
         }
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
-        return state
+        if lookahead is not None:
+            saved_state["lookahead"] = lookahead.state_dict()
+        return saved_state
+
+    run_epochs("backbone", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved)
 
 
 def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.device) -> torch.Tensor:
@@ -294,7 +219,7 @@ def layerwise_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     _use_threads(config)
-    _log_epoch("layerwise", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
+    log_epoch("layerwise", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
     backbone = build_backbone(settings.backbone, settings.preprocess, len(config["class_names"]))
     backbone.load_state_dict(config["backbone_state"])
@@ -309,8 +234,9 @@ def layerwise_loop(config: dict) -> None:
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(z0_all), batch_size, device)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
-    _log_epoch("layerwise", {"start_epoch": start_epoch}, config.get("progress"))
-    for epoch in range(start_epoch, optim.epochs):
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step
         denoiser.train()
         order = torch.randperm(len(z0_all), generator=generator).to(device)
         loss_sum = 0.0
@@ -325,15 +251,10 @@ def layerwise_loop(config: dict) -> None:
             step += 1
             ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
             loss_sum += loss.item()
-        done = epoch + 1
-        save = done % optim.checkpoint_every == 0 or done == optim.epochs
-        state = run.state(done, step)
-        metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
-        _log_epoch("layerwise", metrics, config.get("progress"))
-        if save:
-            _report(metrics, state)
-    if run.resumed is not None and start_epoch >= optim.epochs:
-        _report({"epoch": start_epoch}, run.resumed)
+        return {"loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
+
+    run_epochs("layerwise", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
+               lambda done: run.state(done, step), run.resumed)
 
 
 def ddpm_loop(config: dict) -> None:
@@ -345,7 +266,7 @@ def ddpm_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     _use_threads(config)
-    _log_epoch("ddpm", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
+    log_epoch("ddpm", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
     run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
     unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
@@ -357,8 +278,9 @@ def ddpm_loop(config: dict) -> None:
     flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
     highest_t = settings.ddp.timesteps - 1 if optim.timesteps == "all" else max(settings.ddp.levels)
     null = len(class_names)
-    _log_epoch("ddpm", {"start_epoch": start_epoch}, config.get("progress"))
-    for epoch in range(start_epoch, optim.epochs):
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step
         unet.train()
         generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
         loss_sum, batches = 0.0, 0
@@ -379,10 +301,7 @@ def ddpm_loop(config: dict) -> None:
             ema_update(ema, unwrap(unet), optim.ema_decay, step)
             loss_sum += loss.item()
             batches += 1
-        done = epoch + 1
-        metrics = {"epoch": done, "loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
-        _log_epoch("ddpm", metrics, config.get("progress"))
-        if done % optim.checkpoint_every == 0 or done == optim.epochs:
-            _report(metrics, run.state(done, step))
-    if run.resumed is not None and start_epoch >= optim.epochs:
-        _report({"epoch": start_epoch}, run.resumed)
+        return {"loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
+
+    run_epochs("ddpm", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
+               lambda done: run.state(done, step), run.resumed)
