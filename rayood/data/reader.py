@@ -12,9 +12,11 @@ are never read; Parquet and WebDataset rows among them are dropped after the rea
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 import ray.data
 
 from rayood.data.decode import BatchDecoder, DecodeLimits, ids_as_text
@@ -30,15 +32,24 @@ READ_TASK_BATCHES = 16
 
 
 class _Unwritten:
-    """Keeps the rows whose id is not in ``written`` (a null id matches nothing)."""
+    """Keeps the rows whose id is not in ``written`` (a null id matches nothing). ``written`` is an object-store
+    reference to an Arrow string array: each worker process fetches the one copy once, not a copy per task."""
 
-    def __init__(self, id_column: str, written: Set[str]) -> None:
+    def __init__(self, id_column: str, written: ray.ObjectRef) -> None:
         self.id_column = id_column
         self.written = written
+        self._values: pa.Array | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._values is None:
+            self._values = ray.get(self.written)
         ids, _ = ids_as_text(batch.column(self.id_column))
-        return batch.filter(pa.array([i not in self.written for i in ids], pa.bool_()))
+        return batch.filter(unwritten(pa.array(ids, pa.string()), self._values))
+
+
+def unwritten(ids: pa.Array, written: pa.Array) -> pa.Array:
+    """True where an id is not among ``written``; a null id is never written."""
+    return pc.invert(pc.is_in(ids, value_set=written, skip_nulls=True))
 
 
 def _with_problem_column(batch: pa.Table) -> pa.Table:
@@ -101,14 +112,17 @@ def read_decoded(
     limits: DecodeLimits,
     passthrough: tuple[str, ...] = (),
     batch_size: int = 64,
-    written: Mapping[str, Set[str]] | None = None,
+    written: Mapping[str, pa.Array] | None = None,
 ) -> ray.data.Dataset | None:
     """One dataset over every plan, or None when ``written`` already holds every row."""
     datasets = []
     for plan in plans:
-        done = (written or {}).get(plan.uri, frozenset())
+        done = (written or {}).get(plan.uri)
         if plan.kind == "images":
-            paths = [path for path in plan.paths if plan.location.uri_of(path) not in done]
+            paths = plan.paths
+            if done is not None:
+                uris = pa.array([plan.location.uri_of(path) for path in paths], pa.string())
+                paths = [path for path, keep in zip(paths, unwritten(uris, done).to_pylist()) if keep]
             if not paths:
                 continue
             raw, has_problems = _read_image_files(plan, paths, limits.max_bytes)
@@ -119,21 +133,21 @@ def read_decoded(
             )
         elif plan.kind == "webdataset":
             raw = _read_shards(plan, passthrough, limits.max_bytes)
-            if done:
-                raw = raw.map_batches(_Unwritten("id", done), batch_format="pyarrow", batch_size=batch_size)
+            if done is not None:
+                raw = raw.map_batches(_Unwritten("id", ray.put(done)), batch_format="pyarrow", batch_size=batch_size)
             decoder = BatchDecoder(
                 image_column=IMAGE_FIELD, id_column="id", source=plan.uri, size=size, limits=limits,
                 passthrough=tuple(dict.fromkeys([SHARD_COLUMN, KEY_COLUMN, *passthrough])), error_column=PROBLEM_FIELD,
             )
         elif plan.kind == "synthetic":
             raw = _read_synthetic(plan.rows, size, READ_TASK_BATCHES * batch_size)
-            if done:
-                raw = raw.map_batches(_Unwritten("id", done), batch_format="pyarrow", batch_size=batch_size)
+            if done is not None:
+                raw = raw.map_batches(_Unwritten("id", ray.put(done)), batch_format="pyarrow", batch_size=batch_size)
             decoder = BatchDecoder(image_column="image", id_column="id", source=plan.uri, size=size, limits=limits)
         else:
             raw = _read_parquet(plan, list(dict.fromkeys([image_column, id_column, *passthrough])), batch_size)
-            if done:
-                raw = raw.map_batches(_Unwritten(id_column, done), batch_format="pyarrow", batch_size=batch_size)
+            if done is not None:
+                raw = raw.map_batches(_Unwritten(id_column, ray.put(done)), batch_format="pyarrow", batch_size=batch_size)
             decoder = BatchDecoder(
                 image_column=image_column, id_column=id_column, source=plan.uri, size=size, limits=limits,
                 passthrough=passthrough,

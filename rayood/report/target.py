@@ -55,12 +55,13 @@ def _is_report_file(name: str) -> bool:
 class Written:
     """What earlier attempts of this run left under ``rows/``: ids per source, and how many rows and files.
 
-    The keys are held on the driver as Python strings, about 100 bytes per row plus the id's length: ten
-    million rows take a gigabyte or so. Only the ids of Parquet sources travel to the read tasks (once per
-    task, through the object store); image-file ids are used at planning time and go nowhere.
+    The ids are Arrow string arrays (the id's length plus 4 bytes a row, against about 100 for a Python set of
+    strings: BENCHMARKS.md, resume keys). The ids of Parquet, WebDataset and synthetic sources go to the object
+    store once and every read task filters against that one copy; image-file ids are used at planning time
+    and go nowhere.
     """
 
-    ids: dict[str, frozenset[str]] = field(default_factory=dict)
+    ids: dict[str, pa.Array] = field(default_factory=dict)
     rows: int = 0
     files: int = 0
 
@@ -155,7 +156,7 @@ class ReportTarget:
                 "(source, id), so it cannot be resumed row by row; pass --overwrite to start it again"
             )
         ids = {
-            source: frozenset(keys.filter(pc.equal(keys.column("source"), source)).column("id").to_pylist())
+            source: keys.filter(pc.equal(keys.column("source"), source)).column("id").cast(pa.string()).combine_chunks()
             for source in pc.unique(keys.column("source")).to_pylist()
         }
         return Written(ids, keys.num_rows, files)
