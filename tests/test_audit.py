@@ -13,7 +13,7 @@ import yaml
 from scipy.stats import binomtest
 
 from rayood.audit.compare import audit, groups_of, values_of
-from rayood.audit.report_html import histogram_png, render_html
+from rayood.audit.report_html import histogram_uri, render_html
 from rayood.audit.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.two_sample import flagged_test, ks_test, mmd_test
 from rayood.audit.verdict import drift_verdict, holm_adjusted, verdict_line
@@ -186,7 +186,7 @@ def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
     assert result["target"]["scored_rows"] == 89 and result["groups"]["a"]["rows"] + result["groups"]["b&<x>"]["rows"] == 89
     rows = attach_thumbnails(most_ood(target_rows, "mfsim", 5), CorpusSettings(), None, size=32)
     assert all(row["thumbnail"] for row in rows)
-    histograms = {"mfsim": histogram_png("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), {})}
+    histograms = {"mfsim": histogram_uri("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), {})}
     page = parse(render_html(result, histograms, rows))
     assert_self_contained(page, thumbnails=5, histograms=1)
     group_table = max(index for index, _ in page.rows)
@@ -205,7 +205,7 @@ def test_values_from_reports_are_escaped_and_plotted_as_plain_text(demo_data, tm
     corpus = corpus_and_reference(demo_data, tmp_path, 60)
     result, reference_rows, target_rows = audit_by_hand(tmp_path, corpus, "target", 1.0, ["$\\foo$", "a"], seed=2)
     groups = {g: values_of(target_rows, "score_mfsim", groups_of(target_rows, "group") == g) for g in result["groups"]}
-    histograms = {"mfsim": histogram_png("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), groups)}
+    histograms = {"mfsim": histogram_uri("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), groups)}
     result["reference"]["errors"] = "<script>alert(1)</script>"
     html = render_html(result, histograms, [])
     assert "<script>" not in html and "&lt;script&gt;" in html

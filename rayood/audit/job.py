@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from rayood.audit.compare import MmdSettings, audit, groups_of, values_of
-from rayood.audit.report_html import histogram_png, render_html
+from rayood.audit.report_html import histogram_uri, render_html
 from rayood.audit.verdict import drift_verdict, verdict_line
 from rayood.audit.thumbnails import attach_thumbnails, most_ood
 from rayood.bundle import read_calibration, read_manifest
@@ -132,7 +132,7 @@ def run_audit(config: RayoodConfig, request: AuditRequest) -> tuple[dict, str]:
         column = score_col(name)
         groups = {group: values_of(target_rows, column, labels == group) for group in result.get("groups", {})}
         try:
-            histograms[name] = histogram_png(name, values_of(reference_rows, column), values_of(target_rows, column), groups)
+            histograms[name] = histogram_uri(name, values_of(reference_rows, column), values_of(target_rows, column), groups)
         except Exception as error:  # a plot must never cost the finished screenings and the tests
             log.warning("no histogram of %s: %s: %s", column, type(error).__name__, error)
     output.join(AUDIT_JSON).write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())

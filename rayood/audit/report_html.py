@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from rayood.audit.verdict import verdict_line
+from rayood.evaluation.plots import histogram_png
 
 MAX_GROUP_CURVES = 8
 STYLE = """
@@ -47,29 +45,11 @@ def _p_cell(result: dict) -> str:
     return f"<td{low}>{_num(result['pvalue'], 3)}</td>"
 
 
-def _plain(text: object) -> str:
-    """A plot label shown as written: matplotlib reads $...$ as mathtext and raises on what it cannot parse."""
-    return str(text).replace("$", r"\$")
-
-
-def histogram_png(name: str, reference: np.ndarray, target: np.ndarray, groups: dict[str, np.ndarray]) -> str:
+def histogram_uri(name: str, reference: np.ndarray, target: np.ndarray, groups: dict[str, np.ndarray]) -> str:
     """Reference and target densities of one score (and up to MAX_GROUP_CURVES target groups), as a data URI."""
-    figure = Figure(figsize=(6, 3.2), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    pooled = np.concatenate([reference, target])
-    bins = np.histogram_bin_edges(pooled, bins=40) if pooled.size else 10
-    axes.hist(reference, bins=bins, density=True, alpha=0.5, label=f"reference ({reference.size})")
-    axes.hist(target, bins=bins, density=True, alpha=0.5, label=f"target ({target.size})")
-    for group, values in list(groups.items())[:MAX_GROUP_CURVES]:
-        axes.hist(values, bins=bins, density=True, histtype="step", linewidth=1.2, label=_plain(f"{group} ({values.size})"))
-    axes.set_xlabel(_plain(f"score_{name} (higher = more OOD)"))
-    axes.set_ylabel("density")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    curves = {f"reference ({reference.size})": reference, f"target ({target.size})": target}
+    curves.update({f"{group} ({values.size})": values for group, values in list(groups.items())[:MAX_GROUP_CURVES]})
+    return "data:image/png;base64," + base64.b64encode(histogram_png(name, curves)).decode("ascii")
 
 
 def _score_table(audit: dict) -> str:

@@ -1,4 +1,5 @@
-"""ROC curves and score histograms as PNG bytes (matplotlib's Agg backend: no display needed)."""
+"""ROC curves and score histograms as PNG bytes (matplotlib's Agg backend: no display needed), for the
+evaluation's plots and the audit page alike."""
 
 from __future__ import annotations
 
@@ -32,16 +33,23 @@ def roc_png(score: str, id_values: np.ndarray, oods: dict[str, np.ndarray]) -> b
     return _png(figure)
 
 
+def plain_label(text: object) -> str:
+    """A plot label shown as written: matplotlib reads $...$ as mathtext and raises on what it cannot parse."""
+    return str(text).replace("$", r"\$")
+
+
 def histogram_png(score: str, groups: dict[str, np.ndarray], threshold: float | None = None) -> bytes:
-    """Overlaid density histograms of one score per group on shared bins; the decision threshold if given."""
-    pooled = np.concatenate([values for values in groups.values() if len(values)])
+    """Overlaid density histograms of one score per group (labels from data are shown as written) on shared bins
+    between the pooled 0.5% and 99.5% quantiles, values beyond them in the end bins; the decision threshold if given."""
+    pooled = np.concatenate([values for values in groups.values() if len(values)] or [np.zeros(0)])
     low, high = np.quantile(pooled, [0.005, 0.995]) if pooled.size else (0.0, 1.0)
     bins = np.linspace(low, high if high > low else low + 1.0, 50)
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for name, values in groups.items():
-        axes.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.5, label=name)
+        axes.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.5,
+                  label=plain_label(name))
     if threshold is not None and np.isfinite(threshold):
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
-    axes.set(xlabel=f"score_{score} (higher = more OOD)", ylabel="density", title=score)
-    axes.legend()
+    axes.set(xlabel=plain_label(f"score_{score} (higher = more OOD)"), ylabel="density", title=plain_label(score))
+    axes.legend(fontsize=7)
     return _png(figure)
