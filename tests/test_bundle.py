@@ -204,7 +204,7 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
 
     from rayood.data.decode import pixels_to_column
     from rayood.scoring.scorer import Scorer
-    from rayood.train.bank import RegionVectors
+    from rayood.train.references import ReferenceRows
 
     plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
     averaged = ModelSettings.model_validate({**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}})
@@ -226,7 +226,7 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
 
     batch = pa.table({"pixels": pixels_to_column(pixels), "label": ["a", "b", "c"] * 2, "id": ids})
     state = bundle.backbone.state_dict()
-    regions = {name: RegionVectors(settings.model_dump(mode="json"), ["a", "b", "c"], "label", state, "cpu")(batch)["regions"]
+    regions = {name: ReferenceRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", state, "cpu")(batch)["multiscale/regions"]
                for name, settings in (("averaged", averaged), ("plain", plain))}
     np.testing.assert_allclose(regions["averaged"][:3, 0], regions["averaged"][3:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6)

@@ -5,7 +5,8 @@
 2. Ray Train: the backbone classifier, then the stage each enabled detector declares (``train/stages.py``):
    the DLSR feature denoiser on the frozen backbone's layer features, DDP's pixel DDPM when DDP is on. Each
    stage resumes from its checkpoints (run names fingerprint what the stage reads).
-3. Ray Data batch inference: the KNN / multi-scale bank and the Mahalanobis statistics.
+3. Ray Data batch inference: what the detectors learn in one streaming pass (``train/references.py``), the
+   KNN / multi-scale bank and the Mahalanobis statistics.
 4. Score the held-out part with the screening actor (the very code screening runs) and store those
    scores in the bundle: the reference for p-values and thresholds; the classifier's held-out accuracy.
 5. Choose the fused scores on synthetic outliers made from training images (ID-only evidence).
@@ -43,9 +44,7 @@ from rayood.data.decode import DecodeLimits, formats_for, pixels_from_column, pi
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.models.backbones import TORCHVISION_WEIGHTS, build_backbone, load_matching, torchvision_state
-from rayood.detectors import mahalanobis
 from rayood.detectors.fusion import choose_fused_scores
-from rayood.detectors.multiscale import write_bank
 from rayood.detectors.registry import enabled_detectors, score_names
 from rayood.detectors.synthetic import synthetic_outliers
 from rayood.report.columns import PREDICTED_CLASS, STATUS_OK, score_col
@@ -53,7 +52,7 @@ from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool
 from rayood.storage import Location, resolve
-from rayood.train.bank import build_references
+from rayood.train.references import fit_references
 from rayood.train.id_sample import in_sample
 from rayood.train.harness import load_state
 from rayood.train.loops import backbone_loop
@@ -253,19 +252,15 @@ def fit(config: RayoodConfig) -> str:
     staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
     clear_bundle(staged)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="rayood-bank-") as scratch:
-        bank, gaussian = build_references(config, train_data, class_names, backbone_state, scratch)
-        bank_index = write_bank(staged, bank, config.model.multiscale, config.train.seed)
-        bank_shape = bank.shape
-        del bank  # the mapping, before its file goes
+    with tempfile.TemporaryDirectory(prefix="rayood-references-") as scratch:
+        references = fit_references(config, train_data, class_names, backbone_state, staged, scratch)
     training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
     write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
     for name, state in detector_states.items():
         write_file(staged, name, state_dict_bytes(state))
-    mahalanobis.write(staged, gaussian.means(), gaussian.precision())
     manifest = new_manifest(
-        config.model, class_names, stage_dims, score_names(config.model), bank_shape,
-        data=corpus.summary(train), training=training, bank_index=bank_index,
+        config.model, class_names, stage_dims, score_names(config.model), references["multiscale"]["bank_shape"],
+        data=corpus.summary(train), training=training, bank_index=references["multiscale"]["bank_index"],
     )
     write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing
 

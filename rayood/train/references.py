@@ -1,0 +1,171 @@
+"""What the detectors learn from one streaming pass over the ID training rows, by Ray Data batch inference: the
+multi-scale bank (region vectors, for KNN and MODE) and the Mahalanobis class statistics.
+
+Each such family declares a ``StreamingFit`` here (``STREAMING``, by family): ``rows`` turns one batch's
+backbone features into per-row arrays inside the actors (GPU actors on a cluster, so the pass scales past one
+machine), ``partial_fit`` takes them on the driver batch by batch, and ``finish`` writes the family's bundle
+files and returns what the manifest records. The driver never holds more than a batch: the bank (ImageNet at
+224 px with a ResNet-50: tens of GB) streams into a scratch file and from there into the bundle. With
+``model.multiscale.bank_fraction`` below 1 the bank keeps that share of the training images (chosen by id
+hash); the Mahalanobis statistics still see every row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+import torch
+
+from rayood.config import ConfigError, ModelSettings, RayoodConfig
+from rayood.data.decode import pixels_from_column
+from rayood.detectors import mahalanobis
+from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
+from rayood.detectors.multiscale import region_vectors, search_map, write_bank
+from rayood.detectors.registry import enabled_detectors
+from rayood.models.backbones import Features, build_backbone, uint8_to_unit
+from rayood.scoring.pool import actor_pool
+from rayood.scoring.scorer import pick_device
+from rayood.storage import Location
+from rayood.train.id_sample import in_sample
+
+BANK_SALT = "bank"  # the bank's sample is independent of the calibration split
+
+
+class StreamingFit(Protocol):
+    def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
+        """In an actor: one batch's per-row arrays (``classes``: each row's class index)."""
+        ...
+
+    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
+        """On the driver: take one batch's arrays."""
+        ...
+
+    def finish(self, bundle: Location) -> dict:
+        """Write the family's bundle files; returns the facts the manifest records."""
+        ...
+
+
+class MahalanobisFit:
+    """Class-conditional Gaussian statistics of the (normalised) penultimate features."""
+
+    def __init__(self, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> None:
+        self.normalise = settings.mahalanobis.normalise
+        self.num_classes = num_classes
+        self.statistics: GaussianStatistics | None = None
+
+    def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
+        return {"penultimate": features.penultimate.cpu().numpy(), "classes": classes}
+
+    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
+        if self.statistics is None:
+            self.statistics = GaussianStatistics(self.num_classes, rows["penultimate"].shape[1])
+        self.statistics.partial_fit(mahalanobis_features(rows["penultimate"], self.normalise), rows["classes"])
+
+    def finish(self, bundle: Location) -> dict:
+        mahalanobis.write(bundle, self.statistics.means(), self.statistics.precision())
+        return {}
+
+
+class BankFit:
+    """The region vectors of the bank's sample of training rows, streamed into a scratch file."""
+
+    def __init__(self, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> None:
+        self.search, self.seed = settings.multiscale, seed
+        self.path = os.path.join(scratch, "bank.f32") if scratch else None
+        self.count, self.region_shape = 0, None
+
+    def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "in_bank": np.array([in_sample(i, self.search.bank_fraction, self.seed, BANK_SALT) for i in ids], dtype=bool),
+            "regions": region_vectors(search_map(features, mirror), self.search).cpu().numpy(),
+        }
+
+    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
+        kept = rows["regions"][rows["in_bank"]].astype(np.float32)
+        with open(self.path, "ab") as sink:
+            sink.write(kept.tobytes())
+        self.count, self.region_shape = self.count + len(kept), rows["regions"].shape[1:]
+
+    def finish(self, bundle: Location) -> dict:
+        needed = max(self.search.k, self.search.knn_k)
+        if self.count < needed:
+            raise ConfigError(
+                f"model.multiscale.bank_fraction={self.search.bank_fraction} leaves {self.count} bank images, fewer "
+                f"than the k of its searches ({needed}): raise it"
+            )
+        bank = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count, *self.region_shape))
+        index = write_bank(bundle, bank, self.search, self.seed)
+        shape = bank.shape
+        del bank  # the mapping, before the scratch file goes
+        return {"bank_shape": shape, "bank_index": index}
+
+
+# by family: (model settings, seed, number of classes, scratch directory on the driver or None in an actor)
+STREAMING: dict[str, Callable[[ModelSettings, int, int, str | None], StreamingFit]] = {
+    "mahalanobis": MahalanobisFit,
+    "multiscale": BankFit,
+}
+
+
+def _streaming_families(settings: ModelSettings) -> list[str]:
+    return [spec.family for spec in enabled_detectors(settings) if spec.family in STREAMING]
+
+
+class ReferenceRows:
+    """``map_batches`` class: decoded rows -> every streaming family's per-row arrays, keyed ``family/name``."""
+
+    def __init__(
+        self, model: dict, class_names: list[str], label_column: str, state: dict, device: str, cpu_threads: int = 1,
+        seed: int = 0,
+    ) -> None:
+        torch.set_num_threads(max(1, cpu_threads))
+        self.settings = ModelSettings.model_validate(model)
+        self.device = pick_device(device)
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.label_column = label_column
+        self.fits = {family: STREAMING[family](self.settings, seed, len(class_names), None)
+                     for family in _streaming_families(self.settings)}
+        self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
+        self.backbone.load_state_dict(state)
+        self.backbone.to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        pixels = pixels_from_column(batch.column("pixels"), self.settings.preprocess.native_size)
+        images = uint8_to_unit(torch.from_numpy(pixels.copy()).to(self.device))
+        features = self.backbone.features(images)
+        mirror = self.backbone.features(images.flip(3)) if self.settings.multiscale.flip_average else None
+        labels = batch.column(self.label_column).cast(pa.string()).to_pylist()
+        classes = np.array([self.class_index[label] for label in labels])
+        ids = batch.column("id").to_pylist()
+        return {f"{family}/{name}": values for family, fit in self.fits.items()
+                for name, values in fit.rows(features, mirror, ids, classes).items()}
+
+
+def fit_references(
+    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], state: dict, bundle: Location, scratch: str
+) -> dict[str, dict]:
+    """Every streaming family fitted in one pass over ``data`` and written into ``bundle``; returns each family's
+    manifest facts. ``scratch``: a directory for what a family spills on the way (the bank)."""
+    screen = config.screen
+    fits = {family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
+            for family in _streaming_families(config.model)}
+    batches = data.map_batches(
+        ReferenceRows,
+        fn_constructor_kwargs={
+            "model": config.model.model_dump(mode="json"), "class_names": class_names,
+            "label_column": config.corpus.label_column, "state": state,
+            "device": screen.device, "cpu_threads": screen.actor_threads, "seed": config.train.seed,
+        },
+        **actor_pool(screen, min_actors=1),
+    )
+    for batch in batches.iter_batches(batch_size=None, batch_format="numpy"):
+        for family, fit in fits.items():
+            prefix = f"{family}/"
+            fit.partial_fit({key[len(prefix):]: values for key, values in batch.items() if key.startswith(prefix)})
+    return {family: fit.finish(bundle) for family, fit in fits.items()}
