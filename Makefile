@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python jobs/screen.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --durations=20 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not cluster" tests
