@@ -26,11 +26,11 @@ from rayood.cli import job_config
 from rayood.config import ConfigError, RayoodConfig
 from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
-from rayood.evaluation.table import OODSet, evaluate_scores, to_csv, to_markdown
 from rayood.evaluation.plots import histogram_png, roc_png
+from rayood.evaluation.table import OODSet, evaluate_scores, to_csv, to_markdown
+from rayood.report.columns import PREDICTED_CLASS, SOURCE, STATUS, STATUS_OK, score_col
 from rayood.screen.pipeline import screen
 from rayood.storage import resolve
-from rayood.report.columns import PREDICTED_CLASS, SOURCE, STATUS, STATUS_OK, score_col
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayood.audit.two_sample import MMD_MAX_ROWS, MMD_PERMUTATIONS, flagged_test, ks_test, mmd_test
-from rayood.report.reader import FinishedReport
 from rayood.report.columns import EMBEDDING, ID, SOURCE, STATUS, STATUS_OK, pvalue_col, score_col
+from rayood.report.reader import FinishedReport
 
 NO_EMBEDDINGS = "no embeddings in the report: MMD skipped"
 NULL_GROUP = "(null)"

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 
 from rayood.audit.compare import MmdSettings, audit, groups_of, values_of
 from rayood.audit.report_html import histogram_uri, render_html
-from rayood.audit.verdict import drift_verdict, verdict_line
 from rayood.audit.thumbnails import attach_thumbnails, most_ood
+from rayood.audit.verdict import drift_verdict, verdict_line
 from rayood.bundle import read_calibration, read_manifest
 from rayood.config import RayoodConfig, S3Settings, with_overrides
 from rayood.data.decode import DecodeLimits
 from rayood.data.sources import InputError, plan_sources
-from rayood.report.reader import FinishedReport, is_finished_report
-from rayood.report.guard import claim_output
-from rayood.storage import Location, resolve
 from rayood.report.columns import score_col
+from rayood.report.guard import claim_output
+from rayood.report.reader import FinishedReport, is_finished_report
+from rayood.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from PIL import Image
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.decode import DecodeError, DecodeLimits, decode_image
 from rayood.decide.originals import iter_originals
-from rayood.storage import StorageError
 from rayood.report.columns import pvalue_col, score_col
+from rayood.storage import StorageError
 
 log = logging.getLogger(__name__)
 

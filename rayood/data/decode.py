@@ -145,10 +145,19 @@ def _image_bytes(column: pa.ChunkedArray) -> list[bytes | None]:
     return column.to_pylist()
 
 
+def _is_binary(column: pa.ChunkedArray) -> bool:
+    return pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+
+
+def text_ids(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """The ids as ``ids_as_text`` gives them, as Arrow strings: text and numeric ids never go through Python."""
+    return pa.array(ids_as_text(column)[0], pa.string()) if _is_binary(column) else column.cast(pa.string())
+
+
 def ids_as_text(column: pa.ChunkedArray) -> tuple[list[str | None], list[str | None]]:
     """Row ids as text, and per row why the id is unusable (or None). A binary id that is not UTF-8 keeps a
     printable form (``\\x`` escapes) so that its row is still reported, as an error."""
-    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+    if not _is_binary(column):
         ids = column.cast(pa.string()).to_pylist()
         return ids, [None] * len(ids)
     ids, problems = [], []

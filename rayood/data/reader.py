@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from rayood.data.decode import BatchDecoder, DecodeLimits, ids_as_text
+from rayood.data.decode import BatchDecoder, DecodeLimits, text_ids
 from rayood.data.parquet_ranges import ParquetRowRanges
 from rayood.data.sources import SourcePlan
 from rayood.data.synthetic_corpus import rows_to_images
@@ -43,11 +43,10 @@ class _Unwritten:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self._values is None:
             self._values = ray.get(self.written)
-        ids, _ = ids_as_text(batch.column(self.id_column))
-        return batch.filter(unwritten(pa.array(ids, pa.string()), self._values))
+        return batch.filter(unwritten(text_ids(batch.column(self.id_column)), self._values))
 
 
-def unwritten(ids: pa.Array, written: pa.Array) -> pa.Array:
+def unwritten(ids: pa.Array | pa.ChunkedArray, written: pa.Array) -> pa.Array | pa.ChunkedArray:
     """True where an id is not among ``written``; a null id is never written."""
     return pc.invert(pc.is_in(ids, value_set=written, skip_nulls=True))
 

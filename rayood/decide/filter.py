@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
 from rayood.decide.fdr import BenjaminiHochberg
-from rayood.report.reader import FinishedReport
 from rayood.decide.shards import prepare_shard_output, write_kept_shards
-from rayood.report.guard import claim_output
-from rayood.storage import Location, StorageError
 from rayood.report.columns import STATUS, STATUS_OK, pvalue_col, qvalue_col
+from rayood.report.guard import claim_output
+from rayood.report.reader import FinishedReport
+from rayood.storage import Location, StorageError
 
 KEEP, REJECT, ERRORS, RESULT = "keep.parquet", "reject.parquet", "errors.parquet", "filter.json"
 BATCH_ROWS = 65_536

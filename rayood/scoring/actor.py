@@ -20,9 +20,8 @@ from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.calibrate import ConformalReference
 from rayood.detectors.fusion import FUSED
-from rayood.scoring.scorer import Scorer, pick_device
 from rayood.report.columns import EMBEDDING, IS_OOD, KEY_COLUMNS, PREDICTED_CLASS, STATUS, STATUS_OK, pvalue_col, score_col
-
+from rayood.scoring.scorer import Scorer, pick_device
 
 
 class ScoreActor:

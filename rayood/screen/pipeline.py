@@ -26,14 +26,14 @@ from rayood.config import ConfigError, RayoodConfig, ScreenSettings
 from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
+from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 from rayood.report.summary import summarize
+from rayood.report.target import STATS, ReportTarget
 from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool
-from rayood.report.target import STATS, ReportTarget
 from rayood.screen.progress import RowProgress
 from rayood.storage import redacted, resolve
-from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 
 log = logging.getLogger(__name__)
 
