@@ -20,7 +20,7 @@ import torch
 
 from rayood.bundle import BundleError
 from rayood.config import ModelSettings
-from rayood.storage import Location, StorageError
+from rayood.storage import Location, StorageError, retry_transient
 
 COPY_CHUNK = 16 << 20
 
@@ -82,9 +82,12 @@ def local_file(location: Location, bundle_id: str) -> str:
             return str(target)
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-        try:
+        def copy() -> None:
             with location.fs.open_input_stream(location.path) as source, open(partial, "wb") as sink:
                 shutil.copyfileobj(source, sink, COPY_CHUNK)
+
+        try:
+            retry_transient(copy)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)  # a failed copy leaves nothing behind in the cache

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -24,6 +26,31 @@ from rayood.config import S3Settings
 
 class StorageError(RuntimeError):
     """A path that cannot be read or written, phrased with its URI."""
+
+
+# pyarrow's S3 client retries a request answered with 503 SlowDown or 500, or not answered at all, except a
+# GetObject: there it reports the answer as "AWS Error INTERNAL_FAILURE ... Failed to flush response stream" and
+# gives up (pyarrow 26.0.1, measured against moto behind tests/faulty_proxy.py). Ray Data retries its own reads on
+# these messages (``DataContext.retried_io_errors``); rayood's own reads (bundles, leases, reports) retry here.
+TRANSIENT_ERRORS = (
+    "AWS Error INTERNAL_FAILURE", "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN",
+    "AWS Error SERVICE_UNAVAILABLE", "HTTP status 503",
+)
+READ_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+def retry_transient(read: Callable[[], T], attempts: int = READ_ATTEMPTS) -> T:
+    """``read()``, tried again (backing off 0.1 s, 0.2 s, ...) while it fails with a transient object-store error;
+    any other error, or the last attempt's, is raised as it is. Only for reads: they can be repeated safely."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except OSError as error:
+            if attempt + 1 == attempts or not any(message in str(error) for message in TRANSIENT_ERRORS):
+                raise
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def is_s3(uri: str) -> bool:
@@ -78,10 +105,13 @@ class Location:
             raise StorageError(f"cannot reach {self.uri}: {error}") from None
 
     def read_bytes(self) -> bytes:
-        try:
+        def read() -> bytes:
             with self.fs.open_input_stream(self.path) as stream:
                 return stream.read()
-        except (OSError, FileNotFoundError) as error:
+
+        try:
+            return retry_transient(read)
+        except OSError as error:
             raise StorageError(f"cannot read {self.uri}: {error}") from None
 
     def write_bytes(self, data: bytes) -> None:

@@ -19,7 +19,8 @@ SLOW_DOWN = (
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 INTERNAL = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>'
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+# not forwarded: the proxy reads the whole body (``Expect: 100-continue`` is answered here) and sends its length
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "expect"}
 
 
 class FaultyProxy:
@@ -40,8 +41,20 @@ class FaultyProxy:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def _read_body(self) -> bytes:
+                """The request body, also when it comes in HTTP chunks (pyarrow's S3 client uploads that way)."""
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailer fields
+                    pass
+                return b"".join(chunks)
+
             def _handle(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._read_body()
                 fault = proxy._next_fault()
                 if fault == "drop":
                     self.close_connection = True

@@ -34,7 +34,7 @@ from rayood.bundle import utc_now
 from rayood.report.guard import OutputError, claim_output
 from rayood.report.summary import finite_or_null
 from rayood.report.lease import LEASE, OutputLease
-from rayood.storage import Location
+from rayood.storage import Location, StorageError, retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +136,23 @@ class ReportTarget:
             return {}
 
     def _scan_rows(self) -> Written:
-        """Keys of every complete row file; a file without a readable footer is deleted (its rows are redone)."""
+        """Keys of every complete row file; a file cut short (no Parquet footer) is deleted and its rows are redone.
+        A file that cannot be read at all (storage failing beyond its retries) fails the run and is kept: a
+        transient error must never delete finished rows."""
         tables, files = [], 0
         for info in self.rows.list_files() if self.rows.is_dir() else []:
+            def keys(path: str = info.path) -> pa.Table:
+                with self.rows.fs.open_input_file(path) as handle:
+                    return pq.read_table(handle, columns=list(KEY))
+
             try:
-                with self.rows.fs.open_input_file(info.path) as handle:
-                    tables.append(pq.read_table(handle, columns=list(KEY)))
+                tables.append(retry_transient(keys))
                 files += 1
-            except (OSError, pa.ArrowInvalid) as error:
+            except pa.ArrowInvalid as error:
                 log.warning("deleting the unreadable row file %s (%s): its rows are redone", self.location.uri_of(info.path), error)
                 self.rows.fs.delete_file(info.path)
+            except OSError as error:
+                raise StorageError(f"cannot read the row file {self.location.uri_of(info.path)}: {error}") from None
         if not tables:
             return Written()
         keys = pa.concat_tables(tables)
