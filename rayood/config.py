@@ -131,6 +131,11 @@ class BackboneSettings(_Strict):
 class LayerwiseSettings(_Strict):
     """DLSR: the feature denoiser (LFDN) and its test-time reconstruction (docs/METHODS.md section 1)."""
 
+    enabled: bool = Field(
+        default=True,
+        description="fit the feature denoiser and report layerwise_mse / layerwise_mfsim; off saves its Ray Train "
+        "stage (screen.decision.score must then name another score)",
+    )
     timesteps: int = Field(default=100, ge=2, le=10_000)
     beta_start: float = Field(default=0.0015, gt=0, lt=1)
     beta_end: float = Field(default=0.0195, gt=0, lt=1)
@@ -424,7 +429,7 @@ STAGE_INPUTS = {
 STAGE_UPSTREAM = {"layerwise": ("backbone",)}
 TEST_TIME_ONLY = {  # settings a stage's training never reads
     "model.backbone": {"flip_tta"},
-    "model.layerwise": {"noise_level", "ddim_steps"},
+    "model.layerwise": {"enabled", "noise_level", "ddim_steps"},
     "model.ddp": {"enabled", "stride", "draws", "guidance", "compare", "chunk_rows"},  # levels: see timesteps
 }
 

@@ -18,6 +18,7 @@ from tests.test_bundle import SETTINGS, make_bundle
 _SMALL_K = {**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}}
 WITH_DDP = ModelSettings.model_validate({**_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": True}})
 SMALL_K = ModelSettings.model_validate({**_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": False}})
+NO_LAYERWISE = ModelSettings.model_validate({**SMALL_K.model_dump(), "layerwise": {**SETTINGS.layerwise.model_dump(), "enabled": False}})
 
 
 def _pixels(n: int) -> np.ndarray:
@@ -38,10 +39,14 @@ def test_every_registered_family_loads_and_scores_exactly_its_names(tmp_path):
             assert values.shape == (4,) and torch.isfinite(values).all(), name
 
 
-def test_a_family_the_settings_disable_is_neither_loaded_nor_named(tmp_path):
-    make_bundle(tmp_path, SMALL_K, scores=registry.score_names(SMALL_K))
-    assert "ddp" not in load_bundle(str(tmp_path)).detectors
-    assert not any(name.startswith("ddp") for name in registry.score_names(SMALL_K))
+@pytest.mark.parametrize("settings, family", [(SMALL_K, "ddp"), (NO_LAYERWISE, "layerwise")])
+def test_a_family_the_settings_disable_is_neither_loaded_nor_named(tmp_path, settings, family):
+    make_bundle(tmp_path, settings, scores=registry.score_names(settings))
+    bundle = load_bundle(str(tmp_path))
+    assert family not in bundle.detectors and family not in bundle.manifest["files"]
+    assert not any(name.startswith(family) for name in registry.score_names(settings))
+    view = ScoringView.of(bundle.backbone, torch.rand(2, 3, 32, 32), ["a", "b"], bundle.settings)
+    assert {name for detector in bundle.detectors.values() for name in detector.score(view)} == set(bundle.manifest["scores"])
 
 
 class FeatureNorm:

@@ -45,7 +45,8 @@ class DetectorSpec:
 REGISTRY: tuple[DetectorSpec, ...] = (
     DetectorSpec("classifier", "rayood.detectors.baselines", lambda settings: CLASSIFIER),
     DetectorSpec("mahalanobis", "rayood.detectors.mahalanobis", lambda settings: MAHALANOBIS),
-    DetectorSpec("layerwise", "rayood.detectors.layerwise", lambda settings: LAYERWISE),
+    DetectorSpec("layerwise", "rayood.detectors.layerwise", lambda settings: LAYERWISE,
+                 enabled=lambda settings: settings.layerwise.enabled),
     DetectorSpec("multiscale", "rayood.detectors.multiscale", lambda settings: MULTISCALE),
     DetectorSpec("ddp", "rayood.detectors.ddp", lambda settings: ddp_score_names(settings.ddp),
                  enabled=lambda settings: settings.ddp.enabled),
