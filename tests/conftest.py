@@ -3,8 +3,15 @@ fitted with Ray Train on scikit-learn digits, and corpora of real image files, g
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import os
+import shutil
 import socket
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +23,13 @@ TINY_MODEL = {
     "preprocess": {"native_size": 32, "input_size": 32, "mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]},
     "backbone": {"arch": "cifar_resnet", "widths": [8, 16, 32, 32], "blocks": [1, 1, 1, 1]},
     "layerwise": {"num_blocks": 2, "hidden_multiplier": 1.0, "time_embed_dim": 32},
-    "ddp": {"base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 1},
+    # DDP is the slow score (a screen of the demo corpus takes ~45 s with it, ~7 s without): off in the shared
+    # tiny bundle, on in exactly one test (test_multiworker.py, with WITH_DDP)
+    "ddp": {"enabled": False, "base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 1},
     "fusion": {"synthetic_per_kind": 100},
 }
-NO_DDP = {"ddp": {"enabled": False}}  # for tests about other things: DDP is the slow score
+WITH_DDP = {"ddp": {**TINY_MODEL["ddp"], "enabled": True}}
+NO_LAYERWISE = {"layerwise": {**TINY_MODEL["layerwise"], "enabled": False}}  # one Ray Train stage less (~20 s)
 TINY_TRAIN = {
     "run_name": "tiny",
     "calibration_fraction": 0.25,
@@ -47,19 +57,66 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def demo_data(tmp_path_factory) -> tuple[Path, Path]:
-    """The demo's fitting set (digits 0-4) and corpus (ID, near- and far-OOD), built once."""
-    return build_demo(tmp_path_factory.mktemp("demo"))
+PACKAGE = Path(__file__).resolve().parents[1] / "rayood"
+STALE_CACHE_S = 3600  # cache entries of other code versions older than this are removed
+
+
+def _code_key() -> str:
+    """What the demo data and the tiny bundle depend on: rayood's code, the tiny settings and the installed
+    libraries. Any change to them makes a new cache entry."""
+    digest = hashlib.sha256(json.dumps([TINY_MODEL, TINY_TRAIN], sort_keys=True).encode())
+    for package in ("torch", "torchvision", "ray", "numpy", "scikit-learn"):
+        digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(ray_cluster, demo_data, tmp_path_factory) -> str:
+def fixture_cache(request) -> Path:
+    """This code version's entry in pytest's cache (``.pytest_cache``, never in git): the fast tier's end-to-end
+    test and a rerun of the suite reuse the tiny bundle instead of fitting it again (about 80 s on 2 cores)."""
+    root, key = Path(request.config.cache.mkdir("rayood-fixtures")), _code_key()
+    for entry in root.iterdir():
+        if entry.name != key and time.time() - entry.stat().st_mtime > STALE_CACHE_S:
+            shutil.rmtree(entry, ignore_errors=True)
+    (root / key).mkdir(exist_ok=True)
+    return root / key
+
+
+def _built_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """``target``, built by ``build(scratch)`` in a scratch folder beside it and renamed into place: a session
+    never sees half of one, and of two sessions building at once the second keeps the first one's."""
+    if not target.exists():
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        build(scratch)
+        try:
+            scratch.rename(target)
+        except OSError:
+            shutil.rmtree(scratch)
+    return target
+
+
+@pytest.fixture(scope="session")
+def demo_data(fixture_cache) -> tuple[Path, Path]:
+    """The demo's fitting set (digits 0-4) and corpus (ID, near- and far-OOD). Read only: its path is part of
+    the tiny bundle's stage fingerprints, so it stays where the cached bundle was fitted on it."""
+    return build_demo(_built_once(fixture_cache / "demo", build_demo))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(ray_cluster, demo_data, fixture_cache, tmp_path_factory) -> str:
+    """The tiny bundle and its Ray Train checkpoints, fitted once per code version; each session gets a copy,
+    since tests refit from those checkpoints."""
     from rayood.train.fit import fit
 
-    fit_path, _ = demo_data
-    bundle = str(tmp_path_factory.mktemp("bundles") / "tiny")
-    return fit(tiny_config(train={"data": [str(fit_path)], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}))
+    def fit_into(folder: Path) -> None:
+        bundle = str(folder / "tiny")
+        fit(tiny_config(train={"data": [str(demo_data[0])], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}))
+
+    copy = tmp_path_factory.mktemp("bundles") / "fitted"
+    shutil.copytree(_built_once(fixture_cache / "bundle", fit_into), copy)
+    return str(copy / "tiny")
 
 
 def _free_port() -> int:
@@ -88,7 +145,7 @@ def s3_server():
 
 
 # The slow tier: tests that start Ray (a fixture cluster, their own head) or run a job in a new process. The
-# rest run in seconds: ``make test-fast`` (``pytest -m "not cluster"``).
+# rest run in seconds: ``make test-fast`` (``pytest -m "not cluster"``), with the one test marked ``smoke``.
 CLUSTER_FIXTURES = {"ray_cluster", "tiny_bundle"}
 CLUSTER_CALLS = {"run_job", "ray_head", "subprocess"}
 
@@ -97,5 +154,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         function = getattr(item, "function", None)
         calls = set(function.__code__.co_names) if function is not None else set()
-        if CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls:
+        if item.get_closest_marker("smoke") is None and (CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls):
             item.add_marker(pytest.mark.cluster)

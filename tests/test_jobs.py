@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import NO_DDP, TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_demo_flow_builds_data_fits_and_screens(ray_cluster, tmp_path):
         tmp_path / "demo.yaml",
         {
             "demo": {"root": str(root)},
-            "model": {**TINY_MODEL, **NO_DDP},
+            "model": TINY_MODEL,
             "train": {**TINY_TRAIN, "data": [str(root / "id_fit.parquet")], "bundle": str(root / "bundle")},
             "screen": {
                 "inputs": [str(root / "corpus")], "output": str(root / "report"), "bundle": str(root / "bundle"),

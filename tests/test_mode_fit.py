@@ -14,7 +14,7 @@ from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE
 from rayood.config import ConfigError, parse_config
 from rayood.screen.pipeline import screen
 from rayood.train.fit import fit
-from tests.conftest import NO_DDP, tiny_config
+from tests.conftest import NO_LAYERWISE, tiny_config
 
 
 def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_path, caplog):
@@ -22,22 +22,21 @@ def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_p
     fit_path, corpus = demo_data
     bundle = str(tmp_path / "alpa")
     config = tiny_config(
-        model={**NO_DDP, "multiscale": {"index": "ivf", "ivf_lists": 4, "ivf_probe": 4, "flip_average": True}},
+        model={"multiscale": {"index": "ivf", "ivf_lists": 4, "ivf_probe": 4, "flip_average": True}, **NO_LAYERWISE},
         train={
             "data": [str(fit_path)], "bundle": bundle,
-            "backbone": {"objective": "alpa_train", "epochs": 1, "batch_size": 32, "lr": 0.01, "alpa_dim": 16},
-            "layerwise": {"epochs": 2, "batch_size": 64},
+            "backbone": {"objective": "alpa_train", "epochs": 2, "batch_size": 32, "lr": 0.01, "alpa_dim": 16},
         },
         screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
                 "decision": {"score": "multiscale", "alpha": 0.05}},
     )
     with caplog.at_level(logging.INFO, logger="rayood.train.progress"):
         fit(config)
-    assert "backbone: epoch 1 of 1, loss" in caplog.text and "train accuracy" in caplog.text
-    assert "layerwise: epoch 1 of 2, loss" in caplog.text and "s per epoch, about" in caplog.text
-    assert "layerwise: epoch 2 of 2, loss" in caplog.text
+    assert "backbone: epoch 1 of 2, loss" in caplog.text and "train accuracy" in caplog.text
+    assert "s per epoch, about" in caplog.text and "backbone: epoch 2 of 2, loss" in caplog.text
     manifest = json.load(open(f"{bundle}/manifest.json"))
-    assert manifest["training"]["backbone"]["epoch"] == 1
+    assert manifest["training"]["backbone"]["epoch"] == 2
+    assert "layerwise" not in manifest["training"] and not any(s.startswith("layerwise") for s in manifest["scores"])
     assert not os.path.exists(f"{bundle}/{BANK_FILE}")
     for name, vectors in ((MULTISCALE_INDEX_FILE, 6), (KNN_INDEX_FILE, 1)):
         index = faiss.read_index(f"{bundle}/{name}")

@@ -1,4 +1,5 @@
-"""Fitting across Ray Train workers: every stage splits its data, and the bundle is as good as one worker's."""
+"""Fitting across Ray Train workers: every stage splits its data, and the bundle is as good as one worker's.
+This is also the one test that fits and screens with DDP (the shared tiny bundle leaves it out: it is slow)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 from rayood.screen.pipeline import screen
 from rayood.train.fit import fit
-from tests.conftest import tiny_config
+from tests.conftest import WITH_DDP, tiny_config
 
 STRONG_SCORES = ("mahalanobis", "layerwise_mse", "knn", "multiscale")  # the ones well above chance on the demo
 
@@ -23,7 +24,7 @@ def _demo_aurocs(bundle: str, corpus, output) -> dict[str, float]:
 def test_two_workers_split_every_stage_and_fit_a_bundle_as_good_as_one(ray_cluster, tiny_bundle, demo_data, tmp_path):
     fit_path, corpus = demo_data
     bundle = str(tmp_path / "two-workers")
-    fit(tiny_config(train={
+    fit(tiny_config(model=WITH_DDP, train={
         "data": [str(fit_path)], "bundle": bundle, "num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1,
     }))
     manifest = json.load(open(f"{bundle}/manifest.json"))
@@ -37,6 +38,7 @@ def test_two_workers_split_every_stage_and_fit_a_bundle_as_good_as_one(ray_clust
     assert single["training"]["backbone"]["worker_rows"] == [train_rows]
 
     two, one = _demo_aurocs(bundle, corpus, tmp_path / "two"), _demo_aurocs(tiny_bundle, corpus, tmp_path / "one")
+    assert {"ddp", "ddp_t40", "ddp_t80"} <= set(two) and not {"ddp"} & set(one), "DDP scores only from the DDP bundle"
     print("AUROC one worker, two:", {name: (round(one[name], 4), round(two[name], 4)) for name in one})
     # Tiny fits (4 epochs, 519 images) differ by up to ~0.06 AUROC between runs whose rows land on other workers;
     # per-worker batches (the bug this guards against) lost 0.06-0.25 on every one of these scores.

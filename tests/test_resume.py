@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +23,7 @@ from rayood.screen.pipeline import screen
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS_ROWS = 600
+CORPUS_ROWS = 2400
 SMALL_BATCHES = {"batch_size": 16, "decode_batch_size": 16}
 
 
@@ -59,8 +60,12 @@ def complete_files(rows: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def corpus(demo_data, tmp_path_factory) -> Path:
+    """The demo corpus twice (the copy under other ids): large enough that the kill lands part-way, since the
+    tiny bundle scores a few hundred rows a second."""
     path = tmp_path_factory.mktemp("resume") / "corpus.parquet"
-    pq.write_table(pq.read_table(demo_data[1] / "corpus.parquet").slice(0, CORPUS_ROWS), path)
+    demo = pq.read_table(demo_data[1] / "corpus.parquet")
+    copy = demo.set_column(0, "id", pa.array([f"again/{i}" for i in demo.column("id").to_pylist()]))
+    pq.write_table(pa.concat_tables([demo, copy]).slice(0, CORPUS_ROWS), path)
     return path
 
 

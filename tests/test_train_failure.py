@@ -16,7 +16,7 @@ import yaml
 from rayood.bundle_models import load_bundle
 from rayood.train.fit import STAGING
 from tests.cluster import RAY, ray_head
-from tests.conftest import NO_DDP, TINY_MODEL, TINY_TRAIN
+from tests.conftest import NO_LAYERWISE, TINY_MODEL, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 12
@@ -54,11 +54,10 @@ def test_a_killed_train_worker_resumes_from_the_last_checkpoint(demo_data, tmp_p
     bundle, checkpoints = tmp_path / "bundle", tmp_path / "checkpoints"
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
-        "model": {**TINY_MODEL, **NO_DDP},
+        "model": {**TINY_MODEL, **NO_LAYERWISE},
         "train": {
             **TINY_TRAIN, "data": [str(demo_data[0])], "bundle": str(bundle), "checkpoint_path": str(checkpoints),
             "backbone": {**TINY_TRAIN["backbone"], "epochs": EPOCHS, "checkpoint_every": 2},
-            "layerwise": {**TINY_TRAIN["layerwise"], "epochs": 4},
         },
     }))
     (tmp_path / "ray").mkdir()
