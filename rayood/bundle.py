@@ -5,7 +5,7 @@ Layout (a local directory or an ``s3://`` prefix)::
     manifest.json              format version, model settings, classes, stage dims, scores, data
                                fingerprint, library versions, training metrics, calibration summary
     backbone.pt                state_dict of the backbone (classifier + feature taps)
-    layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights)
+    layerwise_denoiser.pt      state_dict of the DLSR feature denoiser (EMA weights), when DLSR is on
     multiscale_bank.npy        N x R x C region vectors of the ID training images (MODE / KNN), or, for banks
     multiscale_index.faiss     searched approximately, two faiss IVF indexes: every region vector, and
     knn_index.faiss            the global vectors alone (``model.multiscale.index``)
