@@ -82,6 +82,7 @@ def local_file(location: Location, bundle_id: str) -> str:
             return str(target)
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+
         def copy() -> None:
             with location.fs.open_input_stream(location.path) as source, open(partial, "wb") as sink:
                 shutil.copyfileobj(source, sink, COPY_CHUNK)

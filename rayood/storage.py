@@ -43,14 +43,14 @@ T = TypeVar("T")
 def retry_transient(read: Callable[[], T], attempts: int = READ_ATTEMPTS) -> T:
     """``read()``, tried again (backing off 0.1 s, 0.2 s, ...) while it fails with a transient object-store error;
     any other error, or the last attempt's, is raised as it is. Only for reads: they can be repeated safely."""
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
             return read()
         except OSError as error:
-            if attempt + 1 == attempts or not any(message in str(error) for message in TRANSIENT_ERRORS):
+            if not any(message in str(error) for message in TRANSIENT_ERRORS):
                 raise
             time.sleep(min(2.0, 0.1 * 2**attempt))
-    raise AssertionError("unreachable")
+    return read()
 
 
 def is_s3(uri: str) -> bool:

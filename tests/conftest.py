@@ -89,11 +89,14 @@ def _built_once(target: Path, build: Callable[[Path], object]) -> Path:
     never sees half of one, and of two sessions building at once the second keeps the first one's."""
     if not target.exists():
         scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        build(scratch)
         try:
+            build(scratch)
             scratch.rename(target)
-        except OSError:
-            shutil.rmtree(scratch)
+        except OSError:  # another session renamed its copy into place first
+            if not target.exists():
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)  # gone after a rename; a failed build leaves nothing
     return target
 
 

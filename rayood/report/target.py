@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
@@ -49,6 +50,11 @@ KEY = ("source", "id")
 
 def _is_report_file(name: str) -> bool:
     return name in REPORT_FILES or (name.startswith(f"{ROWS}/") and name.endswith(".parquet"))
+
+
+def _row_keys(fs: pafs.FileSystem, path: str) -> pa.Table:
+    with fs.open_input_file(path) as handle:
+        return pq.read_table(handle, columns=list(KEY))
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,8 @@ class ReportTarget:
         transient error must never delete finished rows."""
         tables, files = [], 0
         for info in self.rows.list_files() if self.rows.is_dir() else []:
-            def keys(path: str = info.path) -> pa.Table:
-                with self.rows.fs.open_input_file(path) as handle:
-                    return pq.read_table(handle, columns=list(KEY))
-
             try:
-                tables.append(retry_transient(keys))
+                tables.append(retry_transient(lambda: _row_keys(self.rows.fs, info.path)))
                 files += 1
             except pa.ArrowInvalid as error:
                 log.warning("deleting the unreadable row file %s (%s): its rows are redone", self.location.uri_of(info.path), error)
