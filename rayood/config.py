@@ -323,6 +323,12 @@ class TrainSettings(_Strict):
     num_workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="where Ray Train puts the workers (a placement group strategy): PACK fills a node first; "
+        "SPREAD puts them on different nodes where it can, so a lost node takes one worker's share, and the "
+        "group restarts on the nodes left. STRICT_SPREAD cannot restart once fewer nodes than workers are left",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1,
         description="CPU threads per training worker (default: Ray's, the floor of cpus_per_worker). On a CPU-only "

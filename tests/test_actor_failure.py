@@ -5,13 +5,13 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayood.screen.pipeline import screen
+from tests.cluster import actor_pids
 from tests.conftest import tiny_config
 
 CORPUS_ROWS = 400
@@ -22,37 +22,10 @@ def read_rows(output):
     return pads.dataset(output / "rows", format="parquet").to_table().to_pandas().set_index("id").sort_index()
 
 
-def descendants(root: int) -> set[int]:
-    """Processes below ``root`` (this test's in-process cluster: raylet, GCS and their workers), from /proc."""
-    children: dict[int, set[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:  # gone meanwhile
-            continue
-        children.setdefault(ppid, set()).add(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def score_actor_pids() -> list[int]:
-    """Scoring actors of this test's cluster: processes titled ``ray::<actor class>...`` by Ray, of Ray Data's
-    actor class ``_MapWorker``; while a screening runs, the ScoreActor pool is its only actor-pool stage."""
-    pids = []
-    for pid in descendants(os.getpid()):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith("ray::") and "MapWorker" in title:
-            pids.append(pid)
-    return pids
+    """Scoring actors of this test's in-process cluster; while a screening runs, the ScoreActor pool is its only
+    actor-pool stage."""
+    return actor_pids(os.getpid(), "MapWorker")
 
 
 def kill_a_score_actor_once_it_wrote(output, killed: dict, stop: threading.Event) -> None:

@@ -19,6 +19,18 @@ def test_lines_carry_the_epoch_the_metrics_and_an_eta_from_the_pace_since_traini
     ]
 
 
+def test_short_epochs_get_a_line_every_few_seconds_with_the_first_and_the_last(caplog):
+    progress = StageProgress("layerwise", 150)
+    with caplog.at_level(logging.INFO, logger="rayood.train.progress"):
+        progress.log({"start_epoch": 0}, now=0.0)
+        for epoch in range(1, 151):
+            progress.log({"epoch": epoch, "loss": 0.02}, now=0.25 * epoch)
+    assert len(caplog.messages) == 5  # epochs 1, 41, 81, 121 (10 s apart) and 150
+    assert caplog.messages[0] == "layerwise: epoch 1 of 150, loss 0.02, 0.25 s per epoch, about 37 s left"
+    assert caplog.messages[1].startswith("layerwise: epoch 41 of 150, loss 0.02, 0.25 s per epoch")
+    assert caplog.messages[-1] == "layerwise: epoch 150 of 150, loss 0.02, 0.25 s per epoch"
+
+
 def test_a_first_line_without_a_start_has_no_pace_and_short_waits_are_in_seconds():
     assert describe("ddpm", 3, {"epoch": 1, "loss": 0.5}, None) == "ddpm: epoch 1 of 3, loss 0.5"
     assert describe("ddpm", 3, {"epoch": 2}, 40.0) == "ddpm: epoch 2 of 3, 40 s per epoch, about 40 s left"

@@ -104,7 +104,8 @@ def _fit_stage(config: RayoodConfig, checkpoints: Location, stage: str, loop, lo
             loop,
             train_loop_config={**loop_config, "progress": progress.queue},
             scaling_config=ScalingConfig(
-                num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}
+                num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker},
+                placement_strategy=train.placement_strategy,
             ),
             run_config=_run_config(config, checkpoints, stage),
             datasets={"train": data},
