@@ -20,7 +20,7 @@ import torch
 
 from rayood.bundle import BundleError
 from rayood.config import ModelSettings
-from rayood.storage import Location, StorageError, retry_transient
+from rayood.storage import STORAGE_ERRORS, Location, StorageError, retry_transient
 
 COPY_CHUNK = 16 << 20
 
@@ -92,6 +92,6 @@ def local_file(location: Location, bundle_id: str) -> str:
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)  # a failed copy leaves nothing behind in the cache
-    except (OSError, StorageError) as error:
+    except (*STORAGE_ERRORS, StorageError) as error:
         raise BundleError(f"cannot copy {location.uri} to this node's cache {cache}: {error}") from None
     return str(target)

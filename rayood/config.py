@@ -53,6 +53,20 @@ class S3Settings(_Strict):
     region: str | None = Field(default=None, description="env AWS_REGION / AWS_DEFAULT_REGION")
     anonymous: bool = False
     retries: int = Field(default=5, ge=0)
+    client: Literal["pyarrow", "s3fs"] = Field(
+        default="pyarrow",
+        description="pyarrow's native S3 client (faster: BENCHMARKS.md, 's3:// clients'), or s3fs (botocore's "
+        "credential chain and config files, named profiles, requester-pays buckets)",
+    )
+    profile: str | None = Field(default=None, description="a named profile of the AWS config files (client: s3fs)")
+    requester_pays: bool = Field(default=False, description="read requester-pays buckets (client: s3fs)")
+
+    @model_validator(mode="after")
+    def _s3fs_options_need_s3fs(self) -> S3Settings:
+        used = [name for name in ("profile", "requester_pays") if getattr(self, name)]
+        if used and self.client != "s3fs":
+            raise ValueError(f"{' and '.join(used)} need client: s3fs (pyarrow's client takes a profile from AWS_PROFILE)")
+        return self
 
     @field_validator("endpoint_url")
     @classmethod

@@ -2,7 +2,7 @@
 
 Everything goes through ``pyarrow.fs`` so that the same filesystem object serves Ray Data reads and
 writes, Ray Train checkpoints and bundle files. ``s3://`` uses pyarrow's native S3 client (its retries and
-the AWS credential chain); any other scheme (``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``, ...)
+the AWS credential chain), or s3fs where ``s3.client`` says so (profiles, requester-pays); any other scheme (``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``, ...)
 goes through fsspec, wrapped as ``PyFileSystem(FSSpecHandler(...))`` so that the rest of rayood keeps one
 code path. The objects are built from the URI, config and environment only (no secret inside), so they
 pickle cheaply to every Ray task, and each process finds credentials the way that filesystem's package does.
@@ -20,6 +20,7 @@ from typing import TypeVar
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
+from botocore.exceptions import BotoCoreError
 
 from rayood.config import S3Settings
 
@@ -37,6 +38,10 @@ TRANSIENT_ERRORS = (
     "AWS Error SERVICE_UNAVAILABLE", "HTTP status 503",
 )
 READ_ATTEMPTS = 5
+READ_CHUNK = 64 << 20
+# What an object-store call raises: OSError, and the botocore errors that s3fs lets through unchanged (no endpoint,
+# no credentials, a timeout), which are not OSErrors. pyarrow's own client raises OSError only.
+STORAGE_ERRORS = (OSError, BotoCoreError)
 T = TypeVar("T")
 
 
@@ -57,23 +62,50 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+def _s3_filesystem(settings: S3Settings) -> pafs.FileSystem:
+    return _s3fs_filesystem(settings) if settings.client == "s3fs" else _pyarrow_s3_filesystem(settings)
+
+
+def _endpoint(settings: S3Settings) -> str | None:
+    endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return None
+    parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if parsed.username or parsed.password:
+        raise StorageError("the S3 endpoint URL holds credentials; give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _region(settings: S3Settings) -> str:
+    return settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _s3fs_filesystem(settings: S3Settings) -> pafs.PyFileSystem:
+    """s3fs behind pyarrow's interface. Like the pyarrow client it holds no secret (fsspec pickles a filesystem
+    as its constructor arguments), and it caches no listings: a report directory changes while a run reads it."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        anon=settings.anonymous, endpoint_url=_endpoint(settings), profile=settings.profile,
+        requester_pays=settings.requester_pays, use_listings_cache=False,
+        client_kwargs={"region_name": _region(settings)},
+        config_kwargs={"retries": {"max_attempts": settings.retries + 1, "mode": "standard"}},
+    )
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _pyarrow_s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     """An S3 filesystem that holds no secret: each process that unpickles it (every Ray task gets a copy)
     finds credentials through the AWS chain of its own machine (environment, ~/.aws, instance or pod role),
     so keys never travel in task arguments, logs or Ray's object store. A local cluster's workers inherit the
     driver's environment; on KubeRay every pod gets the keys from the Secret (k8s/README.md)."""
-    endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = _endpoint(settings)
     kwargs: dict = {
-        "region": region,
+        "region": _region(settings),
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.retries + 1),
     }
     if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        if parsed.username or parsed.password:
-            raise StorageError("the S3 endpoint URL holds credentials; give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-        kwargs["endpoint_override"] = parsed.netloc
-        kwargs["scheme"] = parsed.scheme
+        kwargs["scheme"], kwargs["endpoint_override"] = endpoint.split("://", 1)
     if settings.anonymous:
         kwargs["anonymous"] = True
     return pafs.S3FileSystem(**kwargs)
@@ -101,17 +133,22 @@ class Location:
     def info(self) -> pafs.FileInfo:
         try:
             return self.fs.get_file_info(self.path)
-        except OSError as error:
+        except STORAGE_ERRORS as error:
             raise StorageError(f"cannot reach {self.uri}: {error}") from None
 
     def read_bytes(self) -> bytes:
         def read() -> bytes:
+            # read(n), not read(): pyarrow's S3 stream reads "all" as sequential 256 KiB range requests (129 GETs
+            # for 32 MiB); read(n) is one ranged GET of up to n bytes (benchmarks/s3_clients.py)
+            chunks = []
             with self.fs.open_input_stream(self.path) as stream:
-                return stream.read()
+                while chunk := stream.read(READ_CHUNK):
+                    chunks.append(chunk)
+            return b"".join(chunks)
 
         try:
             return retry_transient(read)
-        except OSError as error:
+        except STORAGE_ERRORS as error:
             raise StorageError(f"cannot read {self.uri}: {error}") from None
 
     def write_bytes(self, data: bytes) -> None:
@@ -126,14 +163,14 @@ class Location:
             with self.fs.open_output_stream(self.path) as stream:
                 for chunk in chunks:
                     stream.write(chunk)
-        except OSError as error:
+        except STORAGE_ERRORS as error:
             raise StorageError(f"cannot write {self.uri}: {error}") from None
 
     def list_files(self) -> list[pafs.FileInfo]:
         """Every file below this directory, recursively, sorted by path."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
-        except OSError as error:
+        except STORAGE_ERRORS as error:
             raise StorageError(f"cannot list {self.uri}: {error}") from None
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 

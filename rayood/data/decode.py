@@ -87,8 +87,8 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
             image = Image.open(io.BytesIO(data), formats=limits.formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DecodeError(f"image too large (decompression bomb guard, max_pixels {limits.max_pixels}): {error}") from None
-    except UnidentifiedImageError as error:
-        raise DecodeError(f"not an image: {error}") from None
+    except UnidentifiedImageError:  # PIL's message names the BytesIO object's address: one message per row
+        raise DecodeError(f"not an image: none of the formats {', '.join(limits.formats)} recognises it") from None
     except Exception as error:  # a known format whose header is cut short or damaged
         raise DecodeError(f"truncated or corrupt image: {error}") from None
     width, height = image.size

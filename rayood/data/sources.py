@@ -23,7 +23,7 @@ from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
 from rayood.data.synthetic_corpus import SyntheticCorpusError, synthetic_rows
 from rayood.data.unique_ids import BATCH_ROWS, repeated_ids
 from rayood.data.webdataset import SHARD_EXTENSION, count_samples
-from rayood.storage import Location, StorageError, resolve
+from rayood.storage import STORAGE_ERRORS, Location, StorageError, resolve
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _webdataset_rows(location: Location, paths: list[str]) -> int:
     def count(path: str) -> int:
         try:
             return count_samples(location.fs, path, location.uri_of(path))
-        except OSError as error:
+        except STORAGE_ERRORS as error:
             raise InputError(f"cannot read WebDataset shard {location.uri_of(path)}: {error}") from None
 
     with ThreadPoolExecutor(max_workers=min(SHARD_COUNT_THREADS, len(paths))) as pool:

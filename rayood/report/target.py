@@ -35,7 +35,7 @@ from rayood.bundle import utc_now
 from rayood.report.guard import OutputError, claim_output
 from rayood.report.summary import finite_or_null
 from rayood.report.lease import LEASE, OutputLease
-from rayood.storage import Location, StorageError, retry_transient
+from rayood.storage import STORAGE_ERRORS, Location, StorageError, retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class ReportTarget:
             except pa.ArrowInvalid as error:
                 log.warning("deleting the unreadable row file %s (%s): its rows are redone", self.location.uri_of(info.path), error)
                 self.rows.fs.delete_file(info.path)
-            except OSError as error:
+            except STORAGE_ERRORS as error:
                 raise StorageError(f"cannot read the row file {self.location.uri_of(info.path)}: {error}") from None
         if not tables:
             return Written()
