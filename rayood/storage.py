@@ -103,6 +103,9 @@ def _pyarrow_s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     kwargs: dict = {
         "region": _region(settings),
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.retries + 1),
+        # a small write is then one PutObject instead of a multipart upload's three requests (an error, such as a
+        # missing bucket, is raised when the file is closed instead of when it is opened)
+        "allow_delayed_open": True,
     }
     if endpoint:
         kwargs["scheme"], kwargs["endpoint_override"] = endpoint.split("://", 1)
@@ -158,8 +161,8 @@ class Location:
         """Write the file from pieces produced one at a time, so that it never has to be in memory whole."""
         try:
             parent = posixpath.dirname(self.path)
-            if parent:
-                self.fs.create_dir(parent, recursive=True)
+            if parent and not isinstance(self.fs, pafs.S3FileSystem):  # S3 has no directories: that is two requests
+                self.fs.create_dir(parent, recursive=True)  # (a HEAD and a marker object) per file for nothing
             with self.fs.open_output_stream(self.path) as stream:
                 for chunk in chunks:
                     stream.write(chunk)

@@ -7,6 +7,7 @@ import boto3
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from s3fs import S3FileSystem
 
 from rayood.config import ConfigError, S3Settings
 from rayood.screen.pipeline import screen
@@ -53,6 +54,7 @@ def test_s3fs_signs_with_a_named_profile_of_the_aws_config_files(s3_server, tmp_
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    S3FileSystem.clear_instance_cache()  # fsspec reuses a filesystem made with the same arguments, and its keys
 
     with_profile = resolve("s3://rayood-profile/note.txt", S3Settings(endpoint_url=s3_server, client="s3fs", profile="rayood-reader"))
     with_profile.write_bytes(b"signed with the profile's key")
