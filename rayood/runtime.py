@@ -23,6 +23,8 @@ def init_ray(settings: RaySettings) -> None:
     quiet = {"log_to_driver": settings.verbose, "logging_level": logging.INFO if settings.verbose else logging.WARNING}
     if not settings.verbose:
         ray.data.DataContext.get_current().enable_progress_bars = False
+        # which would else say so on the console, with how to turn them on (--verbose is rayood's way)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)

@@ -13,7 +13,7 @@ import torch
 from rayood.data.sources import HIDDEN, InputError
 from rayood.evaluation.metrics import auroc
 from rayood.report.guard import OutputError
-from rayood.screen.pipeline import screen
+from rayood.screen.pipeline import rows_per_file, screen
 from rayood.screen.progress import RowProgress
 from rayood.storage import LINK_NOT_FOLLOWED, resolve
 from tests.conftest import tiny_config
@@ -239,7 +239,9 @@ def test_a_synthetic_corpus_is_screened_with_progress_lines(tiny_bundle, tmp_pat
     assert summary["rows"] == summary["ok"] == 3000 and summary["per_source"] == {"synthetic://3000": 3000}
     assert len(read_report(output).column("id").unique()) == 3000
     progress = [r.getMessage() for r in caplog.records if r.name == "rayood.screen.progress"]
-    assert progress and all(" of 3000 rows" in line and "rows/s, ETA" in line for line in progress)
+    assert progress and all(" of 3000 rows" in line for line in progress)
+    started = [line for line in progress if "no new row file yet" not in line]
+    assert started and all("rows/s, ETA" in line for line in started), progress
 
 
 def test_progress_counts_finished_row_files_only(tmp_path):
@@ -251,3 +253,10 @@ def test_progress_counts_finished_row_files_only(tmp_path):
     assert progress.rows_done() == 3
     pq.write_table(pa.table({"id": ["d"]}), rows / "being-written.parquet")  # finished later: counted then
     assert progress.rows_done() == 4
+
+
+def test_row_files_hold_sixteen_batches_and_a_small_corpus_still_makes_several():
+    assert rows_per_file(256, 10_000_000) == 256 * 16
+    assert rows_per_file(256, 20_000) == 2_500  # eight files
+    assert rows_per_file(8, 600) == 75
+    assert rows_per_file(256, 1_321) == rows_per_file(256, 10) == 256  # never under one batch

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import pyarrow.dataset as pads
 import ray.data
 import ray.exceptions
 from ray.data.datasource import FilenameProvider
+from ray.util.annotations import RayDeprecationWarning
 
 from rayood.bundle import library_versions, read_calibration, read_manifest, report_scores
 from rayood.config import ConfigError, RayoodConfig, ScreenSettings
@@ -53,8 +55,10 @@ NOT_FINGERPRINTED = {
     "max_actors", "num_gpus_per_actor", "cpus_per_actor", "torch_threads", "truth", "progress_every_s",
 }
 # Row files hold this many batches: a kill loses at most the rows not yet in a file (and those being scored),
-# while a large corpus still makes few enough files to list and read back quickly.
+# while a large corpus still makes few enough files to list and read back quickly. A small corpus is still
+# written in about FILES_AT_LEAST files, so that progress (told from finished files) and kills see it part-way.
 BATCHES_PER_FILE = 16
+FILES_AT_LEAST = 8
 # Retries of a batch whose scoring actor died; finite, so that an input that kills every actor it meets
 # fails the job instead of restarting actors for ever (Ray Data's default is -1, unlimited).
 ACTOR_TASK_RETRIES = 3
@@ -83,6 +87,11 @@ class AttemptFilenames(FilenameProvider):
 
     def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
         return f"{self.run_id}_{write_uuid}_{task_index:06}"
+
+
+def rows_per_file(batch_size: int, expected_rows: int) -> int:
+    """The fewest rows a row file holds: ``BATCHES_PER_FILE`` batches, fewer for a small corpus, never under one."""
+    return max(batch_size, min(batch_size * BATCHES_PER_FILE, expected_rows // FILES_AT_LEAST))
 
 
 def screening_limits(settings: ScreenSettings, preprocess: dict, extensions: tuple[str, ...]) -> DecodeLimits:
@@ -129,27 +138,30 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             else:
                 # One batch per actor task: a file's rows are decoded in one read task, so its block would else be
                 # scored, and written, in one piece.
-                scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
-                    ScoreActor,
-                    fn_constructor_kwargs={
-                        "bundle_uri": settings.bundle,
-                        "bundle_id": manifest["bundle_id"],
-                        "s3": config.s3,
-                        "device": settings.device,
-                        "decision": settings.decision,
-                        "passthrough": settings.passthrough_columns,
-                        "cpu_threads": settings.actor_threads,
-                        "embedding": settings.embedding,
-                        "predictions": settings.predictions,
-                    },
-                    max_restarts=-1,
-                    max_task_retries=ACTOR_TASK_RETRIES,
-                    **actor_pool(settings),
-                )
+                with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args (where max_task_retries
+                    # goes) with no named replacement for it yet: the warning is not the user's to act on
+                    warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
+                    scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
+                        ScoreActor,
+                        fn_constructor_kwargs={
+                            "bundle_uri": settings.bundle,
+                            "bundle_id": manifest["bundle_id"],
+                            "s3": config.s3,
+                            "device": settings.device,
+                            "decision": settings.decision,
+                            "passthrough": settings.passthrough_columns,
+                            "cpu_threads": settings.actor_threads,
+                            "embedding": settings.embedding,
+                            "predictions": settings.predictions,
+                        },
+                        max_restarts=-1,
+                        max_task_retries=ACTOR_TASK_RETRIES,
+                        **actor_pool(settings),
+                    )
                 with RowProgress(target.rows, expected_rows, settings.progress_every_s):
                     scored.write_parquet(
                         target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
-                        min_rows_per_file=settings.batch_size * BATCHES_PER_FILE,
+                        min_rows_per_file=rows_per_file(settings.batch_size, expected_rows),
                         # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
                         # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
                         # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a

@@ -66,7 +66,10 @@ class RowProgress:
             except Exception as error:  # noqa: BLE001 - progress must never fail the run
                 log.debug("progress: cannot list %s: %s", self.rows.uri, error)
                 continue
-            rate = (done - self.start_rows) / max(time.monotonic() - self.started, 1e-9)
-            eta = _duration((self.total - done) / rate) if rate > 0 else "unknown"
+            elapsed = time.monotonic() - self.started
+            if done == self.start_rows:  # actors still starting, or the first row file not finished
+                log.info("screened %d of %d rows; no new row file yet, %s in", done, self.total, _duration(elapsed))
+                continue
+            rate = (done - self.start_rows) / elapsed
             log.info("screened %d of %d rows (%.0f%%), %.1f rows/s, ETA %s", done, self.total,
-                     100 * done / max(self.total, 1), rate, eta)
+                     100 * done / max(self.total, 1), rate, _duration((self.total - done) / rate))
