@@ -130,7 +130,7 @@ def main() -> None:
         server.wait()
 
     names = list(dict.fromkeys(name for name, _ in results))
-    print(f"| operation | pyarrow wall s | s3fs wall s | pyarrow client CPU s | s3fs client CPU s | s3fs / pyarrow wall |")
+    print("| operation | pyarrow wall s | s3fs wall s | pyarrow client CPU s | s3fs client CPU s | s3fs / pyarrow wall |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         wall = {c: statistics.median(w for w, _ in results[name, c]) for c in CLIENTS}
