@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from rayood.config import ConfigError
 from rayood.data.sources import HIDDEN, InputError
 from rayood.evaluation.metrics import auroc
 from rayood.report.guard import OutputError
@@ -260,3 +261,17 @@ def test_row_files_hold_sixteen_batches_and_a_small_corpus_still_makes_several()
     assert rows_per_file(256, 20_000) == 2_500  # eight files
     assert rows_per_file(8, 600) == 75
     assert rows_per_file(256, 1_321) == rows_per_file(256, 10) == 256  # never under one batch
+
+
+def test_a_report_inside_an_input_or_around_one_is_refused_before_anything_is_written(tiny_bundle, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "rgb.png").write_bytes(good_images()["rgb.png"])
+    for output in (corpus / "report", tmp_path):
+        config = tiny_config(screen={"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle})
+        with pytest.raises(ConfigError, match=f"screen.output {output} and the input {corpus} overlap"):
+            screen(config)
+    assert sorted(path.name for path in corpus.iterdir()) == ["rgb.png"]
+    beside = tmp_path / "corpus-report"  # a name that merely starts like the input's is fine
+    summary, _ = screen(tiny_config(screen={"inputs": [str(corpus)], "output": str(beside), "bundle": tiny_bundle}))
+    assert summary["rows"] == 1

@@ -35,7 +35,7 @@ from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool
 from rayood.screen.progress import RowProgress
-from rayood.storage import redacted, resolve
+from rayood.storage import Location, redacted, resolve
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,20 @@ class AttemptFilenames(FilenameProvider):
         return f"{self.run_id}_{write_uuid}_{task_index:06}"
 
 
+def _output_apart_from_inputs(output: Location, plans: list[SourcePlan]) -> None:
+    """A report inside an input would be read as input by the next run (its row files are Parquet), and an input
+    inside a report would go with it on ``--overwrite``: refused before anything is written."""
+    for plan in plans:
+        if plan.location is None:  # synthetic://N reads no storage
+            continue
+        report, source = output.uri.rstrip("/") + "/", plan.location.uri.rstrip("/") + "/"
+        if report.startswith(source) or source.startswith(report):
+            raise ConfigError(
+                f"screen.output {output.uri} and the input {plan.uri} overlap (one holds the other): write the "
+                "report beside the corpus, not inside it"
+            )
+
+
 def rows_per_file(batch_size: int, expected_rows: int) -> int:
     """The fewest rows a row file holds: ``BATCHES_PER_FILE`` batches, fewer for a small corpus, never under one."""
     return max(batch_size, min(batch_size * BATCHES_PER_FILE, expected_rows // FILES_AT_LEAST))
@@ -116,8 +130,10 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
         raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {scores}")
     plans = plan_sources(settings.inputs, config.corpus, config.s3, settings.passthrough_columns)
     expected_rows = sum(plan.rows for plan in plans)
+    output = resolve(settings.output, config.s3)
+    _output_apart_from_inputs(output, plans)
     limits = screening_limits(settings, preprocess, config.corpus.file_extensions)
-    target = ReportTarget(resolve(settings.output, config.s3), run_fingerprint(config, plans, manifest["bundle_id"]))
+    target = ReportTarget(output, run_fingerprint(config, plans, manifest["bundle_id"]))
     written = target.prepare(settings.overwrite)
     try:
         init_ray(config.ray)
