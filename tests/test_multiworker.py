@@ -40,7 +40,8 @@ def test_two_workers_split_every_stage_and_fit_a_bundle_as_good_as_one(ray_clust
     two, one = _demo_aurocs(bundle, corpus, tmp_path / "two"), _demo_aurocs(tiny_bundle, corpus, tmp_path / "one")
     assert {"ddp", "ddp_t40", "ddp_t80"} <= set(two) and not {"ddp"} & set(one), "DDP scores only from the DDP bundle"
     print("AUROC one worker, two:", {name: (round(one[name], 4), round(two[name], 4)) for name in one})
-    # Tiny fits (4 epochs, 519 images) differ by up to ~0.06 AUROC between runs whose rows land on other workers;
-    # per-worker batches (the bug this guards against) lost 0.06-0.25 on every one of these scores.
+    # Tiny fits (4 epochs, 519 images) differ by up to ~0.1 AUROC between runs whose rows land on other workers
+    # (two-worker knn 0.848 in one CI run, 0.789 in another, same code); per-worker batches (the bug this guards
+    # against) lost 0.06-0.25 on every one of these scores, DLSR 0.911 -> 0.657.
     gaps = [one[name] - two[name] for name in STRONG_SCORES]
-    assert sum(gaps) / len(gaps) < 0.1 and min(two[name] for name in STRONG_SCORES) > 0.8, (gaps, two)
+    assert sum(gaps) / len(gaps) < 0.1 and min(two[name] for name in STRONG_SCORES) > 0.75, (gaps, two)

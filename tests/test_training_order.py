@@ -96,13 +96,15 @@ def test_a_second_fit_of_one_config_gives_the_same_backbone_and_a_bank_fraction_
     assert first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
-    # the bank's row order is Ray Data's arrival order, which no score depends on: compare sets of rows
+    # the bank's row order is Ray Data's arrival order, which no score depends on: each half-bank row must be a
+    # row of the full bank. Up to float rounding: the rows come from batches Ray Data assembles as blocks arrive,
+    # and a CPU convolution's last bits can depend on the batch it runs in.
     full, half = (np.load(Path(b) / "multiscale_bank.npy") for b in (tiny_bundle, bundle))
-    full_rows = {row.tobytes() for row in full.reshape(len(full), -1)}
-    half_rows = {row.tobytes() for row in half.reshape(len(half), -1)}
+    full, half = full.reshape(len(full), -1), half.reshape(len(half), -1)
     train_rows = json.loads((bundle / "manifest.json").read_text())["data"]["train_rows"]
     assert len(full) == train_rows and 0.4 * train_rows < len(half) < 0.6 * train_rows
-    assert half_rows <= full_rows
+    nearest = np.abs(half[:, None, :] - full[None, :, :]).max(axis=2).min(axis=1)
+    assert nearest.max() < 1e-5 * max(1.0, float(np.abs(full).max())), nearest.max()
 
 
 def test_an_id_sample_is_stable_nested_and_independent_of_the_calibration_split():

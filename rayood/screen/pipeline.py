@@ -59,9 +59,13 @@ NOT_FINGERPRINTED = {
 # written in about FILES_AT_LEAST files, so that progress (told from finished files) and kills see it part-way.
 BATCHES_PER_FILE = 16
 FILES_AT_LEAST = 8
-# Retries of a batch whose scoring actor died; finite, so that an input that kills every actor it meets
-# fails the job instead of restarting actors for ever (Ray Data's default is -1, unlimited).
-ACTOR_TASK_RETRIES = 3
+# Restarts of a scoring actor, bounded so that an actor that dies again and again (say, out of memory at every
+# start) fails the job instead of restarting for ever (Ray Data's default is unlimited). A batch sent to a dead
+# actor is retried without limit (Ray Data's default): an actor whose node was lost is "temporarily
+# unavailable" until the head declares the node dead (~30 s by default), and tasks sent to it meanwhile fail at
+# once; a bound of 3 retries was used up in under a second and failed the job (tests/test_multinode.py). No input
+# can make a batch kill an actor: actors get decoded pixels of a fixed size, decoding runs in tasks.
+ACTOR_RESTARTS = 8
 # The finished report is read back this many rows at a time for its summary (never whole: see summarize).
 SUMMARY_BATCH_ROWS = 65_536
 
@@ -154,8 +158,8 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             else:
                 # One batch per actor task: a file's rows are decoded in one read task, so its block would else be
                 # scored, and written, in one piece.
-                with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args (where max_task_retries
-                    # goes) with no named replacement for it yet: the warning is not the user's to act on
+                with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args (where max_restarts goes)
+                    # with no named replacement for it yet: the warning is not the user's to act on
                     warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
                     scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
                         ScoreActor,
@@ -170,8 +174,8 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                             "embedding": settings.embedding,
                             "predictions": settings.predictions,
                         },
-                        max_restarts=-1,
-                        max_task_retries=ACTOR_TASK_RETRIES,
+                        max_restarts=ACTOR_RESTARTS,
+                        max_task_retries=-1,
                         **actor_pool(settings),
                     )
                 with RowProgress(target.rows, expected_rows, settings.progress_every_s):
