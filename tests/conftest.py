@@ -149,7 +149,7 @@ def s3_server():
 
 # The slow tier: tests that start Ray (a fixture cluster, their own head) or run a job in a new process. The
 # rest run in seconds: ``make test-fast`` (``pytest -m "not cluster"``), with the one test marked ``smoke``.
-CLUSTER_FIXTURES = {"ray_cluster", "tiny_bundle"}
+CLUSTER_FIXTURES = {"ray_cluster", "tiny_bundle", "head"}  # head: a test module's own `ray start` cluster
 CLUSTER_CALLS = {"run_job", "ray_head", "subprocess"}
 
 
