@@ -186,6 +186,14 @@ def actor_pids(root: int, class_name: str) -> list[int]:
     return pids
 
 
+def actor_restarts(class_name: str) -> dict[str, int]:
+    """How often Ray restarted each actor (by id) whose class name contains ``class_name``, from the connected
+    cluster's actor table. Ray's public state API needs the dashboard, which the in-process cluster does not start."""
+    from ray._private.state import actors
+
+    return {actor_id: info["NumRestarts"] for actor_id, info in actors().items() if class_name in info["ActorClassName"]}
+
+
 def _stop(process: subprocess.Popen) -> None:
     for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:

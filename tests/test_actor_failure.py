@@ -11,11 +11,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayood.screen.pipeline import screen
-from tests.cluster import actor_pids
+from tests.cluster import actor_pids, actor_restarts
 from tests.conftest import tiny_config
 
-CORPUS_ROWS = 400
-SMALL_BATCHES = {"batch_size": 8, "decode_batch_size": 16}  # row files of 8 x 16 rows
+CORPUS_ROWS = 1_200  # scoring outlasts the first row file by far: writing can lag scoring by 200 rows
+SMALL_BATCHES = {"batch_size": 8, "decode_batch_size": 16}  # row files of 8 x 16 rows: 10 of them
 
 
 def read_rows(output):
@@ -36,12 +36,6 @@ def kill_a_score_actor_once_it_wrote(output, killed: dict, stop: threading.Event
             os.kill(pids[0], signal.SIGKILL)
             break
         time.sleep(0.2)
-    while not stop.is_set():  # Ray starts a replacement: the same actor in a new process
-        replacements = [pid for pid in score_actor_pids() if pid != killed["pid"]]
-        if replacements:
-            killed["replacement"] = replacements[0]
-            return
-        time.sleep(0.2)
 
 
 def test_a_killed_scoring_actor_is_restarted_and_every_row_comes_out_once(tiny_bundle, demo_data, tmp_path):
@@ -50,6 +44,7 @@ def test_a_killed_scoring_actor_is_restarted_and_every_row_comes_out_once(tiny_b
     reference_output, output = tmp_path / "reference", tmp_path / "report"
     screen(tiny_config(screen={"inputs": [str(corpus)], "output": str(reference_output), "bundle": tiny_bundle}))
 
+    actors_before = set(actor_restarts("ScoreActor"))
     killed: dict = {}
     stop = threading.Event()
     killer = threading.Thread(target=kill_a_score_actor_once_it_wrote, args=(output, killed, stop), daemon=True)
@@ -63,7 +58,10 @@ def test_a_killed_scoring_actor_is_restarted_and_every_row_comes_out_once(tiny_b
         killer.join(30)
     assert killed, "no scoring actor was killed while the job ran"
     assert killed["files"] < len(list((output / "rows").glob("*.parquet"))), "the kill must land part-way"
-    assert "replacement" in killed, "no new scoring actor process after the kill"
+    # The process listing can miss the replacement on a loaded machine (it may come and go between polls); the
+    # head's actor table cannot.
+    restarts = {actor: count for actor, count in actor_restarts("ScoreActor").items() if actor not in actors_before}
+    assert sum(restarts.values()) >= 1, f"Ray did not restart the killed scoring actor: {restarts}"
 
     reference, report = read_rows(reference_output), read_rows(output)
     assert report.index.is_unique and list(report.index) == sorted(pq.read_table(corpus).column("id").to_pylist())
