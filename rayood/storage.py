@@ -187,6 +187,12 @@ class Location:
             return [(info.path, info.size) for info in self.list_files()], []
         return _walk_local(self.path)
 
+    def overlaps(self, other: Location) -> bool:
+        """Whether one of the two holds the other (or both are one place): writing or deleting under one may
+        change what the other holds."""
+        mine, theirs = self.uri.rstrip("/") + "/", other.uri.rstrip("/") + "/"
+        return mine.startswith(theirs) or theirs.startswith(mine)
+
     def delete_contents(self) -> None:
         if self.is_dir():
             self.fs.delete_dir_contents(self.path, missing_dir_ok=True)

@@ -18,8 +18,11 @@ from rayood.config import CorpusSettings, DecisionSettings
 from rayood.data.webdataset import WebSample, read_samples, sample_id, write_shards
 from rayood.decide.originals import iter_originals
 from rayood.decide.fdr import BenjaminiHochberg
+from rayood.decide.filter import filter_report
 from rayood.detectors.calibrate import ConformalReference
 from rayood.jobs import fdr_level
+from rayood.report.guard import OutputError
+from rayood.report.reader import FinishedReport
 from rayood.report.summary import summarize
 from rayood.report.target import ROWS, SUCCESS, SUMMARY
 from rayood.storage import resolve
@@ -261,6 +264,31 @@ def test_filter_job_writes_the_kept_samples_as_webdataset_shards(demo_data, tmp_
     assert [sample.key for sample in samples] == [f"{i:09d}" for i in range(len(kept))]
     assert all(sample.files["png"] == images[meta["id"]] for sample, meta in zip(samples, metas))
     assert all(meta["source"] == str(corpus_path) and meta["qvalue_mfsim"] > 0.1 for meta in metas)
+
+
+def test_a_filter_writing_into_the_screened_corpus_is_refused_before_anything_is_deleted(tmp_path):
+    """The kept shards of an earlier filter, screened again and filtered into their own directory with
+    --overwrite: the shards would be deleted before they are read back. Any output inside an input, or holding
+    one, is refused with nothing written or deleted; one beside the corpus works."""
+    png = encode(Image.fromarray(gradient()), "PNG")
+    corpus = resolve(str(tmp_path / "kept"))
+    shard_uris = write_shards([WebSample(f"{i:09d}", {"png": png}) for i in range(12)], corpus, prefix="kept-")
+    write_report(tmp_path / "report", ids=[sample_id(shard_uris[0], f"{i:09d}") for i in range(12)], source=corpus.uri)
+    report, shard = FinishedReport.open(str(tmp_path / "report")), tmp_path / "kept" / "kept-00000.tar"
+    before = shard.read_bytes()
+    lists = resolve(str(tmp_path / "lists"))
+    for outputs in (
+        {"output": lists, "shards": corpus},  # the case above
+        {"output": resolve(str(tmp_path / "kept" / "lists")), "shards": None},  # lists inside the corpus
+        {"output": lists, "shards": resolve(str(tmp_path))},  # shards around the corpus
+    ):
+        with pytest.raises(OutputError, match="overlap"):
+            filter_report(report, 0.1, outputs["output"], overwrite=True, shards=outputs["shards"])
+        assert shard.read_bytes() == before and not (tmp_path / "lists").exists()
+        assert not (tmp_path / "kept" / "lists").exists()
+
+    result = filter_report(report, 0.1, lists, shards=resolve(str(tmp_path / "kept-again")))
+    assert result["shards"]["samples"] == result["kept"] > 0
 
 
 def test_originals_come_back_by_id_from_webdataset_shards_and_image_files(tmp_path):

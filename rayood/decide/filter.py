@@ -22,12 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
+from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.decide.shards import prepare_shard_output, write_kept_shards
 from rayood.report.columns import STATUS, STATUS_OK, pvalue_col, qvalue_col
-from rayood.report.guard import claim_output
+from rayood.report.guard import OutputError, claim_output
 from rayood.report.reader import FinishedReport
-from rayood.storage import Location, StorageError
+from rayood.storage import Location, StorageError, resolve
 
 KEEP, REJECT, ERRORS, RESULT = "keep.parquet", "reject.parquet", "errors.parquet", "filter.json"
 BATCH_ROWS = 65_536
@@ -38,6 +39,22 @@ def prepare_output(location: Location, overwrite: bool) -> None:
     claim_output(location, what="a filter result", owns={KEEP, REJECT, ERRORS, RESULT}.__contains__,
                  finished=lambda names: RESULT in names, overwrite=overwrite)
     location.delete_contents()
+
+
+def _apart_from_the_corpus(report: FinishedReport, s3: S3Settings | None, outputs: dict[str, Location | None]) -> None:
+    """Refuse, before anything is written or deleted, an output inside a screened input or holding one: the next
+    screening of that input would read the lists or shards as input, and ``--overwrite`` would delete the input
+    (say, the kept shards of an earlier filter, filtered again into their own directory) before reading it back."""
+    for source in sorted(report.sources()):
+        if source.startswith(SYNTHETIC):  # made on the fly, stored nowhere
+            continue
+        screened = resolve(source, s3)
+        for flag, location in outputs.items():
+            if location is not None and location.overlaps(screened):
+                raise OutputError(
+                    f"{flag} {location.uri} and the screened input {source} overlap (one holds the other); nothing "
+                    f"was written or deleted: choose a {flag} beside the corpus"
+                )
 
 
 def _decided(batch: pa.RecordBatch, pcol: str) -> np.ndarray:
@@ -59,6 +76,7 @@ def filter_report(
     kept samples as WebDataset shards there) and return filter.json's content."""
     score = report.check_score(score)
     pcol, qcol = pvalue_col(score), qvalue_col(score)
+    _apart_from_the_corpus(report, s3, {"--output": output, "--write-shards": shards})
     prepare_output(output, overwrite)
     if shards is not None:
         prepare_shard_output(shards, overwrite)

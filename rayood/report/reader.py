@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rayood.config import S3Settings
@@ -57,3 +58,10 @@ class FinishedReport:
     def dataset(self) -> pads.Dataset:
         rows = self.location.join(ROWS)
         return pads.dataset(rows.path, filesystem=rows.fs, format="parquet")
+
+    def sources(self) -> set[str]:
+        """The distinct inputs its rows came from, in one streamed pass over the ``source`` column."""
+        found: set[str] = set()
+        for batch in self.dataset().to_batches(columns=["source"]):
+            found.update(pc.unique(batch.column("source")).to_pylist())
+        return found

@@ -99,8 +99,7 @@ def _output_apart_from_inputs(output: Location, plans: list[SourcePlan]) -> None
     for plan in plans:
         if plan.location is None:  # synthetic://N reads no storage
             continue
-        report, source = output.uri.rstrip("/") + "/", plan.location.uri.rstrip("/") + "/"
-        if report.startswith(source) or source.startswith(report):
+        if output.overlaps(plan.location):
             raise ConfigError(
                 f"screen.output {output.uri} and the input {plan.uri} overlap (one holds the other): write the "
                 "report beside the corpus, not inside it"
