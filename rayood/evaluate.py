@@ -29,8 +29,9 @@ from rayood.detectors.calibrate import threshold
 from rayood.evaluation.plots import histogram_png, roc_png
 from rayood.evaluation.table import OODSet, evaluate_scores, to_csv, to_markdown
 from rayood.report.columns import PREDICTED_CLASS, SOURCE, STATUS, STATUS_OK, score_col
+from rayood.report.guard import claim_output
 from rayood.screen.pipeline import screen
-from rayood.storage import resolve
+from rayood.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,20 @@ def _id_accuracy(config: RayoodConfig, report_rows, id_uri: str) -> float | None
     return pc.sum(correct).as_py() / joined.num_rows
 
 
+REPORT, METRICS_CSV, METRICS_MD, EVALUATION_JSON, PLOTS = "report", "metrics.csv", "metrics.md", "evaluation.json", "plots"
+
+
+def prepare_output(location: Location, overwrite: bool) -> None:
+    """Refuse a directory holding anything an evaluation does not write (``--output .`` in a project would
+    overwrite its own ``metrics.csv``); a finished evaluation is replaced only with ``overwrite``. The report under
+    it is left to the screening run, which resumes or refuses it by its own markers."""
+    written = {REPORT, METRICS_CSV, METRICS_MD, EVALUATION_JSON, PLOTS}
+    claim_output(location, what="an evaluation", owns=lambda name: name.split("/")[0] in written,
+                 finished=lambda names: EVALUATION_JSON in names, overwrite=overwrite)
+    if location.join(EVALUATION_JSON).exists():  # written last: it must not outlive a replacement that fails
+        location.fs.delete_file(location.join(EVALUATION_JSON).path)
+
+
 def evaluate(
     config: RayoodConfig, *, bundle: str, id_uri: str, oods: dict[str, str], near: set[str], output: str,
     overwrite: bool = False,
@@ -101,8 +116,9 @@ def evaluate(
     manifest = read_manifest(bundle, config.s3)
     names = report_scores(manifest)
     target = resolve(output, config.s3)
+    prepare_output(target, overwrite)
     screen_settings = config.screen.model_copy(update={
-        "inputs": tuple(uris), "output": target.join("report").uri, "bundle": bundle, "overwrite": overwrite,
+        "inputs": tuple(uris), "output": target.join(REPORT).uri, "bundle": bundle, "overwrite": overwrite,
         "passthrough_columns": (), "truth": None, "fit_if_missing": False, "predictions": True,
     })
     summary, report_uri = screen(config.model_copy(update={"screen": screen_settings}))
@@ -113,7 +129,7 @@ def evaluate(
     sets = [OODSet(name, "near" if name in near else "far") for name in oods]
     id_scores = by_set.pop("id")
     rows = evaluate_scores(id_scores, by_set, sets)
-    target.join("metrics.csv").write_bytes(to_csv(rows).encode())
+    target.join(METRICS_CSV).write_bytes(to_csv(rows).encode())
     counts = ", ".join(f"{name} {len(scores[names[0]])}" for name, scores in by_set.items())
     accuracy = _id_accuracy(config, resolve(report_uri, config.s3).join("rows"), id_uri)
     accuracy_text = "not measured (the ID set has no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
@@ -122,16 +138,16 @@ def evaluate(
         f"(classifier accuracy {accuracy_text}); OOD: {counts}\n\n"
     )
     markdown = header + to_markdown(rows, sets)
-    target.join("metrics.md").write_bytes(markdown.encode())
+    target.join(METRICS_MD).write_bytes(markdown.encode())
     calibration = read_calibration(bundle, config.s3, manifest)
     for name in names:
-        target.join("plots", f"roc_{name}.png").write_bytes(
+        target.join(PLOTS, f"roc_{name}.png").write_bytes(
             roc_png(name, id_scores[name], {ood: scores[name] for ood, scores in by_set.items()})
         )
         groups = {"ID": id_scores[name], **{ood: scores[name] for ood, scores in by_set.items()}}
         cut = threshold(calibration[name], config.screen.decision.alpha)
-        target.join("plots", f"hist_{name}.png").write_bytes(histogram_png(name, groups, cut))
-    target.join("evaluation.json").write_bytes(json.dumps(
+        target.join(PLOTS, f"hist_{name}.png").write_bytes(histogram_png(name, groups, cut))
+    target.join(EVALUATION_JSON).write_bytes(json.dumps(
         {"bundle_id": manifest["bundle_id"], "id": id_uri, "ood": oods, "near": sorted(near),
          "id_accuracy": accuracy, "heldout_accuracy": manifest.get("heldout_accuracy"),
          "rows_per_s": summary["timings"]["rows_per_s"], "report": report_uri}, indent=2).encode())

@@ -62,7 +62,7 @@ def evaluation_sets(demo_data, tmp_path_factory):
     return paths
 
 
-def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeypatch):
+def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeypatch, capsys):
     output = tmp_path / "evaluation"
     monkeypatch.setattr(sys, "argv", [
         "evaluate.py", "--bundle", tiny_bundle, "--id", str(evaluation_sets["id"]),
@@ -104,6 +104,10 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
             with Image.open(output / "plots" / f"{kind}_{name}.png") as image:
                 assert image.format == "PNG" and image.size[0] > 200
 
+    with pytest.raises(SystemExit) as exit_info:  # the same evaluation again
+        runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
+    assert exit_info.value.code == 2 and "already holds an evaluation; pass --overwrite" in capsys.readouterr().err
+
 
 def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation_sets, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [
@@ -114,3 +118,17 @@ def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation
         runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
     assert exit_info.value.code == 2 and "expected NAME=URI" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+    project = tmp_path / "project"  # `--output .` in a user's own folder: refused, nothing overwritten
+    project.mkdir()
+    (project / "metrics.csv").write_text("the user's own")
+    (project / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(sys, "argv", [
+        "evaluate.py", "--bundle", tiny_bundle, "--id", str(evaluation_sets["id"]),
+        "--ood", f"photos={evaluation_sets['far_ood']}", "--output", str(project),
+    ])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
+    assert exit_info.value.code == 2 and "files rayood did not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(path.name for path in project.iterdir()) == ["metrics.csv", "notes.txt"]
+    assert (project / "metrics.csv").read_text() == "the user's own"
