@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUCKET = "rayood-multinode"
 CORPUS_ROWS = 1000  # enough that the second node's actor, started under load, still finds work
 SMALL_BATCHES = {"batch_size": 8, "decode_batch_size": 16}  # many small row files, so the loss lands part-way
+PLACEMENT_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -70,28 +71,18 @@ def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(head, 
     undisturbed = tmp_path / "undisturbed"
     screen(tiny_config(s3={"endpoint_url": s3_server}, screen={"inputs": inputs, "output": str(undisturbed), "bundle": tiny_bundle}))
 
-    output, log = tmp_path / "report", tmp_path / "screen.log"
-    config = tmp_path / "screen.yaml"
-    config.write_text(yaml.safe_dump({
-        "s3": {"endpoint_url": s3_server},
-        # one actor per node (Ray Data spreads its actors), each holding one of a node's two CPUs
-        "screen": {"inputs": inputs, "output": str(output), "bundle": tiny_bundle, "min_actors": 2, "max_actors": 2,
-                   **SMALL_BATCHES},
-    }))
     seen: dict = {}
-    stop = threading.Event()
-    with ray_worker_node(head, "node2") as node, open(log, "wb") as console:
-        killer = threading.Thread(target=kill_the_node_once_its_actors_wrote, args=(node, output, seen, stop), daemon=True)
-        killer.start()
-        try:
-            job = subprocess.run([sys.executable, str(REPO / "jobs" / "screen.py"), "--config", str(config)],
-                                 stdout=console, stderr=subprocess.STDOUT, env=head.env(), cwd=REPO, timeout=400)
-        finally:
-            stop.set()
-            killer.join(30)
-    text = "\n".join(line for line in log.read_text().splitlines() if "[state-dump]" not in line)  # Ray's raylet dumps
-    assert job.returncode == 0, text[-4000:]
-    assert seen, "no scoring actor ran on the second node while the report was being written"
+    with ray_worker_node(head, "node2") as node:
+        # Ray places the two actors, usually one per node; in one CI run of 2026-11-30 no actor ran on the second
+        # node while rows were written (both on the head, or the second one too late). Such a run kills nothing
+        # (the node is only killed while it holds an actor), so the screening runs again, into a new report.
+        for attempt in range(PLACEMENT_ATTEMPTS):
+            output, job, text = _screen_killing_the_node(node, head, inputs, tiny_bundle, s3_server, tmp_path / f"run{attempt}", seen)
+            assert job.returncode == 0, text[-4000:]
+            if seen:
+                print(f"the second node was lost in run {attempt + 1}")
+                break
+    assert seen, f"no scoring actor ran on the second node while the report was being written, in {PLACEMENT_ATTEMPTS} runs"
     assert seen["files"] < len(list((output / "rows").glob("*.parquet"))), "the node must be lost part-way"
 
     reference, report = read_rows(undisturbed), read_rows(output)
@@ -99,6 +90,32 @@ def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(head, 
     assert (report["status"] == "ok").all()
     for name in (c for c in reference.columns if c.startswith(("score_", "pvalue_"))):
         np.testing.assert_allclose(report[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def _screen_killing_the_node(node: WorkerNode, head: Head, inputs: list[str], bundle: str, s3_server: str, workdir: Path,
+                             seen: dict) -> tuple[Path, subprocess.CompletedProcess, str]:
+    """``jobs/screen.py`` joined to ``head``, with the second node's raylet killed once one of its scoring actors
+    runs and a row file exists (``seen`` says when); returns the report, the finished job and its console."""
+    workdir.mkdir()
+    output, log, config = workdir / "report", workdir / "screen.log", workdir / "screen.yaml"
+    config.write_text(yaml.safe_dump({
+        "s3": {"endpoint_url": s3_server},
+        # one actor per node (Ray Data spreads its actors), each holding one of a node's two CPUs
+        "screen": {"inputs": inputs, "output": str(output), "bundle": bundle, "min_actors": 2, "max_actors": 2,
+                   **SMALL_BATCHES},
+    }))
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_the_node_once_its_actors_wrote, args=(node, output, seen, stop), daemon=True)
+    killer.start()
+    try:
+        with open(log, "wb") as console:
+            job = subprocess.run([sys.executable, str(REPO / "jobs" / "screen.py"), "--config", str(config)],
+                                 stdout=console, stderr=subprocess.STDOUT, env=head.env(), cwd=REPO, timeout=400)
+    finally:
+        stop.set()
+        killer.join(30)
+    text = "\n".join(line for line in log.read_text().splitlines() if "[state-dump]" not in line)  # Ray's raylet dumps
+    return output, job, text
 
 
 def s3_fs(endpoint: str):
