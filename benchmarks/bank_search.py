@@ -128,7 +128,7 @@ def _region_vectors(bundle, path: str, limit: int) -> torch.Tensor:
     import pyarrow.parquet as pq
 
     from rayood.data.decode import decode_image
-    from rayood.detectors.multiscale import region_vectors
+    from rayood.detectors.multiscale import search_vectors
     from rayood.models.backbones import uint8_to_unit
 
     table = pq.read_table(path, columns=["image"]).slice(0, limit)
@@ -137,8 +137,9 @@ def _region_vectors(bundle, path: str, limit: int) -> torch.Tensor:
     with torch.no_grad():
         for start in range(0, table.num_rows, 500):
             images = [decode_image(b, size) for b in table.column("image").slice(start, 500).to_pylist()]
-            features = bundle.backbone.features(uint8_to_unit(torch.from_numpy(np.stack(images))))
-            vectors.append(region_vectors(features.stage_maps[-1], bundle.settings.multiscale))
+            pixels = uint8_to_unit(torch.from_numpy(np.stack(images)))
+            features, mirror = bundle.backbone.features(pixels), bundle.backbone.features(pixels.flip(3))
+            vectors.append(search_vectors(features, mirror, bundle.settings.multiscale))
     return torch.cat(vectors)
 
 

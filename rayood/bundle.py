@@ -231,8 +231,10 @@ def read_manifest(uri: str, s3: S3Settings | None = None) -> dict:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle {uri} has format_version {version!r}; this rayood reads {FORMAT_VERSION}")
-    if isinstance(manifest.get("model"), dict):  # bundles from before the setting hold raw-feature statistics
-        manifest["model"].setdefault("mahalanobis", {"normalise": False})
+    if isinstance(manifest.get("model"), dict):  # bundles from before these settings were fitted the old way:
+        manifest["model"].setdefault("mahalanobis", {"normalise": False})  # raw-feature statistics
+        if isinstance(manifest["model"].get("multiscale"), dict):  # banks whose global vector is the map's mean
+            manifest["model"]["multiscale"].setdefault("global_vector", "mean")
     try:
         _ManifestShape.model_validate(manifest)
     except ValidationError as error:

@@ -182,6 +182,11 @@ class MultiscaleSettings(_Strict):
         "(the KNN paper keeps 1% of ImageNet); bank memory and search time scale with it",
     )
     knn_k: int = Field(default=50, ge=1, description="k of the plain KNN baseline (KNN paper, CIFAR: 50)")
+    global_vector: Literal["penultimate", "mean"] = Field(
+        default="penultimate",
+        description="the global vector of KNN and MODE: the classifier's pooled penultimate vector (both papers'; "
+        "the max with model.backbone.classifier_pool max) or the mean of the last map (the two agree for avg)",
+    )
     flip_average: bool = Field(
         default=False,
         description="KNN and MODE read the last feature map averaged over each image and its mirror (the mirror's "

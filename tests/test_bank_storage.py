@@ -40,8 +40,8 @@ def test_a_local_exact_bank_is_memory_mapped_from_the_bundle(tmp_path):
     detector = read_multiscale(bundle, manifest, MultiscaleSettings())
     assert isinstance(detector.mixed, ExactSearch) and isinstance(detector.mixed.bank, np.memmap)
     assert detector.mixed.bank.filename == str(tmp_path / BANK_FILE)
-    maps = torch.rand(3, DIM, 2, 2)
-    assert detector.score_map(maps)["knn"].shape == (3,)
+    vectors = normalise(torch.rand(3, REGIONS, DIM))
+    assert detector.score_vectors(vectors)["knn"].shape == (3,)
 
 
 def test_a_remote_bank_is_mapped_from_one_cached_copy_per_node(tmp_path, monkeypatch):
@@ -65,9 +65,9 @@ def test_an_ivf_bank_is_stored_as_two_indexes_and_scores_like_the_exact_one(tmp_
     assert isinstance(approximate.mixed, IvfSearch) and approximate.mixed.rows == ROWS * REGIONS
     exact_bundle, exact_manifest = _write(str(tmp_path / "exact"), MultiscaleSettings())
     exact = read_multiscale(exact_bundle, exact_manifest, MultiscaleSettings())
-    maps = torch.rand(5, DIM, 2, 2)
-    for name, scores in approximate.score_map(maps).items():
-        torch.testing.assert_close(scores, exact.score_map(maps)[name], atol=1e-4, rtol=0)
+    vectors = normalise(torch.rand(5, REGIONS, DIM))
+    for name, scores in approximate.score_vectors(vectors).items():
+        torch.testing.assert_close(scores, exact.score_vectors(vectors)[name], atol=1e-4, rtol=0)
 
 
 def test_a_damaged_index_is_a_bundle_error(tmp_path):

@@ -240,3 +240,11 @@ def test_bundles_from_before_the_normalisation_setting_keep_raw_mahalanobis(tmp_
     assert load_bundle(str(tmp_path)).detectors["mahalanobis"].normalise is False
     assert make_bundle(tmp_path / "new")[1]["model"]["mahalanobis"]["normalise"] is True
     assert load_bundle(str(tmp_path / "new")).detectors["mahalanobis"].normalise is True
+
+
+def test_banks_from_before_the_global_vector_setting_keep_the_mean_global_vector(tmp_path):
+    location, manifest = make_bundle(tmp_path)
+    del manifest["model"]["multiscale"]["global_vector"]
+    write_manifest(location, manifest)
+    assert load_bundle(str(tmp_path)).settings.multiscale.global_vector == "mean"
+    assert make_bundle(tmp_path / "new")[1]["model"]["multiscale"]["global_vector"] == "penultimate"

@@ -4,11 +4,11 @@ import torch
 
 from rayood.config import MultiscaleSettings
 from rayood.detectors.knn import kth_neighbour_distance, normalise
-from rayood.detectors.multiscale import MultiscaleDetector, region_count, region_vectors
+from rayood.detectors.multiscale import MultiscaleDetector, global_vector, region_count, region_vectors, search_vectors
 from rayood.models.alpa import LocalPropagation
 from rayood.train.objectives import BackboneObjective, supervised_contrastive_loss
 from rayood.config import BackboneSettings, PreprocessSettings
-from rayood.models.backbones import build_backbone
+from rayood.models.backbones import Features, build_backbone
 
 
 def brute_force_kth(queries, bank, k):
@@ -38,7 +38,7 @@ def test_kth_neighbour_with_ties():
 
 def test_region_vectors_on_a_4x4_map_are_global_quadrants_centre():
     feature_map = torch.rand(2, 3, 4, 4)
-    vectors = region_vectors(feature_map, MultiscaleSettings())
+    vectors = region_vectors(feature_map, feature_map.mean((2, 3)), MultiscaleSettings())
     assert vectors.shape == (2, region_count(MultiscaleSettings()), 3) == (2, 6, 3)
     expected = [
         feature_map.mean((2, 3)),
@@ -53,7 +53,7 @@ def test_region_vectors_on_a_4x4_map_are_global_quadrants_centre():
 def test_region_vectors_on_odd_maps(size):
     h, w = size
     feature_map = torch.rand(1, 4, h, w)
-    vectors = region_vectors(feature_map, MultiscaleSettings(grid=2, centre=True))
+    vectors = region_vectors(feature_map, feature_map.mean((2, 3)), MultiscaleSettings(grid=2, centre=True))
     assert vectors.shape == (1, 6, 4)
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(1, 6))
     if size == (5, 5):  # overlapping windows rows/cols 0:3 and 2:5; centre 1:4
@@ -66,14 +66,37 @@ def test_region_vectors_on_odd_maps(size):
         torch.testing.assert_close(vectors[0, 5], normalise(feature_map[0, :, 1:2, 2:5].mean((1, 2))))
 
 
+def _features(feature_map: torch.Tensor, pooled: torch.Tensor) -> Features:
+    return Features(logits=torch.zeros(len(feature_map), 2), stage_maps=[feature_map], penultimate=pooled)
+
+
+def test_the_global_vector_is_what_the_classifier_reads_unless_a_bank_says_mean():
+    feature_map = torch.rand(2, 4, 3, 3)
+    maxed = _features(feature_map, feature_map.amax((2, 3)))  # a max-pooled classifier (cifar_fast's)
+    mirror = _features(feature_map.flip(3) + 1, feature_map.flip(3).amax((2, 3)) + 1)
+    settings = MultiscaleSettings()
+    torch.testing.assert_close(global_vector(maxed, None, settings), feature_map.amax((2, 3)))
+    torch.testing.assert_close(global_vector(maxed, mirror, settings), feature_map.amax((2, 3)) + 0.5)
+    old = MultiscaleSettings(global_vector="mean")  # how banks were built before the setting existed
+    torch.testing.assert_close(global_vector(maxed, None, old), feature_map.mean((2, 3)))
+    torch.testing.assert_close(global_vector(maxed, mirror, old), feature_map.mean((2, 3)) + 0.5)
+    # the mirror is read only with flip_average; the regions come from the map either way
+    vectors = search_vectors(maxed, mirror, settings)
+    torch.testing.assert_close(vectors[:, 0], normalise(feature_map.amax((2, 3))))
+    torch.testing.assert_close(vectors[:, 5], normalise(feature_map[:, :, 1, 1]))
+    averaged = search_vectors(maxed, mirror, MultiscaleSettings(flip_average=True))
+    torch.testing.assert_close(averaged[:, 5], normalise(feature_map[:, :, 1, 1] + 0.5))
+
+
 def test_cross_scale_decision_takes_the_best_matching_region():
     settings = MultiscaleSettings(k=1, knn_k=1)
     train_maps = torch.rand(10, 8, 4, 4)
-    detector = MultiscaleDetector.exact(region_vectors(train_maps, settings), settings)
-    scores = detector.score_map(train_maps[:3])
+    vectors = region_vectors(train_maps, train_maps.mean((2, 3)), settings)
+    detector = MultiscaleDetector.exact(vectors, settings)
+    scores = detector.score_vectors(vectors[:3])
     torch.testing.assert_close(scores["multiscale"], torch.zeros(3), atol=1e-3, rtol=0)
     torch.testing.assert_close(scores["knn"], torch.zeros(3), atol=1e-3, rtol=0)
-    far = detector.score_map(-train_maps[:3] - 5)
+    far = detector.score_vectors(region_vectors(-train_maps[:3] - 5, -train_maps[:3].mean((2, 3)) - 5, settings))
     assert (far["multiscale"] > scores["multiscale"]).all() and (far["knn"] > scores["knn"]).all()
 
 

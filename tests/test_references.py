@@ -11,7 +11,7 @@ from rayood.bundle import BANK_FILE, MAHALANOBIS_FILE
 from rayood.config import ModelSettings
 from rayood.data.decode import pixels_to_column
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
-from rayood.detectors.multiscale import region_vectors
+from rayood.detectors.multiscale import search_vectors
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.storage import resolve
 from rayood.train.references import STREAMING, ReferenceRows
@@ -46,7 +46,7 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     assert 0 < kept.sum() < 40  # bank_fraction 0.5 kept some rows, not all
     assert facts["multiscale"] == {"bank_shape": (int(kept.sum()), 6, 8), "bank_index": "exact"}
     bank = np.load(tmp_path / "bundle" / BANK_FILE)
-    np.testing.assert_allclose(bank, region_vectors(features.stage_maps[-1], SETTINGS.multiscale).numpy()[kept], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bank, search_vectors(features, None, SETTINGS.multiscale).numpy()[kept], rtol=1e-5, atol=1e-6)
     whole = GaussianStatistics(3, 8).partial_fit(mahalanobis_features(features.penultimate.numpy(), True),
                                                  np.array([{"a": 0, "b": 1, "c": 2}[x] for x in labels]))
     stored = np.load(tmp_path / "bundle" / MAHALANOBIS_FILE)

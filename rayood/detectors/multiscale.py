@@ -1,6 +1,7 @@
 """MODE's cross-scale decision (Zhang et al., ICCV 2023) and the plain KNN baseline (Sun et al., 2022).
 
-Per image, R L2-normalised vectors from the last feature map: the global average, the ``grid`` x ``grid``
+Per image, R L2-normalised vectors from the last feature map: the global vector (``global_vector``: the
+classifier's pooled vector, the feature both papers search; or the map's average), the ``grid`` x ``grid``
 region averages (adaptive pooling: overlapping windows on odd sizes) and optionally the centre region
 (per side, the middle window of about half the side that is exactly centred: 2 of 4 as in MODE's 4 x 4 map,
 1 of 3, 3 of 5 or 7). The bank holds every region vector of every ID training image in
@@ -50,10 +51,21 @@ def search_map(features: Features, mirror: Features | None) -> torch.Tensor:
     return own if mirror is None else (own + mirror.stage_maps[-1].flip(3)) / 2
 
 
-def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> torch.Tensor:
-    """(N, C, H, W) -> (N, R, C), L2-normalised; index 0 is the global vector."""
+def global_vector(features: Features, mirror: Features | None, settings: MultiscaleSettings) -> torch.Tensor:
+    """(N, C): with ``global_vector: penultimate`` the vector the classifier reads (the KNN paper's feature, and
+    MODE's global scale: a ResNet's average, airbench's max), averaged with the mirror's when ``mirror`` is given;
+    with ``mean`` the average of ``search_map`` (every bank before the setting: the two differ for a max-pooled
+    classifier only, where the penultimate gave KNN +1.9 ID-only AUROC on CIFAR-10, BENCHMARKS.md)."""
+    if settings.global_vector == "mean":
+        return search_map(features, mirror).mean(dim=(2, 3))
+    own = features.penultimate
+    return own if mirror is None else (own + mirror.penultimate) / 2
+
+
+def region_vectors(feature_map: torch.Tensor, global_: torch.Tensor, settings: MultiscaleSettings) -> torch.Tensor:
+    """(N, C, H, W) map and (N, C) global vector -> (N, R, C), L2-normalised; index 0 is the global vector."""
     n, c, h, w = feature_map.shape
-    vectors = [feature_map.mean(dim=(2, 3))[:, None]]
+    vectors = [global_[:, None]]
     grid = F.adaptive_avg_pool2d(feature_map, settings.grid)  # (N, C, g, g)
     vectors.append(grid.flatten(2).transpose(1, 2))
     if settings.centre:
@@ -61,6 +73,12 @@ def region_vectors(feature_map: torch.Tensor, settings: MultiscaleSettings) -> t
         top, left = (h - ch) // 2, (w - cw) // 2
         vectors.append(feature_map[:, :, top : top + ch, left : left + cw].mean(dim=(2, 3))[:, None])
     return normalise(torch.cat(vectors, dim=1))
+
+
+def search_vectors(features: Features, mirror: Features | None, settings: MultiscaleSettings) -> torch.Tensor:
+    """What the bank holds and the queries are, per image (N, R, C): the same function for both."""
+    mirror = mirror if settings.flip_average else None
+    return region_vectors(search_map(features, mirror).float(), global_vector(features, mirror, settings).float(), settings)
 
 
 class MultiscaleDetector:
@@ -83,11 +101,11 @@ class MultiscaleDetector:
         return self
 
     def score(self, view: ScoringView) -> dict[str, torch.Tensor]:
-        return self.score_map(search_map(view.features, view.mirror if self.settings.flip_average else None))
+        return self.score_vectors(search_vectors(view.features, view.mirror, self.settings))
 
     @torch.no_grad()
-    def score_map(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
-        vectors = region_vectors(feature_map.float(), self.settings)
+    def score_vectors(self, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, R, C) search vectors (``search_vectors``) -> both scores."""
         n, r, c = vectors.shape
         per_region = self.mixed.kth_distance(vectors.reshape(-1, c), self.settings.k)
         return {

@@ -7,8 +7,8 @@ Three families behind one interface (``stem`` -> ``stages`` -> pooled -> ``fc``)
   airbench, 2024: 94% test accuracy in about 10 epochs with ~2M parameters), built here from its published
   description: a frozen 2x2 patch-whitening stem fitted to the ID data, then three groups of conv -> max-pool
   -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU, BatchNorm scales frozen at 1, logits scaled by 1/9.
-  ``classifier_pool: max`` is airbench's global max-pool before the classifier; ``avg`` (the default, as in
-  ResNets) keeps the penultimate vector the same average that KNN's and MODE's global vector is;
+  ``classifier_pool: max`` is airbench's global max-pool before the classifier; ``avg`` is the default, as in
+  ResNets (either way the penultimate vector is also KNN's and MODE's global vector);
 - ``resnet18`` / ``resnet50``: torchvision's models (``weights=None``; start from local weights with
   ``init_weights``), optionally with the CIFAR stem, for GPU clusters.
 

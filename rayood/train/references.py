@@ -25,7 +25,7 @@ from rayood.config import ConfigError, ModelSettings, RayoodConfig
 from rayood.data.decode import pixels_from_column
 from rayood.detectors import mahalanobis
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
-from rayood.detectors.multiscale import region_vectors, search_map, write_bank
+from rayood.detectors.multiscale import search_vectors, write_bank
 from rayood.detectors.registry import enabled_detectors
 from rayood.models.backbones import Features, build_backbone, uint8_to_unit
 from rayood.scoring.pool import actor_pool
@@ -82,7 +82,7 @@ class BankFit:
     def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
         return {
             "in_bank": np.array([in_sample(i, self.search.bank_fraction, self.seed, BANK_SALT) for i in ids], dtype=bool),
-            "regions": region_vectors(search_map(features, mirror), self.search).cpu().numpy(),
+            "regions": search_vectors(features, mirror, self.search).cpu().numpy(),
         }
 
     def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
