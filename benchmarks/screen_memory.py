@@ -64,18 +64,24 @@ def tree_pss(root: int) -> dict[str, int]:
     return by_role
 
 
-def peak_pss(command: list[str], interval_s: float = 0.5) -> tuple[int, dict[str, int], float, int]:
-    """Run ``command``; returns (peak PSS bytes of its process tree, the per-role split at that moment,
-    wall seconds, exit status)."""
+def peak_pss(command: list[str], interval_s: float = 0.5) -> tuple[int, dict[str, int], dict[str, int], float, int]:
+    """Run ``command``; returns (peak PSS bytes of its process tree, the per-role split at that moment, each
+    role's own peak over the run, wall seconds, exit status)."""
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak, split = 0, {}
+    peak, split, role_peaks = 0, {}, {}
     while child.poll() is None:
         by_role = tree_pss(child.pid)
         if sum(by_role.values()) > peak:
             peak, split = sum(by_role.values()), by_role
+        for role, size in by_role.items():
+            role_peaks[role] = max(role_peaks.get(role, 0), size)
         time.sleep(interval_s)
-    return peak, split, time.perf_counter() - started, child.returncode
+    return peak, split, role_peaks, time.perf_counter() - started, child.returncode
+
+
+def _mib(sizes: dict[str, int]) -> dict[str, float]:
+    return {role: round(size / 2**20, 1) for role, size in sorted(sizes.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> None:
@@ -101,13 +107,13 @@ def main() -> None:
         corpus = replicate(Path(args.corpus), copies, workdir / f"corpus-x{copies}")
         command = [sys.executable, "jobs/screen.py", "--config", config_path, "--input", str(corpus),
                    "--output", str(workdir / f"report-x{copies}"), "--bundle", args.bundle, "--overwrite"]
-        peak, split, seconds, status = peak_pss(command)
+        peak, split, role_peaks, seconds, status = peak_pss(command)
         if status != 0:
             raise SystemExit(f"screening x{copies} failed with exit status {status}: {' '.join(command)}")
         rows = pq.read_metadata(next((workdir / f"corpus-x{copies}").glob("*.parquet"))).num_rows * copies
         results[f"x{copies}"] = {
             "rows": rows, "peak_pss_mib": round(peak / 2**20, 1), "wall_s": round(seconds, 1),
-            "at_peak_mib": {role: round(size / 2**20, 1) for role, size in sorted(split.items(), key=lambda kv: -kv[1])},
+            "at_peak_mib": _mib(split), "role_peaks_mib": _mib(role_peaks),
         }
     results["ratio"] = round(results[f"x{args.times}"]["peak_pss_mib"] / results["x1"]["peak_pss_mib"], 3)
     print(json.dumps(results, indent=2))
