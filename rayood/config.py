@@ -30,6 +30,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+OBJECT_STORE_MINIMUM_BYTES = 75 * 2**20  # Ray refuses a smaller object store (ray_constants)
+
+
 class RaySettings(_Strict):
     """Where the jobs run.
 
@@ -39,6 +42,12 @@ class RaySettings(_Strict):
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1, description="only for a local cluster started in-process")
+    object_store_memory: int | None = Field(
+        default=None, ge=OBJECT_STORE_MINIMUM_BYTES,
+        description="bytes of shared memory for Ray's object store, only for a local cluster started in-process "
+        "(Ray's default: 30% of RAM). The scoring actor's resident memory grows by the store pages its input "
+        "batches pass through, toward this bound, over a long run (BENCHMARKS.md)",
+    )
     verbose: bool = Field(
         default=False,
         description="Ray's own console output (worker logs, Ray Data's progress blocks, its INFO lines); otherwise "

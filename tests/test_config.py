@@ -118,3 +118,9 @@ def test_s3_secrets_never_travel_inside_the_pickled_filesystem(monkeypatch):
     assert b"very-secret-value-42" not in payload and b"AKIDEXAMPLEKEYID0001" not in payload
     with pytest.raises(ConfigError, match="s3.endpoint_url.*credentials"):
         parse_config({"s3": {"endpoint_url": "http://admin:hunter2@127.0.0.1:9000"}})
+
+
+def test_an_object_store_below_rays_minimum_names_the_field():
+    with pytest.raises(ConfigError, match=r"ray\.object_store_memory"):
+        parse_config({"ray": {"object_store_memory": 10 * 2**20}})
+    assert parse_config({"ray": {"object_store_memory": 2**30}}).ray.object_store_memory == 2**30
