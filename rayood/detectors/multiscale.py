@@ -51,13 +51,16 @@ def search_map(features: Features, mirror: Features | None) -> torch.Tensor:
     return own if mirror is None else (own + mirror.stage_maps[-1].flip(3)) / 2
 
 
-def global_vector(features: Features, mirror: Features | None, settings: MultiscaleSettings) -> torch.Tensor:
+def global_vector(
+    features: Features, mirror: Features | None, feature_map: torch.Tensor, settings: MultiscaleSettings
+) -> torch.Tensor:
     """(N, C): with ``global_vector: penultimate`` the vector the classifier reads (the KNN paper's feature, and
     MODE's global scale: a ResNet's average, airbench's max), averaged with the mirror's when ``mirror`` is given;
-    with ``mean`` the average of ``search_map`` (every bank before the setting: the two differ for a max-pooled
-    classifier only, where the penultimate gave KNN +1.9 ID-only AUROC on CIFAR-10, BENCHMARKS.md)."""
+    with ``mean`` the average of ``feature_map``, the ``search_map`` (every bank before the setting: the two
+    differ for a max-pooled classifier only, where the penultimate gave KNN +1.9 ID-only AUROC on CIFAR-10,
+    BENCHMARKS.md)."""
     if settings.global_vector == "mean":
-        return search_map(features, mirror).mean(dim=(2, 3))
+        return feature_map.mean(dim=(2, 3))
     own = features.penultimate
     return own if mirror is None else (own + mirror.penultimate) / 2
 
@@ -78,7 +81,8 @@ def region_vectors(feature_map: torch.Tensor, global_: torch.Tensor, settings: M
 def search_vectors(features: Features, mirror: Features | None, settings: MultiscaleSettings) -> torch.Tensor:
     """What the bank holds and the queries are, per image (N, R, C): the same function for both."""
     mirror = mirror if settings.flip_average else None
-    return region_vectors(search_map(features, mirror).float(), global_vector(features, mirror, settings).float(), settings)
+    feature_map = search_map(features, mirror).float()
+    return region_vectors(feature_map, global_vector(features, mirror, feature_map, settings).float(), settings)
 
 
 class MultiscaleDetector:
