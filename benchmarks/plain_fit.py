@@ -11,7 +11,7 @@ import torch
 from rayood.config import RayoodConfig
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import CachedShard
-from rayood.train.loops import BackboneEpoch, new_backbone_objective
+from rayood.train.steps import BackboneEpoch, new_backbone_objective
 from rayood.train.recipe import Lookahead
 
 

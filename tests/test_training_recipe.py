@@ -81,7 +81,7 @@ def test_whitening_is_fitted_on_a_sample_of_every_part_of_a_class_sorted_shard()
     """ID corpora are often stored class by class: the whitening must not see only the first classes."""
     from rayood.config import ModelSettings
     from rayood.train.cache import CachedShard
-    from rayood.train.loops import WHITENING_SAMPLE, new_backbone_objective
+    from rayood.train.steps import WHITENING_SAMPLE, new_backbone_objective
 
     generator = torch.Generator().manual_seed(0)
     half = WHITENING_SAMPLE

@@ -23,14 +23,11 @@ from torch import nn
 
 from rayood.config import OptimSettings
 from rayood.train.progress import report_epoch
+from rayood.train.steps import unwrap
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def load_state(checkpoint: ray.train.Checkpoint) -> dict:

@@ -2,7 +2,7 @@
 
 Each loop reads its worker's shard of the ID corpus once (decoded pixels or cached features), shuffles it
 whole every epoch and says what one epoch does; ``harness.py`` runs the epochs, logs, checkpoints and resumes
-the same way for all three.
+the same way for all three, and ``steps.py`` what one step (the backbone: one epoch) computes, in plain torch.
 """
 
 from __future__ import annotations
@@ -16,32 +16,22 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.ddp import ddp_schedule
 from rayood.detectors.layerwise import layer_features, schedule_for
-from rayood.models.backbones import build_backbone, load_matching, uint8_to_unit
+from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import CachedShard, id_order
-from rayood.train.objectives import BackboneObjective
-from rayood.train.harness import EmaRun, load_state, log_epoch, run_epochs, unwrap
-from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learning_rates
+from rayood.train.harness import EmaRun, load_state, log_epoch, run_epochs
+from rayood.train.recipe import Lookahead
+from rayood.train.steps import BackboneEpoch, ddpm_step, denoiser_step, ema_update, new_backbone_objective, unwrap
 
 log = logging.getLogger(__name__)
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """EMA of the weights, with the usual warm-up so that early averages track the model."""
-    decay = min(decay, (1 + step) / (10 + step))
-    for ema_param, param in zip(ema.parameters(), model.parameters()):
-        ema_param.lerp_(param, 1 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
 
 
 def _batch_images(batch: pa.Table, size: int, device: torch.device) -> torch.Tensor:
@@ -58,63 +48,6 @@ def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
         ray.train.get_dataset_shard("train"), settings.preprocess.native_size, config["label_column"],
         config["class_names"], config["cache_max_bytes"],
     )
-
-
-WHITENING_SAMPLE = 5000  # airbench's count; drawn at random, since ID corpora are often stored class by class
-
-
-class BackboneEpoch:
-    """One epoch of backbone training over a cached shard; shared by the Ray Train loop and the plain-loop
-    benchmark, so that the overhead benchmark compares the same arithmetic."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lookahead: Lookahead | None,
-                 data: CachedShard, augmenter: Augmenter, views, optim: BackboneOptimSettings, steps: int,
-                 batch_size: int, device: torch.device) -> None:
-        self.model, self.optimizer, self.lookahead = model, optimizer, lookahead
-        self.data, self.augmenter, self.views, self.optim = data, augmenter, views, optim
-        self.steps, self.total, self.batch_size, self.device = steps, steps * optim.epochs, batch_size, device
-
-    def __call__(self, epoch: int, step: int, generator: torch.Generator) -> tuple[float, int, int, int]:
-        """Returns (loss sum, correct, seen, the step count after the epoch)."""
-        self.model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for index in self.data.epoch_batches(self.batch_size, self.steps, generator):
-            set_learning_rates(self.optimizer, lr_factor(step, self.total, self.optim), epoch, self.optim)
-            images = self.data.images(index, self.device)
-            labels = self.data.labels[index].to(self.device)
-            if self.optim.objective != "cross_entropy":  # two views each; positives: same-class views, its twin too
-                images = torch.cat([torch.stack([self.views(i) for i in images]) for _ in range(2)])
-                labels = torch.cat([labels, labels])
-            else:
-                images = self.augmenter(images, generator, index, epoch)
-            loss, logits = self.model(images.contiguous(memory_format=torch.channels_last), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            step += 1
-            if self.lookahead is not None:
-                self.lookahead.step(unwrap(self.model), step, self.total)
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        return loss_sum, correct, seen, step
-
-
-def new_backbone_objective(
-    settings: ModelSettings, optim: BackboneOptimSettings, num_classes: int, data: CachedShard, init_state: dict | None
-) -> tuple[BackboneObjective, torch.optim.SGD]:
-    """A fresh backbone (started from ``init_state``, else with its whitening fitted to the data) in its
-    objective, and the optimiser over both."""
-    backbone = build_backbone(settings.backbone, settings.preprocess, num_classes)
-    if init_state is not None:
-        load_matching(backbone, init_state)
-    else:  # with several workers rank 0's whitening wins: DDP broadcasts its parameters when the model is prepared
-        sample = torch.randperm(len(data))[:WHITENING_SAMPLE]
-        backbone.fit_whitening(data.images(sample, torch.device("cpu")))
-    model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim,
-                              optim.label_smoothing)
-    whitening = backbone.whitening
-    return model, build_optimizer(model, optim, whitening.bias if whitening is not None else None)
 
 
 def backbone_loop(config: dict) -> None:
@@ -242,15 +175,9 @@ def layerwise_loop(config: dict) -> None:
         loss_sum = 0.0
         for index in range(steps):
             z0 = z0_all[order[index * batch_size : (index + 1) * batch_size]]
-            t = torch.randint(0, settings.layerwise.timesteps, (len(z0),), generator=generator).to(device)
-            noise = torch.randn(z0.shape, generator=generator).to(device)
-            loss = F.mse_loss(denoiser(schedule.q_sample(z0, t, noise), t), z0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss_sum += denoiser_step(denoiser, schedule, optimizer, z0, settings.layerwise.timesteps, generator)
             step += 1
             ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
-            loss_sum += loss.item()
         return {"loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
 
     run_epochs("layerwise", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
@@ -289,17 +216,10 @@ def ddpm_loop(config: dict) -> None:
             labels = data.labels[index].to(device)
             dropped = torch.rand(len(labels), generator=generator).to(device) < settings.ddp.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, null), labels)
-            t = torch.randint(0, highest_t + 1, (len(labels),), generator=generator).to(device)
-            noise = torch.randn(x0.shape, generator=generator).to(device)
-            loss = F.mse_loss(unet(schedule.q_sample(x0, t, noise), t, labels), noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), optim.grad_clip)
-            optimizer.step()
+            loss_sum += ddpm_step(unet, schedule, optimizer, x0, labels, highest_t, optim.grad_clip, generator)
             warmup.step()
             step += 1
             ema_update(ema, unwrap(unet), optim.ema_decay, step)
-            loss_sum += loss.item()
             batches += 1
         return {"loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
 
