@@ -225,8 +225,8 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     np.testing.assert_allclose(scored.scores["msp"], unaveraged.scores["msp"], rtol=1e-5)  # the classifier sees the image alone
 
     batch = pa.table({"pixels": pixels_to_column(pixels), "label": ["a", "b", "c"] * 2, "id": ids})
-    state = bundle.backbone.state_dict()
-    regions = {name: ReferenceRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", state, "cpu")(batch)["multiscale/regions"]
+    backbone_file = str(tmp_path / BACKBONE_FILE)
+    regions = {name: ReferenceRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", backbone_file, None, "cpu")(batch)["multiscale/regions"]
                for name, settings in (("averaged", averaged), ("plain", plain))}
     np.testing.assert_allclose(regions["averaged"][:3, 0], regions["averaged"][3:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6)

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rayood.bundle import BANK_FILE, MAHALANOBIS_FILE
+from rayood.bundle import BACKBONE_FILE, BANK_FILE, MAHALANOBIS_FILE
+from rayood.bundle_files import state_dict_bytes
 from rayood.config import ModelSettings
 from rayood.data.decode import pixels_to_column
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
@@ -27,7 +28,8 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
     labels = ["a", "b", "c", "a"] * 10
     ids = [f"row-{i}" for i in range(40)]
-    actor = ReferenceRows(SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", backbone.state_dict(), "cpu")
+    (tmp_path / BACKBONE_FILE).write_bytes(state_dict_bytes(backbone.state_dict()))
+    actor = ReferenceRows(SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", str(tmp_path / BACKBONE_FILE), None, "cpu")
     fits = {family: make(SETTINGS, 0, 3, str(tmp_path)) for family, make in STREAMING.items()}
     in_bank = []
     for start in (0, 16, 32):  # uneven batches, as Ray Data hands them over

@@ -252,11 +252,11 @@ def fit(config: RayoodConfig) -> str:
         training[stage.name] = _plain(result.metrics)
     staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
     clear_bundle(staged)
+    write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))  # the bank pass's actors read it there
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rayood-references-") as scratch:
-        references = fit_references(config, train_data, class_names, backbone_state, staged, scratch)
+        references = fit_references(config, train_data, class_names, staged, scratch)
     training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
-    write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
     for name, state in detector_states.items():
         write_file(staged, name, state_dict_bytes(state))
     manifest = new_manifest(

@@ -21,7 +21,9 @@ import pyarrow as pa
 import ray.data
 import torch
 
-from rayood.config import ConfigError, ModelSettings, RayoodConfig
+from rayood.bundle import BACKBONE_FILE
+from rayood.bundle_files import load_state_into
+from rayood.config import ConfigError, ModelSettings, RayoodConfig, S3Settings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors import mahalanobis
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
@@ -30,7 +32,7 @@ from rayood.detectors.registry import enabled_detectors
 from rayood.models.backbones import Features, build_backbone, uint8_to_unit
 from rayood.scoring.pool import actor_pool
 from rayood.scoring.scorer import pick_device
-from rayood.storage import Location
+from rayood.storage import Location, resolve
 from rayood.train.id_sample import in_sample
 
 BANK_SALT = "bank"  # the bank's sample is independent of the calibration split
@@ -120,8 +122,8 @@ class ReferenceRows:
     """``map_batches`` class: decoded rows -> every streaming family's per-row arrays, keyed ``family/name``."""
 
     def __init__(
-        self, model: dict, class_names: list[str], label_column: str, state: dict, device: str, cpu_threads: int = 1,
-        seed: int = 0,
+        self, model: dict, class_names: list[str], label_column: str, backbone_uri: str, s3: S3Settings | None,
+        device: str, cpu_threads: int = 1, seed: int = 0,
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         self.settings = ModelSettings.model_validate(model)
@@ -131,7 +133,7 @@ class ReferenceRows:
         self.fits = {family: STREAMING[family](self.settings, seed, len(class_names), None)
                      for family in _streaming_families(self.settings)}
         self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
-        self.backbone.load_state_dict(state)
+        load_state_into(self.backbone, resolve(backbone_uri, s3), "backbone")
         self.backbone.to(self.device).eval()
 
     @torch.no_grad()
@@ -148,10 +150,12 @@ class ReferenceRows:
 
 
 def fit_references(
-    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], state: dict, bundle: Location, scratch: str
+    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], bundle: Location, scratch: str
 ) -> dict[str, dict]:
-    """Every streaming family fitted in one pass over ``data`` and written into ``bundle``; returns each family's
-    manifest facts. ``scratch``: a directory for what a family spills on the way (the bank)."""
+    """Every streaming family fitted in one pass over ``data`` with the backbone ``bundle`` already holds, and
+    written into ``bundle``; returns each family's manifest facts. ``scratch``: a directory for what a family
+    spills on the way (the bank). The actors read the backbone from the bundle rather than take its weights as
+    constructor arguments, which Ray would keep in the object store (and warn that a restart needs them there)."""
     screen = config.screen
     fits = {family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
             for family in _streaming_families(config.model)}
@@ -159,7 +163,8 @@ def fit_references(
         ReferenceRows,
         fn_constructor_kwargs={
             "model": config.model.model_dump(mode="json"), "class_names": class_names,
-            "label_column": config.corpus.label_column, "state": state,
+            "label_column": config.corpus.label_column,
+            "backbone_uri": bundle.join(BACKBONE_FILE).uri, "s3": config.s3,
             "device": screen.device, "cpu_threads": screen.actor_threads, "seed": config.train.seed,
         },
         **actor_pool(screen, min_actors=1),
