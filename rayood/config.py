@@ -401,8 +401,12 @@ class ScreenSettings(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=256, ge=1)
     decode_batch_size: int = Field(default=64, ge=1)
-    min_actors: int = Field(default=1, ge=1)
-    max_actors: int = Field(default=1, ge=1)
+    min_actors: int = Field(
+        default=1, ge=1,
+        description="scoring actors started first; min_actors x cpus_per_actor must leave a CPU for reading and "
+        "decoding (a local cluster refuses a pool that would not, since it would wait for ever)",
+    )
+    max_actors: int = Field(default=1, ge=1, description="the pool grows to this many where CPUs (or GPUs) are free")
     num_gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
     torch_threads: int | None = Field(

@@ -25,7 +25,7 @@ def init_ray(settings: RaySettings) -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         # which would else say so on the console, with how to turn them on (--verbose is rayood's way)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    address = settings.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(settings)
     if address:
         ray.init(address=address, **quiet)
         log.info("joined the Ray cluster at %s", address)
@@ -36,6 +36,11 @@ def init_ray(settings: RaySettings) -> None:
     if not settings.verbose:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         log.info("Ray's own logs: %s (--verbose shows them here)", os.path.join(_session_dir(), "logs"))
+
+
+def cluster_address(settings: RaySettings) -> str | None:
+    """The cluster a job joins (the configured address, else the submitting cluster's); None: a local one."""
+    return settings.address or os.environ.get("RAY_ADDRESS")
 
 
 def _session_dir() -> str:

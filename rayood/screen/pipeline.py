@@ -31,9 +31,9 @@ from rayood.data.sources import InputError, SourcePlan, plan_sources
 from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 from rayood.report.summary import summarize
 from rayood.report.target import STATS, ReportTarget
-from rayood.runtime import init_ray
+from rayood.runtime import cluster_address, init_ray
 from rayood.scoring.actor import ScoreActor
-from rayood.scoring.pool import actor_pool
+from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.screen.progress import RowProgress
 from rayood.storage import Location, redacted, resolve
 
@@ -140,6 +140,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     written = target.prepare(settings.overwrite)
     try:
         init_ray(config.ray)
+        check_room_for_decoding(settings, local=cluster_address(config.ray) is None)
         started = time.perf_counter()
         with _inputs_stay_readable(plans):
             decoded = read_decoded(
