@@ -154,8 +154,8 @@ def fit_references(
 ) -> dict[str, dict]:
     """Every streaming family fitted in one pass over ``data`` with the backbone ``bundle`` already holds, and
     written into ``bundle``; returns each family's manifest facts. ``scratch``: a directory for what a family
-    spills on the way (the bank). The actors read the backbone from the bundle rather than take its weights as
-    constructor arguments, which Ray would keep in the object store (and warn that a restart needs them there)."""
+    spills on the way (the bank). The actors read the backbone from the bundle, as scoring actors do, rather than
+    take its weights (a ResNet-50's: ~100 MB) as constructor arguments that every actor start ships again."""
     screen = config.screen
     fits = {family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
             for family in _streaming_families(config.model)}
