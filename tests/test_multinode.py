@@ -73,6 +73,10 @@ def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(head, 
 
     seen: dict = {}
     with ray_worker_node(head, "node2") as node:
+        assert _pool_warnings(head, min_actors=1) == [], "one actor, and decoding, fit on the head alone"
+        # two fixed actors would hold both of the head's CPUs once the second node is gone: Ray Data cannot give
+        # one back below min_actors, and decoding would wait for ever (seen in this test before it used 1..2)
+        assert "if the largest node (2 CPUs) were lost" in " ".join(_pool_warnings(head, min_actors=2))
         # Ray places the two actors, usually one per node; in one CI run of 2026-11-30 no actor ran on the second
         # node while rows were written (both on the head, or the second one too late). Such a run kills nothing
         # (the node is only killed while it holds an actor), so the screening runs again, into a new report.
@@ -100,8 +104,9 @@ def _screen_killing_the_node(node: WorkerNode, head: Head, inputs: list[str], bu
     output, log, config = workdir / "report", workdir / "screen.log", workdir / "screen.yaml"
     config.write_text(yaml.safe_dump({
         "s3": {"endpoint_url": s3_server},
-        # one actor per node (Ray Data spreads its actors), each holding one of a node's two CPUs
-        "screen": {"inputs": inputs, "output": str(output), "bundle": bundle, "min_actors": 2, "max_actors": 2,
+        # up to one actor per node (Ray Data spreads its actors), each holding one of a node's two CPUs; a floor
+        # of one, so that after the loss Ray Data can give back the CPU a restarted actor takes from decoding
+        "screen": {"inputs": inputs, "output": str(output), "bundle": bundle, "min_actors": 1, "max_actors": 2,
                    **SMALL_BATCHES},
     }))
     stop = threading.Event()
@@ -116,6 +121,19 @@ def _screen_killing_the_node(node: WorkerNode, head: Head, inputs: list[str], bu
         killer.join(30)
     text = "\n".join(line for line in log.read_text().splitlines() if "[state-dump]" not in line)  # Ray's raylet dumps
     return output, job, text
+
+
+def _pool_warnings(head: Head, min_actors: int) -> list[str]:
+    """What ``check_room_for_decoding`` warns, from a client of the two-node cluster, for a fixed pool of
+    ``min_actors`` one-CPU actors."""
+    code = (
+        "import logging, ray; logging.basicConfig(level=logging.WARNING); ray.init(logging_level=logging.ERROR)\n"
+        "from rayood.config import ScreenSettings; from rayood.scoring.pool import check_room_for_decoding\n"
+        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), local=False)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=head.env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if "rayood.scoring.pool" in line]
 
 
 def s3_fs(endpoint: str):

@@ -34,16 +34,21 @@ def check_room_for_decoding(settings: ScreenSettings, *, local: bool, min_actors
     size holds every CPU: Ray Data starts the pool's actors before any read task, so reading and decoding would
     never get a CPU and the run would wait for ever, saying nothing (ray-project/ray#44687; measured: a 2-CPU
     laptop with ``min_actors: 2`` screened 0 rows in 4 minutes). A pool may grow past it: Ray Data adds actors
-    only into CPUs its other operators leave free."""
+    only into CPUs its other operators leave free, and gives them back when the cluster shrinks, down to
+    ``min_actors``; so on a joined cluster of several nodes, also warn when losing the largest node would leave
+    the pool's floor every CPU (a lost node's actors restart on the nodes left)."""
     floor = settings.min_actors if min_actors is None else min_actors
     held, cpus = floor * settings.cpus_per_actor, ray.cluster_resources().get("CPU", 0.0)
-    if cpus - held >= DECODE_TASK_CPUS:
+    fields = f"screen.min_actors ({floor}) x screen.cpus_per_actor ({settings.cpus_per_actor:g}) = {held:g} CPUs"
+    advice = "lower screen.min_actors or screen.cpus_per_actor (max_actors may stay higher)"
+    if cpus - held < DECODE_TASK_CPUS:
+        message = (f"{fields} leave less than {DECODE_TASK_CPUS} of the Ray cluster's {cpus:g} CPUs for reading and "
+                   f"decoding, which would then never run: {advice}")
+        if local:
+            raise ConfigError(message)
+        log.warning("%s; on this cluster the run goes on only if an autoscaler adds nodes", message)
         return
-    message = (
-        f"screen.min_actors ({floor}) x screen.cpus_per_actor ({settings.cpus_per_actor:g}) = {held:g} CPUs leave "
-        f"less than {DECODE_TASK_CPUS} of the Ray cluster's {cpus:g} CPUs for reading and decoding, which would "
-        "then never run: lower screen.min_actors or screen.cpus_per_actor (max_actors may stay higher)"
-    )
-    if local:
-        raise ConfigError(message)
-    log.warning("%s; on this cluster the run goes on only if an autoscaler adds nodes", message)
+    node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]]
+    if not local and len(node_cpus) > 1 and cpus - max(node_cpus) - held < DECODE_TASK_CPUS:
+        log.warning("%s would hold every CPU left if the largest node (%g CPUs) were lost, and the run would then "
+                    "wait unless an autoscaler replaces it: %s", fields, max(node_cpus), advice)
