@@ -108,6 +108,17 @@ def test_filter_audit_and_the_job_entry_points_import_neither_torch_nor_ray():
     assert result.stdout.strip() == "[]", result.stdout
 
 
+def test_what_screening_read_and_write_workers_unpickle_imports_no_torch():
+    """Each Ray worker that reads, decodes or writes imports the module of every function and class it runs:
+    one torch import there costs each such process hundreds of MiB (only the scoring actors need torch)."""
+    code = (
+        "import sys; import rayood.data.reader, rayood.report.row_files; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def _package(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else module

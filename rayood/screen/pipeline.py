@@ -20,7 +20,6 @@ from contextlib import contextmanager
 import pyarrow.dataset as pads
 import ray.data
 import ray.exceptions
-from ray.data.datasource import FilenameProvider
 from ray.util.annotations import RayDeprecationWarning
 
 from rayood.bundle import library_versions, read_calibration, read_manifest, report_scores
@@ -29,6 +28,7 @@ from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
 from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
+from rayood.report.row_files import AttemptFilenames
 from rayood.report.summary import summarize
 from rayood.report.target import STATS, ReportTarget
 from rayood.runtime import cluster_address, init_ray
@@ -80,17 +80,6 @@ def run_fingerprint(config: RayoodConfig, plans: list[SourcePlan], bundle_id: st
         "screen": config.screen.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class AttemptFilenames(FilenameProvider):
-    """Row files named after the attempt that wrote them: never the same name in two attempts."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__()
-        self.run_id = run_id
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"{self.run_id}_{write_uuid}_{task_index:06}"
 
 
 def _output_apart_from_inputs(output: Location, plans: list[SourcePlan]) -> None:
