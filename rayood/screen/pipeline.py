@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pyarrow.dataset as pads
 import ray.data
 import ray.exceptions
@@ -145,76 +146,94 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             if decoded is None:
                 log.info("every input row is in the report already")
             else:
-                # One batch per actor task: a file's rows are decoded in one read task, so its block would else be
-                # scored, and written, in one piece.
-                with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args (where max_restarts goes)
-                    # with no named replacement for it yet: the warning is not the user's to act on
-                    warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
-                    scored = decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
-                        ScoreActor,
-                        fn_constructor_kwargs={
-                            "bundle_uri": settings.bundle,
-                            "bundle_id": manifest["bundle_id"],
-                            "s3": config.s3,
-                            "device": settings.device,
-                            "decision": settings.decision,
-                            "passthrough": settings.passthrough_columns,
-                            "cpu_threads": settings.actor_threads,
-                            "embedding": settings.embedding,
-                            "predictions": settings.predictions,
-                        },
-                        max_restarts=ACTOR_RESTARTS,
-                        max_task_retries=-1,
-                        **actor_pool(settings),
-                    )
-                with RowProgress(target.rows, expected_rows, settings.progress_every_s):
-                    scored.write_parquet(
-                        target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
-                        min_rows_per_file=rows_per_file(settings.batch_size, expected_rows),
-                        # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
-                        # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
-                        # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a
-                        # writer per actor: unbounded, zero-CPU tasks each started a worker process (+1.25 GiB, 0.6x the rows/s).
-                        ray_remote_args={"num_cpus": 0}, concurrency=max(1, settings.max_actors),
-                    )
-                target.location.join(STATS).write_bytes(scored.stats().encode())  # where the time went, per operator
-        elapsed = time.perf_counter() - started
-
-        needed = [*KEY_COLUMNS, IS_OOD, *(score_col(name) for name in scores)]
-        if settings.truth:
-            needed.append(settings.truth.column)
-        rows = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet")
-        summary = summarize(
-            rows.to_batches(columns=needed, batch_size=SUMMARY_BATCH_ROWS),
-            score_names=scores,
-            calibration=calibration,
-            decision=settings.decision,
-            expected_rows=expected_rows,
-            elapsed_s=elapsed,
-            bundle_id=manifest["bundle_id"],
-            truth=settings.truth,
-            skipped_files=sum(len(plan.skipped_files) for plan in plans),
-            left_out=Counter(why for plan in plans for why, _ in plan.left_out),
-            # planning refuses repeated Parquet ids and paths are unique: only shard keys, or two attempts'
-            # rows, can repeat a key
-            count_repeats=written.rows > 0 or any(plan.kind == "webdataset" for plan in plans),
-        )
-        summary["reused_rows"] = written.rows
-        summary["decode_limits"] = {
-            "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
-            "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
-        }
-        # what a reader a month later needs to reproduce the report (S3 keys come from the environment and
-        # endpoints with credentials are refused; URLs lose their user, password and query string)
-        summary["provenance"] = redacted({
-            "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
-            "config": config.model_dump(mode="json"),
-        })
+                _write(_score(decoded, config, manifest["bundle_id"]), target, settings, expected_rows)
+        summary = _summary(config, manifest, calibration, plans, target, written.rows, limits, time.perf_counter() - started)
         _check_accounting(summary, resumed=written.rows > 0, uri=target.location.uri)
         target.finish(summary)
     finally:
         target.release()  # after finish() a no-op; after a failure it frees the output for a resume
     return summary, target.location.uri
+
+
+def _score(decoded: ray.data.Dataset, config: RayoodConfig, bundle_id: str) -> ray.data.Dataset:
+    """The decoded rows through the scoring actors, one batch per actor task: a file's rows are decoded in one read
+    task, so its block would else be scored, and written, in one piece."""
+    settings = config.screen
+    with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args (where max_restarts goes)
+        # with no named replacement for it yet: the warning is not the user's to act on
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
+        return decoded.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
+            ScoreActor,
+            fn_constructor_kwargs={
+                "bundle_uri": settings.bundle,
+                "bundle_id": bundle_id,
+                "s3": config.s3,
+                "device": settings.device,
+                "decision": settings.decision,
+                "passthrough": settings.passthrough_columns,
+                "cpu_threads": settings.actor_threads,
+                "embedding": settings.embedding,
+                "predictions": settings.predictions,
+            },
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=-1,
+            **actor_pool(settings),
+        )
+
+
+def _write(scored: ray.data.Dataset, target: ReportTarget, settings: ScreenSettings, expected_rows: int) -> None:
+    """Run the pipeline into the report's row files, logging progress, and leave Ray Data's per-operator stats
+    beside them (where the time went)."""
+    with RowProgress(target.rows, expected_rows, settings.progress_every_s):
+        scored.write_parquet(
+            target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
+            min_rows_per_file=rows_per_file(settings.batch_size, expected_rows),
+            # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
+            # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
+            # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a
+            # writer per actor: unbounded, zero-CPU tasks each started a worker process (+1.25 GiB, 0.6x the rows/s).
+            ray_remote_args={"num_cpus": 0}, concurrency=max(1, settings.max_actors),
+        )
+    target.location.join(STATS).write_bytes(scored.stats().encode())
+
+
+def _summary(config: RayoodConfig, manifest: dict, calibration: dict[str, np.ndarray], plans: list[SourcePlan], target: ReportTarget,
+             reused_rows: int, limits: DecodeLimits, elapsed_s: float) -> dict:
+    """``summary.json``: the report's counts and decision, streamed back from its row files, with the decode
+    limits that applied and the run's provenance."""
+    settings = config.screen
+    scores = report_scores(manifest)
+    needed = [*KEY_COLUMNS, IS_OOD, *(score_col(name) for name in scores)]
+    if settings.truth:
+        needed.append(settings.truth.column)
+    rows = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet")
+    summary = summarize(
+        rows.to_batches(columns=needed, batch_size=SUMMARY_BATCH_ROWS),
+        score_names=scores,
+        calibration=calibration,
+        decision=settings.decision,
+        expected_rows=sum(plan.rows for plan in plans),
+        elapsed_s=elapsed_s,
+        bundle_id=manifest["bundle_id"],
+        truth=settings.truth,
+        skipped_files=sum(len(plan.skipped_files) for plan in plans),
+        left_out=Counter(why for plan in plans for why, _ in plan.left_out),
+        # planning refuses repeated Parquet ids and paths are unique: only shard keys, or two attempts'
+        # rows, can repeat a key
+        count_repeats=reused_rows > 0 or any(plan.kind == "webdataset" for plan in plans),
+    )
+    summary["reused_rows"] = reused_rows
+    summary["decode_limits"] = {
+        "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
+        "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
+    }
+    # what a reader a month later needs to reproduce the report (S3 keys come from the environment and
+    # endpoints with credentials are refused; URLs lose their user, password and query string)
+    summary["provenance"] = redacted({
+        "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
+        "config": config.model_dump(mode="json"),
+    })
+    return summary
 
 
 @contextmanager
