@@ -128,8 +128,8 @@ def _pool_warnings(head: Head, min_actors: int) -> list[str]:
     ``min_actors`` one-CPU actors."""
     code = (
         "import logging, ray; logging.basicConfig(level=logging.WARNING); ray.init(logging_level=logging.ERROR)\n"
-        "from rayood.config import ScreenSettings; from rayood.scoring.pool import check_room_for_decoding\n"
-        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), local=False)"
+        "from rayood.config import RaySettings, ScreenSettings; from rayood.scoring.pool import check_room_for_decoding\n"
+        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), RaySettings())"  # RAY_ADDRESS: a joined cluster
     )
     result = subprocess.run([sys.executable, "-c", code], env=head.env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,7 +9,8 @@ from typing import Any
 import ray
 import ray.data
 
-from rayood.config import ConfigError, ScreenSettings
+from rayood.config import ConfigError, RaySettings, ScreenSettings
+from rayood.runtime import cluster_address
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def actor_pool(settings: ScreenSettings, min_actors: int | None = None) -> dict[
     }
 
 
-def check_room_for_decoding(settings: ScreenSettings, *, local: bool, min_actors: int | None = None) -> None:
+def check_room_for_decoding(settings: ScreenSettings, ray_settings: RaySettings, min_actors: int | None = None) -> None:
     """Refuse (a local cluster) or warn about (a joined one, which an autoscaler may grow) a pool whose smallest
     size holds every CPU: Ray Data starts the pool's actors before any read task, so reading and decoding would
     never get a CPU and the run would wait for ever, saying nothing (ray-project/ray#44687; measured: a 2-CPU
@@ -37,6 +38,7 @@ def check_room_for_decoding(settings: ScreenSettings, *, local: bool, min_actors
     only into CPUs its other operators leave free, and gives them back when the cluster shrinks, down to
     ``min_actors``; so on a joined cluster of several nodes, also warn when losing the largest node would leave
     the pool's floor every CPU (a lost node's actors restart on the nodes left)."""
+    local = cluster_address(ray_settings) is None
     floor = settings.min_actors if min_actors is None else min_actors
     held, cpus = floor * settings.cpus_per_actor, ray.cluster_resources().get("CPU", 0.0)
     fields = f"screen.min_actors ({floor}) x screen.cpus_per_actor ({settings.cpus_per_actor:g}) = {held:g} CPUs"

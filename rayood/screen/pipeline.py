@@ -32,7 +32,7 @@ from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 from rayood.report.row_files import AttemptFilenames
 from rayood.report.summary import summarize
 from rayood.report.target import STATS, ReportTarget
-from rayood.runtime import cluster_address, init_ray
+from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.screen.progress import RowProgress
@@ -130,7 +130,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     written = target.prepare(settings.overwrite)
     try:
         init_ray(config.ray)
-        check_room_for_decoding(settings, local=cluster_address(config.ray) is None)
+        check_room_for_decoding(settings, config.ray)
         started = time.perf_counter()
         with _inputs_stay_readable(plans):
             decoded = read_decoded(

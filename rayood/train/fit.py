@@ -48,7 +48,7 @@ from rayood.detectors.fusion import choose_fused_scores
 from rayood.detectors.registry import enabled_detectors, score_names
 from rayood.detectors.synthetic import synthetic_outliers
 from rayood.report.columns import PREDICTED_CLASS, STATUS_OK, score_col
-from rayood.runtime import cluster_address, init_ray
+from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.storage import Location, resolve
@@ -216,7 +216,7 @@ def fit(config: RayoodConfig) -> str:
     init_state = _init_state(config)
 
     init_ray(config.ray)
-    check_room_for_decoding(config.screen, local=cluster_address(config.ray) is None, min_actors=1)  # its passes' pools
+    check_room_for_decoding(config.screen, config.ray, min_actors=1)  # its passes' pools
     corpus = _read_id_corpus(config, plans)
     class_names, train_data = corpus.class_names, corpus.training_dataset()
     base = {
