@@ -9,7 +9,9 @@ nothing is counted twice) of the child and all its descendants twice a second, a
 the sum for each corpus size (Linux: /proc) and their ratio (target: the 10x run within 1.05x of the 1x run).
 ``--base`` makes the 1x corpus that many copies of the file: a run of a few seconds ends before Ray has
 started every worker process the pipeline uses, so its peak measures start-up, not the steady state the
-larger corpus is compared with.
+larger corpus is compared with. ``within_run_ratio`` compares the large run with itself (its whole peak
+against its peak over the 1x run's wall time), so the spread between separate runs does not enter it. Every
+sample, per role, goes to ``WORKDIR/timeline-xN.json``.
 """
 
 from __future__ import annotations
