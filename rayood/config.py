@@ -141,6 +141,11 @@ class BackboneSettings(_Strict):
         description="classifier scores and predicted class from logits averaged over each image and its mirror "
         "(one more backbone pass per image); the feature-based detectors see the image alone",
     )
+    rotation_head: bool = Field(
+        default=False,
+        description="a 4-way classifier of the image's rotation (0/90/180/270 degrees) on the penultimate vector, "
+        "trained by train.backbone.objective rotation; it adds the rotation score (three more backbone passes)",
+    )
 
     @model_validator(mode="after")
     def _stages_match(self) -> BackboneSettings:
@@ -311,13 +316,20 @@ class OptimSettings(_Strict):
 
 
 class BackboneOptimSettings(OptimSettings):
-    """How the backbone is fitted. ``cross_entropy`` needs nothing else; the contrastive objectives train a
+    """How the backbone is fitted. ``cross_entropy`` needs nothing else; ``rotation`` adds rotation prediction
+    (Hendrycks et al., 2019; OpenOOD's RotPred) and needs ``model.backbone.rotation_head``; the contrastive objectives train a
     projection head and the ALPA heads alongside and a linear classifier on detached features (so the
     classifier baselines still have logits). ``alpa_finetune`` starts from ``model.backbone.init_weights``.
     ALPA aligns every pair of the batch's 2 x batch_size crops, token by token: its memory grows with the batch
     squared (cifar_fast's 3 x 3 map, alpa_dim 80: batch 512 took the worker to 19.6 GB, 128 to 2.1 GB)."""
 
-    objective: Literal["cross_entropy", "supcon", "alpa_train", "alpa_finetune"] = "cross_entropy"
+    objective: Literal["cross_entropy", "rotation", "supcon", "alpa_train", "alpa_finetune"] = "cross_entropy"
+    rotation_views: int = Field(
+        default=3, ge=1, le=3,
+        description="rotation: turned copies of each image added to the batch (3: all of 90/180/270, the paper's, "
+        "4x the cost of cross_entropy; 1: one turn drawn at random per image, 2x)",
+    )
+    rotation_weight: float = Field(default=0.5, gt=0, description="rotation: weight of the rotation loss")
     alpa_weight: float = Field(default=1.0, ge=0)
     alpa_dim: int = Field(default=80, ge=1)
     projection_dim: int = Field(default=128, ge=1)
@@ -497,6 +509,19 @@ class RayoodConfig(_Strict):
         if self.train.backbone.objective == "alpa_finetune" and not self.model.backbone.init_weights:
             raise ValueError(
                 "train.backbone.objective alpa_finetune needs model.backbone.init_weights (a fitted backbone.pt)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rotation_head_is_trained(self) -> RayoodConfig:
+        """The rotation objective needs the head; a head nothing trains would score noise (unless it is loaded)."""
+        rotation, head = self.train.backbone.objective == "rotation", self.model.backbone.rotation_head
+        if rotation and not head:
+            raise ValueError("train.backbone.objective rotation needs model.backbone.rotation_head: true")
+        if head and not rotation and not self.model.backbone.init_weights:
+            raise ValueError(
+                "model.backbone.rotation_head is trained only by train.backbone.objective rotation "
+                "(or loaded with model.backbone.init_weights from a backbone that has one)"
             )
         return self
 

@@ -16,7 +16,10 @@ from rayood.scoring.scorer import Scorer
 from tests.test_bundle import SETTINGS, make_bundle
 
 _SMALL_K = {**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}}
-WITH_DDP = ModelSettings.model_validate({**_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": True}})
+WITH_DDP = ModelSettings.model_validate({  # every family on: DDP, and the rotation head for the rotation score
+    **_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": True},
+    "backbone": {**SETTINGS.backbone.model_dump(), "rotation_head": True},
+})
 SMALL_K = ModelSettings.model_validate({**_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": False}})
 NO_LAYERWISE = ModelSettings.model_validate({**SMALL_K.model_dump(), "layerwise": {**SETTINGS.layerwise.model_dump(), "enabled": False}})
 
@@ -39,7 +42,7 @@ def test_every_registered_family_loads_and_scores_exactly_its_names(tmp_path):
             assert values.shape == (4,) and torch.isfinite(values).all(), name
 
 
-@pytest.mark.parametrize("settings, family", [(SMALL_K, "ddp"), (NO_LAYERWISE, "layerwise")])
+@pytest.mark.parametrize("settings, family", [(SMALL_K, "ddp"), (NO_LAYERWISE, "layerwise"), (SMALL_K, "rotation")])
 def test_a_family_the_settings_disable_is_neither_loaded_nor_named(tmp_path, settings, family):
     make_bundle(tmp_path, settings, scores=registry.score_names(settings))
     bundle = load_bundle(str(tmp_path))

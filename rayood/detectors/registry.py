@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rayood.config import DDPSettings, ModelSettings
 
 CLASSIFIER = ("msp", "energy", "maxlogit")
+ROTATION = ("rotation",)
 MAHALANOBIS = ("mahalanobis",)
 LAYERWISE = ("layerwise_mse", "layerwise_mfsim")
 MULTISCALE = ("knn", "multiscale")
@@ -44,6 +45,8 @@ class DetectorSpec:
 
 REGISTRY: tuple[DetectorSpec, ...] = (
     DetectorSpec("classifier", "rayood.detectors.baselines", lambda settings: CLASSIFIER),
+    DetectorSpec("rotation", "rayood.detectors.rotation", lambda settings: ROTATION,
+                 enabled=lambda settings: settings.backbone.rotation_head),
     DetectorSpec("mahalanobis", "rayood.detectors.mahalanobis", lambda settings: MAHALANOBIS),
     DetectorSpec("layerwise", "rayood.detectors.layerwise", lambda settings: LAYERWISE,
                  enabled=lambda settings: settings.layerwise.enabled),

@@ -158,8 +158,12 @@ def _torchvision_resnet(settings: BackboneSettings) -> tuple[nn.Module, nn.Modul
     return stem, stages, net.fc.in_features
 
 
+ROTATIONS = 4  # quarter turns 0, 90, 180, 270 degrees: the rotation head's classes
+
+
 class FeatureBackbone(nn.Module):
-    """Preprocessing + stem + stages + linear classifier, with every stage's map exposed."""
+    """Preprocessing + stem + stages + linear classifier, with every stage's map exposed; with
+    ``rotation_head`` also a linear classifier of the image's quarter turn on the penultimate vector."""
 
     def __init__(self, settings: BackboneSettings, preprocess: PreprocessSettings, num_classes: int) -> None:
         super().__init__()
@@ -169,6 +173,7 @@ class FeatureBackbone(nn.Module):
             ScaledLinear(feature_dim, num_classes, FAST_LOGIT_SCALE) if settings.arch == "cifar_fast"
             else nn.Linear(feature_dim, num_classes)
         )
+        self.rotation = nn.Linear(feature_dim, ROTATIONS) if settings.rotation_head else None
         self.input_size = preprocess.input_size
         self.classifier_pool = settings.classifier_pool
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
@@ -262,6 +267,11 @@ def torchvision_state(name: str) -> dict[str, torch.Tensor]:
     except OSError as error:  # URLError included: offline, and not in the cache
         cache = torch.hub.get_dir()
         raise ValueError(f"torchvision weights {name} are not in {cache} and could not be downloaded: {error}") from None
+
+
+def quarter_turn(images: torch.Tensor, turns: int) -> torch.Tensor:
+    """NCHW images turned by ``turns`` x 90 degrees: the rotation head's class ``turns`` (training and scoring)."""
+    return torch.rot90(images, turns, dims=(2, 3))
 
 
 def build_backbone(settings: BackboneSettings, preprocess: PreprocessSettings, num_classes: int) -> FeatureBackbone:

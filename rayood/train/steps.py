@@ -13,7 +13,7 @@ from rayood.models.backbones import build_backbone, load_matching
 from rayood.models.diffusion import NoiseSchedule
 from rayood.train.augment import Augmenter
 from rayood.train.cache import CachedShard
-from rayood.train.objectives import BackboneObjective
+from rayood.train.objectives import CONTRASTIVE, BackboneObjective, with_turned_copies
 from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learning_rates
 
 
@@ -53,12 +53,15 @@ class BackboneEpoch:
             set_learning_rates(self.optimizer, lr_factor(step, self.total, self.optim), epoch, self.optim)
             images = self.data.images(index, self.device)
             labels = self.data.labels[index].to(self.device)
-            if self.optim.objective != "cross_entropy":  # two views each; positives: same-class views, its twin too
+            turns = None
+            if self.optim.objective in CONTRASTIVE:  # two views each; positives: same-class views, its twin too
                 images = torch.cat([torch.stack([self.views(i) for i in images]) for _ in range(2)])
                 labels = torch.cat([labels, labels])
             else:
                 images = self.augmenter(images, generator, index, epoch)
-            loss, logits = self.model(images.contiguous(memory_format=torch.channels_last), labels)
+                if self.optim.objective == "rotation":
+                    images, turns = with_turned_copies(images, self.optim.rotation_views, generator)
+            loss, logits = self.model(images.contiguous(memory_format=torch.channels_last), labels, turns)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -79,11 +82,13 @@ def new_backbone_objective(
     backbone = build_backbone(settings.backbone, settings.preprocess, num_classes)
     if init_state is not None:
         load_matching(backbone, init_state)
+    if backbone.rotation is not None and optim.objective != "rotation":
+        backbone.rotation.requires_grad_(False)  # a loaded head this objective does not train (DDP needs every trained one used)
     else:  # with several workers rank 0's whitening wins: DDP broadcasts its parameters when the model is prepared
         sample = torch.randperm(len(data))[:WHITENING_SAMPLE]
         backbone.fit_whitening(data.images(sample, torch.device("cpu")))
     model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim,
-                              optim.label_smoothing)
+                              optim.label_smoothing, optim.rotation_weight)
     whitening = backbone.whitening
     return model, build_optimizer(model, optim, whitening.bias if whitening is not None else None)
 
