@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 
 from rayood.config import BackboneOptimSettings, ConfigError, ModelSettings, parse_config
 from rayood.detectors.rotation import rotation_score
+from rayood.detectors.synthetic import KINDS, evidence_kinds, synthetic_outliers
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import build_backbone, quarter_turn
 from rayood.screen.pipeline import screen
@@ -70,6 +71,14 @@ def test_a_backbone_fitted_with_rotation_prediction_scores_turned_images_as_out_
     assert auroc(upright, turned) > 0.9, auroc(upright, turned)
 
 
+def test_synthetic_rotations_are_no_evidence_about_a_rotation_trained_backbone():
+    assert evidence_kinds(rotation_trained=False) == KINDS
+    assert evidence_kinds(rotation_trained=True) == tuple(kind for kind in KINDS if kind != "rotate")
+    pixels = np.zeros((20, 8, 8, 3), dtype=np.uint8)
+    _, kinds = synthetic_outliers(pixels, np.arange(20) % 2, 5, seed=0, kinds_made=evidence_kinds(True))
+    assert "rotate" not in kinds and len(kinds) == 5 * (len(KINDS) - 1)
+
+
 def test_rotation_objective_and_head_go_together():
     with pytest.raises(ConfigError, match=r"objective rotation needs model\.backbone\.rotation_head"):
         parse_config({"train": {"backbone": {"objective": "rotation"}}})
@@ -93,6 +102,7 @@ def test_a_rotation_bundle_fits_with_ray_train_and_screens_the_rotation_score(ra
     fit(config)
     manifest = json.load(open(f"{bundle}/manifest.json"))
     assert "rotation" in manifest["scores"] and manifest["scores"].index("rotation") == 3  # after the classifier's
+    assert manifest["fusion"]["kinds"] == sorted(set(KINDS) - {"rotate"})  # taught to it: no evidence
     summary, _ = screen(config)
     report = pads.dataset(f"{tmp_path}/report/rows").to_table()
     assert report.num_rows == summary["expected_rows"]

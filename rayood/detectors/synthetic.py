@@ -15,6 +15,8 @@ Inputs and outputs are (N, H, W, 3) uint8, as decoded pixels travel through the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -72,13 +74,19 @@ def class_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) 
 UNLABELLED = {"patch_shuffle": patch_shuffle, "rotate": rotate, "pixel_permute": pixel_permute, "blur": blur}
 
 
+def evidence_kinds(rotation_trained: bool) -> tuple[str, ...]:
+    """The kinds that are evidence about a backbone: one trained to predict rotations
+    (``train.backbone.objective: rotation``) recognises ``rotate`` by construction, so that kind says nothing."""
+    return tuple(kind for kind in KINDS if not (rotation_trained and kind == "rotate"))
+
+
 def synthetic_outliers(
-    images: np.ndarray, labels: np.ndarray, per_kind: int, seed: int
+    images: np.ndarray, labels: np.ndarray, per_kind: int, seed: int, kinds_made: Sequence[str] = KINDS
 ) -> tuple[np.ndarray, list[str]]:
-    """``per_kind`` outliers of every kind (fewer when fewer images), each from a random ID image."""
+    """``per_kind`` outliers of every kind in ``kinds_made`` (fewer when fewer images), each from a random ID image."""
     rng = np.random.default_rng(seed)
     made, kinds = [], []
-    for kind in KINDS:
+    for kind in kinds_made:
         chosen = rng.choice(len(images), size=min(per_kind, len(images)), replace=False)
         if kind == "class_mix":
             made.append(class_mix(images[chosen], labels[chosen], rng))

@@ -46,7 +46,7 @@ from rayood.data.sources import plan_sources
 from rayood.models.backbones import TORCHVISION_WEIGHTS, build_backbone, load_matching, torchvision_state
 from rayood.detectors.fusion import choose_fused_scores
 from rayood.detectors.registry import enabled_detectors, score_names
-from rayood.detectors.synthetic import synthetic_outliers
+from rayood.detectors.synthetic import evidence_kinds, synthetic_outliers
 from rayood.report.columns import PREDICTED_CLASS, STATUS_OK, score_col
 from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
@@ -322,7 +322,8 @@ def _choose_fusion(
     table = pa.concat_tables(ray.get(sample.select_columns(["pixels", label]).to_arrow_refs()))
     images = pixels_from_column(table.column("pixels"), config.model.preprocess.native_size)
     labels = np.asarray(table.column(label).cast(pa.string()).to_pylist())
-    outliers, kinds = synthetic_outliers(images, labels, fusion.synthetic_per_kind, config.train.seed)
+    outliers, kinds = synthetic_outliers(images, labels, fusion.synthetic_per_kind, config.train.seed,
+                                         evidence_kinds(config.model.backbone.rotation_head))
     rows = pa.table({
         "id": [f"synthetic/{kind}/{i}" for i, kind in enumerate(kinds)], "source": ["synthetic"] * len(kinds),
         "status": [STATUS_OK] * len(kinds), "error": pa.nulls(len(kinds), pa.string()),
