@@ -17,7 +17,8 @@ from rayood.data.decode import DecodeLimits
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, plan_sources
 from rayood.data.webdataset import (
-    PROBLEM_FIELD, BrokenSample, ShardReader, WebSample, count_samples, read_samples, sample_id, sample_row,
+    MEMBER_HIDDEN, MEMBER_NO_EXTENSION, PROBLEM_FIELD, BrokenSample, ShardReader, WebSample, count_samples,
+    read_samples, sample_id, sample_row,
     split_member_name, split_sample_id, write_shards,
 )
 from rayood.screen.pipeline import screen
@@ -64,6 +65,7 @@ def build_corpus(root) -> dict[str, dict]:
     members += img2dataset_sample("000010002", "truncated.jpg", bad["truncated.jpg"][0])
     members += [("000010003.json", json.dumps({"url": "https://example.com/gone", "status": "failed"}).encode())]
     members += img2dataset_sample("000010004", "rgb.jpg", good_images()["rgb.jpg"])
+    members += [("README", b"no extension: part of no sample"), ("._000010004.jpg", b"macOS resource fork")]
     make_shard(root / "00001.tar", members)
     expected[("00001.tar", "000010000")] = {"status": "ok"}
     expected[("00001.tar", "000010001")] = {"status": "error", "error": "not an image"}
@@ -130,10 +132,13 @@ def test_member_names_split_into_key_and_extension():
     assert split_sample_id(sample_id("/data/00001.tar", None)) == ("/data/00001.tar", None)
 
 
-def test_planning_counts_samples_from_headers_and_skips_sidecars(corpus):
+def test_planning_counts_samples_from_headers_and_skips_sidecars(corpus, caplog):
     root, expected = corpus
     (plan,) = plan_sources([str(root)], CorpusSettings())
     assert plan.kind == "webdataset" and plan.rows == len(expected)
+    shard = str(root / "00001.tar")
+    assert sorted(plan.left_out) == [(MEMBER_HIDDEN, f"{shard}#._000010004.jpg"), (MEMBER_NO_EXTENSION, f"{shard}#README")]
+    assert "left out 1 entries (shard member without an extension)" in caplog.text
     assert [p.rsplit("/", 1)[1] for p in plan.paths] == ["00000.tar", "00001.tar", "00002.tar"]
     assert plan.skipped_files == (str(root / "00000_stats.json"),)
     (single,) = plan_sources([str(root / "00002.tar")], CorpusSettings())
@@ -173,7 +178,7 @@ def test_a_broken_shard_keeps_what_precedes_the_break_and_counts_what_it_reads(t
     else:
         path.write_bytes(data[: cut_points(path)[where]])
     read = list(read_samples(LOCAL, str(path), "s3://b/shard.tar"))
-    assert count_samples(LOCAL, str(path), "s3://b/shard.tar") == len(read)
+    assert count_samples(LOCAL, str(path), "s3://b/shard.tar").rows == len(read)
     *complete, broken = read
     assert isinstance(broken, BrokenSample) and "s3://b/shard.tar" in broken.error
     if where == "not a tar":
@@ -194,7 +199,7 @@ def test_split_samples_and_repeated_members_are_error_rows_not_merges(tmp_path):
         ("._d.jpg", b"AppleDouble"), ("d", b"no extension"), ("d.png", good_images()["rgb.png"]),
     ])
     samples = list(read_samples(LOCAL, str(path), "shard.tar"))
-    assert count_samples(LOCAL, str(path), "shard.tar") == len(samples) == 5
+    assert count_samples(LOCAL, str(path), "shard.tar").rows == len(samples) == 5
     assert [isinstance(s, WebSample) for s in samples] == [True, True, False, False, True]
     assert [s.key for s in samples] == ["a", "b", "a#part2", "c", "d"], "one id per row, also for repeats"
     assert "not adjacent" in samples[2].error and "two members named c.jpg" in samples[3].error
@@ -227,7 +232,7 @@ def test_hard_links_read_their_targets_data_and_symbolic_links_are_error_rows(tm
             link.type, link.linkname = kind, target
             archive.addfile(link)
     samples = list(read_samples(LOCAL, str(path), "shard.tar"))
-    assert count_samples(LOCAL, str(path), "shard.tar") == len(samples) == 4
+    assert count_samples(LOCAL, str(path), "shard.tar").rows == len(samples) == 4
     assert samples[:2] == [WebSample("a", {"jpg": image}), WebSample("b", {"jpg": image})]
     assert "symbolic link (to /etc/passwd), which is not followed" in samples[2].error
     assert "hard link to missing.jpg" in samples[3].error
@@ -318,6 +323,7 @@ def test_screening_local_and_s3_shards_reports_the_planned_rows(tiny_bundle, s3_
         check_rows(rows, expected, shard_uri)
         assert all((row["score_layerwise_mfsim"] is None) == (row["status"] == "error") for row in rows)
     assert (output / "_SUCCESS").exists()
+    assert summary["left_out_entries"] == {MEMBER_HIDDEN: 2, MEMBER_NO_EXTENSION: 2}  # one each in both copies
 
 
 def test_written_shards_read_back_with_tarfile_and_the_reader(s3_server, s3_corpus, tmp_path):

@@ -22,7 +22,7 @@ from rayood.config import CorpusSettings, S3Settings
 from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
 from rayood.data.synthetic_corpus import SyntheticCorpusError, synthetic_rows
 from rayood.data.unique_ids import BATCH_ROWS, repeated_ids
-from rayood.data.webdataset import SHARD_EXTENSION, count_samples
+from rayood.data.webdataset import SHARD_EXTENSION, ShardCount, count_samples
 from rayood.storage import STORAGE_ERRORS, Location, StorageError, resolve
 
 log = logging.getLogger(__name__)
@@ -134,25 +134,29 @@ def _repeated_ids(location: Location, paths: list[str], id_column: str, rows: in
         )
 
 
-def _webdataset_rows(location: Location, paths: list[str]) -> int:
-    """Samples in the shards, from their tar headers (plus one row per shard that breaks off, see webdataset)."""
+def _webdataset_rows(location: Location, paths: list[str]) -> tuple[int, list[tuple[str, str]]]:
+    """Samples in the shards, from their tar headers (plus one row per shard that breaks off, see webdataset),
+    and the members that belong to no sample."""
 
-    def count(path: str) -> int:
+    def count(path: str) -> ShardCount:
         try:
             return count_samples(location.fs, path, location.uri_of(path))
         except STORAGE_ERRORS as error:
             raise InputError(f"cannot read WebDataset shard {location.uri_of(path)}: {error}") from None
 
     with ThreadPoolExecutor(max_workers=min(SHARD_COUNT_THREADS, len(paths))) as pool:
-        return sum(pool.map(count, paths))
+        counts = list(pool.map(count, paths))
+    return sum(c.rows for c in counts), [entry for c in counts for entry in c.left_out]
 
 
 def _webdataset_plan(
     uri: str, location: Location, shards: list[str], corpus: CorpusSettings, skipped: Iterable[str] = (),
     left_out: tuple[tuple[str, str], ...] = (),
 ) -> SourcePlan:
-    rows = _webdataset_rows(location, shards)
-    return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions, left_out)
+    rows, members = _webdataset_rows(location, shards)
+    _log_left_out(location.uri, members)
+    return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions,
+                      (*left_out, *members))
 
 
 def _listed(location: Location) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
@@ -164,10 +168,16 @@ def _listed(location: Location) -> tuple[dict[str, int], tuple[tuple[str, str], 
             left_out.append((HIDDEN, location.uri_of(path)))
         else:
             files[path] = size
+    _log_left_out(location.uri, left_out)
+    return files, tuple(left_out)
+
+
+def _log_left_out(uri: str, left_out: Iterable[tuple[str, str]]) -> None:
+    """One warning per reason: left-out entries are not rows, so the log and the summary are all that tell."""
+    left_out = list(left_out)
     for why in sorted({why for why, _ in left_out}):
         names = [name for reason, name in left_out if reason == why]
-        log.warning("%s: left out %d entries (%s), e.g. %s", location.uri, len(names), why, ", ".join(names[:3]))
-    return files, tuple(left_out)
+        log.warning("%s: left out %d entries (%s), e.g. %s", uri, len(names), why, ", ".join(names[:3]))
 
 
 def plan_source(

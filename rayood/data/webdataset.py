@@ -65,6 +65,15 @@ class _Group:
     row_key: str | None = None  # the key its row is reported under, when ``key`` was already used in the shard
 
 
+# Why a member of a shard is part of no sample (counted in a run's ``left_out_entries``, as files on disk are)
+MEMBER_HIDDEN, MEMBER_NO_EXTENSION = "shard member with a hidden name (.)", "shard member without an extension"
+
+
+def left_out_reason(name: str) -> str:
+    """Why :func:`split_member_name` gives None for ``name``."""
+    return MEMBER_HIDDEN if posixpath.basename(name).startswith(".") else MEMBER_NO_EXTENSION
+
+
 def split_member_name(name: str) -> tuple[str, str] | None:
     """``"dir/000001.seg.png"`` -> ``("dir/000001", "seg.png")``; None for names that belong to no sample."""
     directory, base = posixpath.split(name)
@@ -114,10 +123,12 @@ def _end_problem(archive: tarfile.TarFile, handle: BinaryIO, size: int, shard: s
 
 
 def _walk(
-    handle: BinaryIO, size: int, shard: str, with_data: bool, max_member_bytes: int | None = None
+    handle: BinaryIO, size: int, shard: str, with_data: bool, max_member_bytes: int | None = None,
+    left_out: list[tuple[str, str]] | None = None,
 ) -> Iterator[WebSample | BrokenSample]:
     """The shard's samples in order; file contents only ``with_data`` (else every file maps to None). A member
-    over ``max_member_bytes`` (its header says how big) is never read: its sample becomes an error row."""
+    over ``max_member_bytes`` (its header says how big) is never read: its sample becomes an error row.
+    Members that belong to no sample are appended to ``left_out`` as (why, ``<shard>#<member name>``)."""
     try:
         archive = tarfile.open(fileobj=handle, mode="r:")
     except tarfile.TarError as error:
@@ -143,6 +154,8 @@ def _walk(
             regular[member.name] = (member.offset_data, member.size)
         parts = split_member_name(member.name) if not member.isdir() else None
         if parts is None:
+            if left_out is not None and not member.isdir():
+                left_out.append((left_out_reason(member.name), f"{shard}#{member.name}"))
             continue
         key, extension = parts
         if group is None or key != group.key:
@@ -198,12 +211,20 @@ def _open(fs: pafs.FileSystem, path: str, buffer_size: int) -> tuple[io.Buffered
     return io.BufferedReader(raw, buffer_size=buffer_size), raw.size()  # type: ignore[arg-type]
 
 
-def count_samples(fs: pafs.FileSystem, path: str, shard: str) -> int:
-    """How many rows reading this shard yields (samples plus at most one broken tail), from its headers only."""
+@dataclass(frozen=True)
+class ShardCount:
+    rows: int  # rows reading the shard yields: samples plus at most one broken tail
+    left_out: tuple[tuple[str, str], ...]  # (why, <shard>#<member>): members that belong to no sample
+
+
+def count_samples(fs: pafs.FileSystem, path: str, shard: str) -> ShardCount:
+    """What reading this shard yields, and what it leaves out, from its headers only."""
     buffer_size = LOCAL_HEADER_READ if isinstance(fs, pafs.LocalFileSystem) else REMOTE_HEADER_READ
     handle, size = _open(fs, path, buffer_size)
+    left_out: list[tuple[str, str]] = []
     with handle:
-        return sum(1 for _ in _walk(handle, size, shard, with_data=False))
+        rows = sum(1 for _ in _walk(handle, size, shard, with_data=False, left_out=left_out))
+    return ShardCount(rows, tuple(left_out))
 
 
 def read_samples(
