@@ -14,7 +14,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeVar
 from urllib.parse import urlparse, urlsplit, urlunsplit
@@ -80,18 +80,21 @@ def _region(settings: S3Settings) -> str:
     return settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def _s3fs_filesystem(settings: S3Settings) -> pafs.PyFileSystem:
-    """s3fs behind pyarrow's interface. Like the pyarrow client it holds no secret (fsspec pickles a filesystem
-    as its constructor arguments), and it caches no listings: a report directory changes while a run reads it."""
+def _s3fs(settings: S3Settings):  # -> s3fs.S3FileSystem (imported here: only s3fs users pay for it)
     import s3fs
 
-    fs = s3fs.S3FileSystem(
+    return s3fs.S3FileSystem(
         anon=settings.anonymous, endpoint_url=_endpoint(settings), profile=settings.profile,
         requester_pays=settings.requester_pays, use_listings_cache=False,
         client_kwargs={"region_name": _region(settings)},
         config_kwargs={"retries": {"max_attempts": settings.retries + 1, "mode": "standard"}},
     )
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _s3fs_filesystem(settings: S3Settings) -> pafs.PyFileSystem:
+    """s3fs behind pyarrow's interface. Like the pyarrow client it holds no secret (fsspec pickles a filesystem
+    as its constructor arguments), and it caches no listings: a report directory changes while a run reads it."""
+    return pafs.PyFileSystem(pafs.FSSpecHandler(_s3fs(settings)))
 
 
 def _pyarrow_s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
@@ -116,16 +119,18 @@ def _pyarrow_s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
 
 @dataclass(frozen=True)
 class Location:
-    """A URI resolved to a filesystem and the path that filesystem understands."""
+    """A URI resolved to a filesystem and the path that filesystem understands (and, for ``s3://``, the
+    settings it was built from, for the conditional writes pyarrow's client lacks: :class:`S3ConditionalObject`)."""
 
     uri: str
     fs: pafs.FileSystem
     path: str
+    s3: S3Settings | None = field(default=None, compare=False)
 
     def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
         uri = posixpath.join(self.uri, *parts)
-        return Location(uri, self.fs, path)
+        return Location(uri, self.fs, path, self.s3)
 
     def exists(self) -> bool:
         return self.info().type != pafs.FileType.NotFound
@@ -213,6 +218,73 @@ class Location:
         return ""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write found the object otherwise than required: already there, or changed since read."""
+
+
+class S3ConditionalObject:
+    """One S3 object written only under a condition that the server checks atomically: created with
+    ``If-None-Match: *`` (fails if it exists), replaced with ``If-Match: <ETag>`` (fails if it changed since it was
+    read). AWS S3 has both since 2024, as do MinIO and moto; a store that ignores the headers would overwrite
+    silently, which :meth:`supported` probes for. Through s3fs (botocore exposes the headers), whichever client
+    ``s3.client`` chose for the data."""
+
+    def __init__(self, location: Location) -> None:
+        self.uri, self.path = location.uri, location.path
+        self._fs = _s3fs(location.s3 or S3Settings())
+
+    def _put(self, path: str, data: bytes, **condition: str) -> str:
+        try:
+            return self._fs.pipe_file(path, data, **condition)["ETag"]
+        except FileExistsError:
+            raise PreconditionFailed(f"{self.uri} exists already") from None
+        except (OSError, BotoCoreError) as error:
+            cause = getattr(error.__cause__, "response", None) or {}
+            if cause.get("Error", {}).get("Code") == "PreconditionFailed":
+                raise PreconditionFailed(f"{self.uri} changed since it was read") from None
+            raise StorageError(f"cannot write {self.uri}: {error}") from None
+
+    def create(self, data: bytes, path: str | None = None) -> str:
+        """Write the object if there is none; its ETag. Raises PreconditionFailed when one exists."""
+        return self._put(path or self.path, data, mode="create")
+
+    def replace(self, data: bytes, etag: str) -> str:
+        """Overwrite the object if its ETag is still ``etag``; the new ETag. Raises PreconditionFailed if not."""
+        return self._put(self.path, data, IfMatch=etag)
+
+    def read(self) -> tuple[bytes, str] | None:
+        """(content, ETag), or None when there is no object. The ETag is taken first: if the object changes in
+        between, the content is newer than the ETag and a replace based on it fails, which is the safe way."""
+        try:
+            etag = retry_transient(lambda: self._fs.info(self.path)["ETag"])
+            return retry_transient(lambda: self._fs.cat_file(self.path)), etag
+        except FileNotFoundError:
+            return None
+        except (OSError, BotoCoreError) as error:
+            raise StorageError(f"cannot read {self.uri}: {error}") from None
+
+    def supported(self, probe_suffix: str) -> bool:
+        """Whether this endpoint refuses a second create of one key: a probe object beside this one, created
+        twice and deleted."""
+        probe = f"{self.path}.probe-{probe_suffix}"
+        try:
+            self.create(b"", probe)
+        except StorageError:
+            return False
+        try:
+            self.create(b"", probe)
+            return False  # the header was ignored: a second create overwrote the first
+        except PreconditionFailed:
+            return True
+        except StorageError:
+            return False
+        finally:
+            try:
+                self._fs.rm_file(probe)
+            except (OSError, BotoCoreError):
+                pass
+
+
 LINK_NOT_FOLLOWED, NAME_NOT_UTF8 = "link not followed", "name not UTF-8"
 
 
@@ -278,7 +350,8 @@ def resolve(uri: str, s3: S3Settings | None = None) -> Location:
         path = uri[len("s3://") :].rstrip("/")
         if not path:
             raise StorageError(f"{uri!r} names no bucket")
-        return Location(uri.rstrip("/"), _s3_filesystem(s3 or S3Settings()), path)
+        settings = s3 or S3Settings()
+        return Location(uri.rstrip("/"), _s3_filesystem(settings), path, settings)
     if "://" in uri and not uri.startswith("file://"):
         return _fsspec_location(uri)
     local = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))

@@ -14,6 +14,7 @@ from rayood.config import ConfigError
 from rayood.data.sources import HIDDEN, InputError
 from rayood.evaluation.metrics import auroc
 from rayood.report.guard import OutputError
+from rayood.report.lease import EXCLUSIVE
 from rayood.screen.pipeline import rows_per_file, screen
 from rayood.screen.progress import RowProgress
 from rayood.storage import LINK_NOT_FOLLOWED, resolve
@@ -136,6 +137,7 @@ def test_image_files_good_and_bad_each_give_one_row(tiny_bundle, tmp_path):
     assert set(report.index) == expected and len(report) == len(expected)
     assert summary["skipped_non_image_files"] == 1
     assert summary["left_out_entries"] == {HIDDEN: 1, LINK_NOT_FOLLOWED: 1}
+    assert summary["output_lease"] == EXCLUSIVE
     provenance = summary["provenance"]
     assert provenance["bundle_uri"] == tiny_bundle and provenance["bundle_id"] == summary["bundle_id"]
     assert {"rayood", "ray", "torch"} <= set(provenance["versions"]) and provenance["config"]["screen"]["inputs"] == [str(corpus)]

@@ -5,10 +5,14 @@ renews it every ``HEARTBEAT_S`` while the run goes on. Another run refuses the o
 live. It takes the lease over once the heartbeat is older than ``EXPIRY_S``, or at once when the holder ran
 on the same host and its process is gone: a resume after a killed driver need not wait.
 
-Local disks create the lease exclusively (``O_EXCL``). pyarrow's S3 client has no conditional put, so on an
-object store the lease is written, then read back after ``SETTLE_S``: a best effort that catches two runs
-starting in the same second most of the time, and every later start. A run that finds its lease taken by
-another (its heartbeat stalled past expiry) stops before it writes ``_SUCCESS``.
+How the lease is taken depends on the store, and the run's log and ``summary.json`` (``output_lease``) say which:
+- local disks create it exclusively (``O_EXCL``);
+- S3 creates it with a conditional write (``If-None-Match: *``) and renews or takes it over only if it is
+  unchanged since read (``If-Match: <ETag>``): of two runs starting at the same instant exactly one holds it;
+- any other store (or an S3 endpoint that ignores the conditions, found by a probe) writes it, then reads it
+  back after ``SETTLE_S``: a best effort that catches two runs starting in the same second most of the time,
+  and every later start.
+A run that finds its lease taken by another (its heartbeat stalled past expiry) stops before it writes ``_SUCCESS``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 
 import pyarrow.fs as pafs
 
-from rayood.storage import Location, StorageError
+from rayood.storage import Location, PreconditionFailed, S3ConditionalObject, StorageError, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,11 @@ LEASE = "_LEASE"
 HEARTBEAT_S = 15.0
 EXPIRY_S = 90.0
 SETTLE_S = 1.0
+EXCLUSIVE, CONDITIONAL, BEST_EFFORT = (
+    "exclusive create (local disk)",
+    "conditional writes (S3 If-None-Match / If-Match)",
+    "best effort (this store has no conditional writes: written, then read back after 1 s)",
+)
 
 
 class LeaseError(RuntimeError):
@@ -55,6 +64,9 @@ class OutputLease:
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.mode: str | None = None  # how the lease was taken: EXCLUSIVE, CONDITIONAL or BEST_EFFORT
+        self._conditional: S3ConditionalObject | None = None
+        self._etag = ""  # CONDITIONAL: the lease object's ETag as this run last wrote it
 
     def _record(self) -> dict:
         return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
@@ -67,11 +79,7 @@ class OutputLease:
             if not self.location.exists():
                 return None
             raise LeaseError(str(error)) from None
-        try:
-            record = json.loads(data)
-        except ValueError:
-            return {}
-        return record if isinstance(record, dict) else {}
+        return _parsed(data)
 
     def _write(self) -> None:
         self.location.write_bytes(json.dumps(self._record()).encode())
@@ -94,13 +102,7 @@ class OutputLease:
             return False
         return time.time() - float(record.get("heartbeat", 0)) <= EXPIRY_S
 
-    def acquire(self) -> None:
-        """Take the lease, or raise LeaseError naming the live run that holds it."""
-        local = isinstance(self.location.fs, pafs.LocalFileSystem)
-        if local and self._create_exclusive():
-            self._start_heartbeat()
-            return
-        record = self._read()
+    def _refuse_if_live(self, record: dict | None) -> None:
         if record is not None and self._holder_is_live(record):
             age = time.time() - float(record.get("heartbeat", 0))
             raise LeaseError(
@@ -110,24 +112,89 @@ class OutputLease:
             )
         if record is not None:
             log.warning("taking over the expired lease of run %s on %s", record.get("run_id"), self.location.uri)
+
+    def _same_moment(self) -> LeaseError:
+        return LeaseError(f"another run took the lease {self.location.uri} at the same moment; run again later")
+
+    def acquire(self) -> None:
+        """Take the lease, or raise LeaseError naming the live run that holds it."""
+        self.mode = self._store_mode()
+        if self._conditional is not None:
+            self._acquire_conditionally(self._conditional)
+        elif not (self.mode == EXCLUSIVE and self._create_exclusive()):
+            self._refuse_if_live(self._read())
+            self._write_and_settle()
+        log.info("output lease %s: %s", self.location.uri, self.mode)
+        self._start_heartbeat()
+
+    def _store_mode(self) -> str:
+        if isinstance(self.location.fs, pafs.LocalFileSystem):
+            return EXCLUSIVE
+        if is_s3(self.location.uri):
+            conditional = S3ConditionalObject(self.location)
+            if conditional.supported(self.run_id):
+                self._conditional = conditional
+                return CONDITIONAL
+            log.warning("%s ignores or refuses conditional writes: the output lease is a best effort", self.location.uri)
+        return BEST_EFFORT
+
+    def _write_and_settle(self) -> None:
         self._write()
         time.sleep(SETTLE_S)
         if (self._read() or {}).get("run_id") != self.run_id:
-            raise LeaseError(f"another run took the lease {self.location.uri} at the same moment; run again later")
-        self._start_heartbeat()
+            raise self._same_moment()
+
+    def _acquire_conditionally(self, lease: S3ConditionalObject) -> None:
+        """Create the lease if there is none; else take it over if its holder is gone and nobody changed it since."""
+        record = json.dumps(self._record()).encode()
+        try:
+            self._etag = lease.create(record)
+            return
+        except PreconditionFailed:
+            pass
+        found = lease.read()
+        if found is None:  # released in between: one more create decides
+            try:
+                self._etag = lease.create(record)
+                return
+            except PreconditionFailed:
+                raise self._same_moment() from None
+        data, etag = found
+        self._refuse_if_live(_parsed(data))
+        try:
+            self._etag = lease.replace(record, etag)
+        except PreconditionFailed:
+            raise self._same_moment() from None
+
+    def _renew(self) -> None:
+        """One heartbeat: on S3 replace only what this run last wrote; elsewhere read, then write."""
+        if self._conditional is None:
+            if (self._read() or {}).get("run_id") != self.run_id:
+                self._lose()
+                return
+            self._write()
+            return
+        try:
+            self._etag = self._conditional.replace(json.dumps(self._record()).encode(), self._etag)
+        except PreconditionFailed:  # changed by someone: still ours only if our own earlier write went through unseen
+            found = self._conditional.read()
+            if found is None or _parsed(found[0]).get("run_id") != self.run_id:
+                self._lose()
+            else:
+                self._etag = found[1]
+
+    def _lose(self) -> None:
+        self.lost = True
+        log.error("the lease %s was taken over by another run: this run will not finish", self.location.uri)
 
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="rayood-lease", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self.lost and not self._stop.wait(HEARTBEAT_S):
             try:
-                if (self._read() or {}).get("run_id") != self.run_id:
-                    self.lost = True
-                    log.error("the lease %s was taken over by another run: this run will not finish", self.location.uri)
-                    return
-                self._write()
+                self._renew()
             except (StorageError, LeaseError) as error:  # a transient store error: the next beat retries
                 log.warning("could not renew the lease %s: %s", self.location.uri, error)
 
@@ -144,3 +211,12 @@ class OutputLease:
             self._thread.join()
         if not self.lost and (self._read() or {}).get("run_id") == self.run_id:
             self.location.fs.delete_file(self.location.path)
+
+
+def _parsed(data: bytes) -> dict:
+    """A lease record; {} when it is unreadable (cut short: no holder)."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -223,6 +223,7 @@ def _summary(config: RayoodConfig, manifest: dict, calibration: dict[str, np.nda
         count_repeats=reused_rows > 0 or any(plan.kind == "webdataset" for plan in plans),
     )
     summary["reused_rows"] = reused_rows
+    summary["output_lease"] = target.lease.mode  # how exclusive this run's hold on the output was (report/lease.py)
     summary["decode_limits"] = {
         "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
         "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
