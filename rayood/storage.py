@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 from botocore.exceptions import BotoCoreError
 
 from rayood.config import S3Settings
+from rayood.http_spool import RangeFallbackHandler
 
 
 class StorageError(RuntimeError):
@@ -341,7 +342,8 @@ def _fsspec_location(uri: str) -> Location:
         raise StorageError(f"{uri}: {scheme}:// needs an extra package on every node: {error}") from None
     except ValueError as error:
         raise StorageError(f"unsupported URI scheme in {uri!r} ({error}): use a local path, s3:// or an fsspec URI") from None
-    return Location(uri.rstrip("/"), pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/") or path)
+    handler = RangeFallbackHandler(fs) if scheme in ("http", "https") else pafs.FSSpecHandler(fs)
+    return Location(uri.rstrip("/"), pafs.PyFileSystem(handler), path.rstrip("/") or path)
 
 
 def resolve(uri: str, s3: S3Settings | None = None) -> Location:

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
+import os
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
+from rayood import http_spool
 from rayood.bundle import new_manifest, read_calibration, read_manifest, write_calibration, write_manifest
-from rayood.config import ModelSettings
+from rayood.config import CorpusSettings, ModelSettings
+from rayood.data.sources import InputError, plan_sources
 from rayood.screen.pipeline import screen
 from rayood.storage import StorageError, redacted, resolve
 from tests.conftest import tiny_config
@@ -60,13 +66,16 @@ def test_reports_record_urls_without_their_secrets():
 
 @pytest.fixture
 def http_images(tmp_path):
-    """Image files (good, bad, in a subfolder) served over HTTP on loopback by Python's own server."""
+    """Image files (good, bad, in a subfolder), and the same images as one Parquet file, served over HTTP on
+    loopback by Python's own server, which ignores Range headers (it answers a ranged GET with the whole file)."""
     root = tmp_path / "site" / "images"
     (root / "more").mkdir(parents=True)
     for name, data in good_images().items():
         (root / name).write_bytes(data)
     for name, (data, _) in bad_images().items():
         (root / "more" / name).write_bytes(data)
+    images = {**good_images(), **{name: data for name, (data, _) in bad_images().items()}}
+    pq.write_table(pa.table({"image": list(images.values()), "id": list(images)}), tmp_path / "site" / "images.parquet")
 
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -99,3 +108,43 @@ def test_a_folder_of_images_over_http_is_screened_like_the_same_folder_on_disk(t
             over_http.column(f"score_{score}").to_numpy(zero_copy_only=False),
             on_disk.column(f"score_{score}").to_numpy(zero_copy_only=False), rtol=1e-5, equal_nan=True,
         )
+
+
+def test_parquet_on_a_server_without_range_support_is_screened_from_one_local_copy(tiny_bundle, http_images, tmp_path, caplog):
+    url, local = http_images
+    remote, on_disk = url.replace("/images/", "/images.parquet"), str(local.parent / "images.parquet")
+    reports = {}
+    with caplog.at_level(logging.WARNING, logger="rayood.http_spool"):
+        for name, source in (("http", remote), ("local", on_disk)):
+            summary, _ = screen(tiny_config(screen={"inputs": [source], "output": str(tmp_path / name), "bundle": tiny_bundle}))
+            reports[name] = pads.dataset(f"{tmp_path / name}/rows").to_table().sort_by("id")
+    assert f"{remote}: the server does not serve byte ranges; reading it from a local copy" in caplog.text
+    over_http, from_disk = reports["http"], reports["local"]
+    assert over_http.num_rows == from_disk.num_rows == len(good_images()) + len(bad_images()) == summary["rows"]
+    assert over_http.column("id").to_pylist() == from_disk.column("id").to_pylist()
+    assert over_http.column("status").to_pylist() == from_disk.column("status").to_pylist()
+    for score in FEATURE_SCORES:
+        np.testing.assert_allclose(
+            over_http.column(f"score_{score}").to_numpy(zero_copy_only=False),
+            from_disk.column(f"score_{score}").to_numpy(zero_copy_only=False), rtol=1e-5, equal_nan=True,
+        )
+
+
+def test_a_rangeless_file_too_large_for_the_spool_is_a_clear_input_error(http_images, monkeypatch):
+    url, _ = http_images
+    monkeypatch.setattr(http_spool, "SPOOL_MAX_BYTES", 1000)
+    monkeypatch.setattr(http_spool, "_spooled", {})
+    with pytest.raises(InputError, match="does not serve byte ranges, and the file .* does not fit the local spool"):
+        plan_sources([url.replace("/images/", "/images.parquet")], CorpusSettings())
+
+
+def test_spooled_copies_are_deleted_when_the_process_ends(http_images, monkeypatch):
+    url, _ = http_images
+    monkeypatch.setattr(http_spool, "_spooled", {})
+    location = resolve(url.replace("/images/", "/images.parquet"))
+    with location.fs.open_input_file(location.path) as handle:
+        assert pq.ParquetFile(handle).metadata.num_rows == len(good_images()) + len(bad_images())
+    (copy,) = http_spool._spooled.values()
+    assert os.path.exists(copy)
+    http_spool._delete_spool()  # what atexit runs
+    assert not os.path.exists(copy)
