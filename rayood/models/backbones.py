@@ -148,6 +148,13 @@ class ScaledLinear(nn.Linear):
 _BUILDERS = {"cifar_resnet": _cifar_resnet, "cifar_fast": _cifar_fast}
 
 
+def _linear_head(settings: BackboneSettings, feature_dim: int, classes: int) -> nn.Linear:
+    """A linear head on the penultimate vector: bias-free with airbench's 1/9 logit scale for ``cifar_fast``."""
+    if settings.arch == "cifar_fast":
+        return ScaledLinear(feature_dim, classes, FAST_LOGIT_SCALE)
+    return nn.Linear(feature_dim, classes)
+
+
 def _torchvision_resnet(settings: BackboneSettings) -> tuple[nn.Module, nn.ModuleList, int]:
     net = (resnet18 if settings.arch == "resnet18" else resnet50)(weights=None)
     if settings.cifar_stem:
@@ -169,11 +176,9 @@ class FeatureBackbone(nn.Module):
         super().__init__()
         build = _BUILDERS.get(settings.arch, _torchvision_resnet)
         self.stem, self.stages, feature_dim = build(settings)
-        self.fc = (
-            ScaledLinear(feature_dim, num_classes, FAST_LOGIT_SCALE) if settings.arch == "cifar_fast"
-            else nn.Linear(feature_dim, num_classes)
-        )
-        self.rotation = nn.Linear(feature_dim, ROTATIONS) if settings.rotation_head else None
+        self.fc = _linear_head(settings, feature_dim, num_classes)
+        # scaled like the classifier: cifar_fast's recipe (lr 1.5) diverged with a plain linear rotation head
+        self.rotation = _linear_head(settings, feature_dim, ROTATIONS) if settings.rotation_head else None
         self.input_size = preprocess.input_size
         self.classifier_pool = settings.classifier_pool
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
