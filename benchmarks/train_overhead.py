@@ -11,7 +11,8 @@ group, reading the shard and checkpointing. Prints both wall times and plain / R
 measured in one run, and splits the difference: Ray Train's fixed start-up (the stage's wall time minus its
 epochs) and the ratio of the last epoch's time (the steady state, where Ray's helper processes share the
 cores with the worker). From these it projects the ratio for the config's own epoch count, which a short run
-understates.
+understates. ``ray_train_cpu_s`` splits the Ray Train side's CPU seconds by process (``process_cpu.py``): the
+training worker, Ray Train's and Ray Data's helper actors, and Ray's own daemons.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 
 import torch
 from plain_fit import plain_fit
+from process_cpu import cpu_by_title, cpu_seconds
 
 from rayood.config import load_config, with_overrides
 from rayood.data.sources import plan_sources
@@ -58,11 +60,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as checkpoints:
         base = {"model": config.model.model_dump(mode="json"), "class_names": names, "seed": config.train.seed,
                 "label_column": "label", "torch_threads": threads, "cache_max_bytes": config.train.cache_max_bytes}
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds()
         result = _fit_stage(config, resolve(checkpoints), "backbone", backbone_loop,
                             {**base, "optim": config.train.backbone.model_dump(), "augment": list(config.train.augment),
                              "init_state": None}, train_rows)
         ray_s = time.perf_counter() - started
+        ray_cpu = cpu_by_title(cpu_before, cpu_seconds())
     plain_epochs = plain_fit(config, data, torch.device("cuda" if args.gpu else "cpu"))[1]
     plain_s = sum(plain_epochs)
     start_up_s = ray_s - result.metrics["epochs_s"]
@@ -75,6 +78,7 @@ def main() -> None:
         "ray_start_up_s": round(start_up_s, 1), "last_epoch_plain_s": round(plain_epochs[-1], 1),
         "last_epoch_ray_s": result.metrics["epoch_s"], "steady_ratio": round(steady, 3),
         "config_epochs": config_epochs, "projected_ratio_at_config_epochs": round(projected, 3),
+        "ray_train_cpu_s": ray_cpu,
     }, indent=2))
 
 
