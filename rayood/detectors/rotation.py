@@ -29,15 +29,15 @@ if TYPE_CHECKING:
 
 def rotation_score(backbone: torch.nn.Module, images: torch.Tensor, upright_penultimate: torch.Tensor,
                    logits: torch.Tensor) -> torch.Tensor:
-    """The score above for a batch; ``upright_penultimate`` is the images' own pass, reused."""
-    losses = []
-    for turn in range(ROTATIONS):
-        penultimate = upright_penultimate if turn == 0 else backbone.features(quarter_turn(images, turn)).penultimate
-        target = torch.full((len(images),), turn, dtype=torch.long, device=images.device)
-        losses.append(F.cross_entropy(backbone.rotation(penultimate).float(), target, reduction="none"))
+    """The score above for a batch; ``upright_penultimate`` is the images' own pass, reused, and the three turned
+    copies go through the backbone as one batch."""
+    turned = torch.cat([quarter_turn(images, turn) for turn in range(1, ROTATIONS)])
+    penultimate = torch.cat([upright_penultimate, backbone.features(turned).penultimate])
+    targets = torch.arange(ROTATIONS, device=images.device).repeat_interleave(len(images))
+    losses = F.cross_entropy(backbone.rotation(penultimate).float(), targets, reduction="none")
     log_probs = torch.log_softmax(logits.float(), dim=1)
     kl_to_uniform = (log_probs.exp() * log_probs).sum(dim=1) + math.log(logits.shape[1])
-    return torch.stack(losses).mean(dim=0) - kl_to_uniform
+    return losses.view(ROTATIONS, len(images)).mean(dim=0) - kl_to_uniform
 
 
 class RotationDetector:
