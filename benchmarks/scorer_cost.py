@@ -48,7 +48,7 @@ def random_bundle(directory: str, config, bank_rows: int) -> None:
     bank_index = write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), settings.multiscale, seed=0)
     mahalanobis.write(location, np.zeros((NUM_CLASSES, dims[-1])), np.eye(dims[-1]))
     scores = score_names(settings)
-    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, scores, bank.shape, bank_index=bank_index)
+    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, dims[-1], scores, bank.shape, bank_index=bank_index)
     write_calibration(location, {name: np.arange(10.0) for name in scores})
     manifest["calibration"] = {"rows": 10}
     write_manifest(location, manifest)

@@ -162,8 +162,8 @@ def fused_score(manifest: dict, calibration: dict[str, np.ndarray]) -> FusedScor
 
 
 def new_manifest(
-    settings: ModelSettings, class_names: list[str], stage_dims: list[int], scores: list[str], bank_shape: tuple,
-    data: dict | None = None, training: dict | None = None, bank_index: str = "exact",
+    settings: ModelSettings, class_names: list[str], stage_dims: list[int], feature_dim: int, scores: list[str],
+    bank_shape: tuple, data: dict | None = None, training: dict | None = None, bank_index: str = "exact",
 ) -> dict:
     """A manifest for freshly fitted weights; ``calibration`` is filled in once calibration scores exist.
     ``bank_index``: how the bank is stored and searched, ``exact`` (an array) or ``ivf`` (two indexes)."""
@@ -179,6 +179,7 @@ def new_manifest(
         "num_classes": len(class_names),
         "class_names": class_names,
         "stage_dims": stage_dims,
+        "feature_dim": feature_dim,
         "scores": scores,
         "files": {"backbone": BACKBONE_FILE, **({"layerwise": LAYERWISE_FILE} if settings.layerwise.enabled else {}),
                   **bank_files, "mahalanobis": MAHALANOBIS_FILE, **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {})},
@@ -189,6 +190,12 @@ def new_manifest(
         "training": training or {},
         "versions": library_versions(),
     }
+
+
+def feature_dim(manifest: dict) -> int:
+    """Dimensions of the penultimate vector and of the last map's regions (KNN, MODE, Mahalanobis, embeddings).
+    Bundles from before torchvision encoders have no ``feature_dim``: their last tap is the last map."""
+    return int(manifest.get("feature_dim") or manifest["stage_dims"][-1])
 
 
 class _ManifestShape(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -122,7 +123,16 @@ class PreprocessSettings(_Strict):
 class BackboneSettings(_Strict):
     """The feature extractor and classifier shared by every detector."""
 
-    arch: Literal["cifar_resnet", "cifar_fast", "resnet18", "resnet50"] = "cifar_resnet"
+    arch: str = Field(
+        default="cifar_resnet",
+        description="cifar_resnet, cifar_fast, resnet18, resnet50 (built by rayood), or any torchvision classification "
+        "model by name (torchvision.models.list_models(module=torchvision.models)), tapped by rayood.models.encoders",
+    )
+    taps: tuple[str, ...] = Field(
+        default=(),
+        description="torchvision models: the graph nodes whose maps DLSR reads (get_graph_node_names); empty = the "
+        "ends of the model's stages (rayood/models/encoders.py)",
+    )
     widths: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths"
     )
@@ -146,6 +156,12 @@ class BackboneSettings(_Strict):
         description="a 4-way classifier of the image's rotation (0/90/180/270 degrees) on the penultimate vector, "
         "trained by train.backbone.objective rotation; it adds the rotation score (three more backbone passes)",
     )
+
+    @model_validator(mode="after")
+    def _taps_need_torchvision(self) -> BackboneSettings:
+        if self.taps and self.arch in ("cifar_resnet", "cifar_fast", "resnet18", "resnet50"):
+            raise ValueError(f"taps are for torchvision models; {self.arch} taps its stem and every stage")
+        return self
 
     @model_validator(mode="after")
     def _stages_match(self) -> BackboneSettings:
@@ -287,6 +303,21 @@ class FusionSettings(_Strict):
     synthetic_per_kind: int = Field(default=200, ge=10, description="synthetic outliers of each kind")
 
 
+TORCHVISION_WEIGHTS = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")  # ResNet50_Weights.IMAGENET1K_V2
+
+
+def _weights_preprocessing(name: str) -> dict[str, object]:
+    """input_size, mean and std of torchvision's named weights (their ``transforms()``), without downloading;
+    nothing for an unknown name, which fitting refuses with its own message."""
+    from torchvision.models import get_weight
+
+    try:
+        transforms = get_weight(name).transforms()
+    except (ValueError, KeyError):
+        return {}
+    return {"input_size": int(transforms.crop_size[0]), "mean": tuple(transforms.mean), "std": tuple(transforms.std)}
+
+
 class ModelSettings(_Strict):
     preprocess: PreprocessSettings = PreprocessSettings()
     backbone: BackboneSettings = BackboneSettings()
@@ -295,6 +326,20 @@ class ModelSettings(_Strict):
     mahalanobis: MahalanobisSettings = MahalanobisSettings()
     ddp: DDPSettings = DDPSettings()
     fusion: FusionSettings = FusionSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preprocessing_of_the_weights(cls, data: object) -> object:
+        """Named torchvision weights bring their preprocessing (crop size, mean, std) where the config sets none."""
+        if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict):
+            return data
+        weights = data["backbone"].get("init_weights")
+        if not isinstance(weights, str) or not TORCHVISION_WEIGHTS.fullmatch(weights):
+            return data
+        preprocess = data.get("preprocess") or {}
+        if isinstance(preprocess, BaseModel):
+            preprocess = preprocess.model_dump(exclude_unset=True)
+        return {**data, "preprocess": {**_weights_preprocessing(weights), **preprocess}}
 
     @model_validator(mode="after")
     def _fused_scores_exist(self) -> ModelSettings:
@@ -388,6 +433,11 @@ class TrainSettings(_Strict):
         default=8 * 2**30, ge=1, description="decoded training pixels one worker may hold in memory (uint8)"
     )
     backbone: BackboneOptimSettings = BackboneOptimSettings(epochs=10, lr=0.05)
+    head: OptimSettings = Field(
+        default=OptimSettings(epochs=30, batch_size=256, lr=1e-3, checkpoint_every=10),
+        description="backbone.epochs 0 (a frozen encoder): the linear classifier on its cached penultimate vectors, "
+        "which gives the classifier scores and the held-out accuracy; epochs 0 keeps the loaded head",
+    )
     layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
     ddpm: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
 
@@ -475,10 +525,11 @@ SHARED_STAGE_INPUTS = ("corpus", "model.preprocess", "train.data", "train.seed",
                       "train.num_workers")
 STAGE_INPUTS = {
     "backbone": ("model.backbone", "train.backbone", "train.augment"),
+    "head": ("model.backbone", "train.head"),
     "layerwise": ("model.layerwise", "train.layerwise"),
     "ddpm": ("model.ddp", "train.ddpm", "train.augment"),
 }
-STAGE_UPSTREAM = {"layerwise": ("backbone",)}
+STAGE_UPSTREAM = {"layerwise": ("backbone",), "head": ("backbone",)}
 TEST_TIME_ONLY = {  # settings a stage's training never reads
     "model.backbone": {"flip_tta"},
     "model.layerwise": {"enabled", "noise_level", "ddim_steps"},

@@ -40,7 +40,7 @@ def make_bundle(path, settings=SETTINGS, calibrated=True, scores=SCORES):
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
     write_bank(location, bank, settings.multiscale, seed=0)
     mahalanobis.write(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
-    manifest = new_manifest(settings, ["a", "b", "c"], dims, scores, bank.shape)
+    manifest = new_manifest(settings, ["a", "b", "c"], dims, dims[-1], scores, bank.shape)
     if calibrated:
         write_calibration(location, {name: np.arange(5.0) for name in scores})
         manifest["calibration"] = {"file": "calibration.parquet", "rows": 5}
@@ -204,7 +204,7 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
 
     from rayood.data.decode import pixels_to_column
     from rayood.scoring.scorer import Scorer
-    from rayood.train.references import ReferenceRows
+    from rayood.train.references import FeatureRows
 
     plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
     averaged = ModelSettings.model_validate({**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}})
@@ -226,7 +226,7 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
 
     batch = pa.table({"pixels": pixels_to_column(pixels), "label": ["a", "b", "c"] * 2, "id": ids})
     backbone_file = str(tmp_path / BACKBONE_FILE)
-    regions = {name: ReferenceRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", backbone_file, None, "cpu")(batch)["multiscale/regions"]
+    regions = {name: FeatureRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", backbone_file, None, "cpu")(batch)["multiscale/regions"]
                for name, settings in (("averaged", averaged), ("plain", plain))}
     np.testing.assert_allclose(regions["averaged"][:3, 0], regions["averaged"][3:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6)

@@ -44,7 +44,7 @@ def test_a_bundle_manifest_and_calibration_on_an_fsspec_uri():
     bundle = resolve(uri)
     settings = ModelSettings()
     write_calibration(bundle, {"msp": np.arange(4.0)})
-    manifest = new_manifest(settings, ["a", "b"], [8, 16], ["msp"], (3, 6))
+    manifest = new_manifest(settings, ["a", "b"], [8, 16], 16, ["msp"], (3, 6))
     manifest["calibration"] = {"rows": 4}
     write_manifest(bundle, manifest)
     assert read_manifest(uri)["bundle_id"] == manifest["bundle_id"]

@@ -67,7 +67,7 @@ def test_region_vectors_on_odd_maps(size):
 
 
 def _features(feature_map: torch.Tensor, pooled: torch.Tensor) -> Features:
-    return Features(logits=torch.zeros(len(feature_map), 2), stage_maps=[feature_map], penultimate=pooled)
+    return Features(logits=torch.zeros(len(feature_map), 2), stage_maps=[feature_map], last_map=feature_map, penultimate=pooled)
 
 
 def test_the_global_vector_is_what_the_classifier_reads_unless_a_bank_says_mean():

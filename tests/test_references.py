@@ -15,7 +15,7 @@ from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_feature
 from rayood.detectors.multiscale import search_vectors
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.storage import resolve
-from rayood.train.references import STREAMING, ReferenceRows
+from rayood.train.references import STREAMING, FeatureRows
 
 SETTINGS = ModelSettings.model_validate(
     {"backbone": {"widths": [4, 8], "blocks": [1, 1]}, "multiscale": {"k": 2, "knn_k": 2, "bank_fraction": 0.5}}
@@ -29,7 +29,7 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     labels = ["a", "b", "c", "a"] * 10
     ids = [f"row-{i}" for i in range(40)]
     (tmp_path / BACKBONE_FILE).write_bytes(state_dict_bytes(backbone.state_dict()))
-    actor = ReferenceRows(SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", str(tmp_path / BACKBONE_FILE), None, "cpu")
+    actor = FeatureRows(SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", str(tmp_path / BACKBONE_FILE), None, "cpu")
     fits = {family: make(SETTINGS, 0, 3, str(tmp_path)) for family, make in STREAMING.items()}
     in_bank = []
     for start in (0, 16, 32):  # uneven batches, as Ray Data hands them over

@@ -16,7 +16,7 @@ import io
 import numpy as np
 import torch
 
-from rayood.bundle import MAHALANOBIS_FILE, BundleError, write_file
+from rayood.bundle import MAHALANOBIS_FILE, BundleError, feature_dim, write_file
 from rayood.bundle_files import BundleFiles, read_arrays
 from rayood.detectors.contract import ScoringView
 from rayood.detectors.registry import MAHALANOBIS
@@ -94,7 +94,7 @@ def load(files: BundleFiles) -> MahalanobisDetector:
     location, manifest = files.location, files.manifest
     arrays = read_arrays(location.join(MAHALANOBIS_FILE), ("means", "precision"))
     means, precision = arrays["means"], arrays["precision"]
-    dim = manifest["stage_dims"][-1]
+    dim = feature_dim(manifest)
     if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
         raise BundleError(f"{location.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims")
     return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision), files.settings.mahalanobis.normalise)

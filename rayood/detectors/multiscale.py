@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE, BundleError
+from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE, BundleError, feature_dim
 from rayood.bundle_files import COPY_CHUNK, BundleFiles, local_file
 from rayood.config import MultiscaleSettings
 from rayood.detectors.contract import ScoringView
@@ -47,8 +47,8 @@ def search_map(features: Features, mirror: Features | None) -> torch.Tensor:
     """The last feature map that the bank and the queries are made from: the image's own, or with
     ``flip_average`` (``mirror`` given, the features of the image flipped left-right) the mean of the image's map
     and the mirror's map flipped back, so that every region still covers the same part of the image."""
-    own = features.stage_maps[-1]
-    return own if mirror is None else (own + mirror.stage_maps[-1].flip(3)) / 2
+    own = features.last_map
+    return own if mirror is None else (own + mirror.last_map.flip(3)) / 2
 
 
 def global_vector(
@@ -150,7 +150,7 @@ def _mapped_bank(files: BundleFiles) -> np.ndarray:
         bank = np.load(path, mmap_mode="c", allow_pickle=False)
     except Exception as error:  # truncated, not NumPy's format, a pickle
         raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
-    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], manifest["stage_dims"][-1])
+    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], feature_dim(manifest))
     if bank.shape != tuple(expected) or bank.dtype != np.float32:
         raise BundleError(f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, the manifest says {expected} float32")
     return bank
@@ -169,7 +169,7 @@ def load(files: BundleFiles) -> MultiscaleDetector:
             search = IvfSearch(read_ivf(local_file(location, files.bundle_id)), settings.ivf_probe)
         except RuntimeError as error:  # faiss's own error for a damaged file
             raise BundleError(f"{location.uri} is not a readable faiss index: {error}") from None
-        if search.rows != rows or search.index.d != manifest["stage_dims"][-1]:
+        if search.rows != rows or search.index.d != feature_dim(manifest):
             raise BundleError(f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; the manifest says "
                               f"{rows} of {manifest['stage_dims'][-1]}")
         searches.append(search)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rayood.bundle import BundleError, fused_score
+from rayood.bundle import BundleError, feature_dim, fused_score
 from rayood.bundle_models import load_bundle
 from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import pixels_from_column
@@ -98,7 +98,7 @@ class ScoreActor:
         return pa.table(columns)
 
     def _embedding_column(self, embedding: np.ndarray | None, ok: np.ndarray) -> pa.Array:
-        dim = self.bundle.manifest["stage_dims"][-1]
+        dim = feature_dim(self.bundle.manifest)
         full = np.zeros((len(ok), dim), dtype=np.float16)
         if embedding is not None:
             full[ok] = embedding

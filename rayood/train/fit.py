@@ -1,15 +1,19 @@
-"""Fitting a model bundle: read and split the ID corpus, Ray Train stages, references, calibration, bundle.
+"""Fitting a model bundle: read and split the ID corpus, Ray Train stages, the feature pass, calibration, bundle.
 
 1. Read and decode the ID corpus with the screening reader, drop rows that fail to decode (counted),
    and split it by a hash of each id into a training part and a held-out calibration part.
-2. Ray Train: the backbone classifier, then the stage each enabled detector declares (``train/stages.py``):
-   the DLSR feature denoiser on the frozen backbone's layer features, DDP's pixel DDPM when DDP is on. Each
-   stage resumes from its checkpoints (run names fingerprint what the stage reads).
-3. Ray Data batch inference: what the detectors learn in one streaming pass (``train/references.py``), the
-   KNN / multi-scale bank and the Mahalanobis statistics.
-4. Score the held-out part with the screening actor (the very code screening runs) and store those
+2. Ray Train: the backbone classifier, unless the backbone is a frozen encoder (``train.backbone.epochs: 0``,
+   usually ImageNet weights by ``model.backbone.init_weights``).
+3. The feature pass (``train/references.py``): Ray Data batch inference of the settled backbone over the
+   training rows, once. It gives the KNN / multi-scale bank and the Mahalanobis statistics, and a feature cache
+   (DLSR's layer features; a frozen encoder's penultimate vectors) that every later stage reads instead of
+   running the backbone again.
+4. Ray Train on the cache: a frozen encoder's linear head (the classifier scores, the held-out accuracy), then
+   the stage each enabled detector declares (``train/stages.py``): the DLSR feature denoiser; DDP's pixel DDPM
+   (on pixels) when DDP is on. Each stage resumes from its checkpoints (run names fingerprint what it reads).
+5. Score the held-out part with the screening actor (the very code screening runs) and store those
    scores in the bundle: the reference for p-values and thresholds; the classifier's held-out accuracy.
-5. Choose the fused scores on synthetic outliers made from training images (ID-only evidence).
+6. Choose the fused scores on synthetic outliers made from training images (ID-only evidence).
 
 The bundle is written into a staging folder beside the checkpoints and promoted to ``train.bundle`` only
 when complete, manifest last (``bundle.promote_bundle``): until then the old bundle there keeps serving, and a
@@ -39,11 +43,12 @@ from rayood.bundle import (
     new_manifest, promote_bundle, write_calibration, write_file, write_manifest,
 )
 from rayood.bundle_files import state_dict_bytes
-from rayood.config import ConfigError, RayoodConfig, TrainSettings
+from rayood.config import TORCHVISION_WEIGHTS, ConfigError, RayoodConfig, TrainSettings
 from rayood.data.decode import DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
-from rayood.models.backbones import TORCHVISION_WEIGHTS, build_backbone, load_matching, torchvision_state
+from rayood.models.backbones import build_backbone, load_matching, torchvision_state
+from rayood.models.encoders import EncoderError
 from rayood.detectors.fusion import choose_fused_scores
 from rayood.detectors.registry import enabled_detectors, score_names
 from rayood.detectors.synthetic import evidence_kinds, synthetic_outliers
@@ -52,10 +57,10 @@ from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.storage import Location, resolve
-from rayood.train.references import fit_references
+from rayood.train.references import cached_columns, feature_pass, fit_references
 from rayood.train.id_sample import in_sample
 from rayood.train.harness import load_state
-from rayood.train.loops import backbone_loop
+from rayood.train.loops import backbone_loop, head_loop
 from rayood.train.progress import StageProgress
 from rayood.train.stages import STAGES, FittedBackbone
 
@@ -133,6 +138,20 @@ def _init_state(config: RayoodConfig) -> dict | None:
         except ValueError as error:
             raise ConfigError(f"model.backbone.init_weights: {error}") from None
     return torch.load(io.BytesIO(resolve(uri, config.s3).read_bytes()), map_location="cpu", weights_only=True)
+
+
+def _check_backbone(config: RayoodConfig, init_state: dict | None) -> None:
+    """Build the backbone once on the driver, before any cluster work: an unknown model or node, or weights that
+    do not fit it, is a configuration error that names the field."""
+    try:
+        probe = build_backbone(config.model.backbone, config.model.preprocess, num_classes=1)
+    except EncoderError as error:
+        raise ConfigError(str(error)) from None
+    if init_state is not None:
+        try:
+            load_matching(probe, init_state)
+        except ValueError as error:
+            raise ConfigError(f"model.backbone.init_weights: {error}") from None
 
 
 @dataclass
@@ -214,6 +233,7 @@ def fit(config: RayoodConfig) -> str:
         raise ConfigError(str(error)) from None
     checkpoints = resolve(train.checkpoint_path or f"{train.bundle.rstrip('/')}-checkpoints", config.s3)
     init_state = _init_state(config)
+    _check_backbone(config, init_state)
 
     init_ray(config.ray)
     check_room_for_decoding(config.screen, config.ray, min_actors=1)  # its passes' pools
@@ -225,8 +245,8 @@ def fit(config: RayoodConfig) -> str:
         "cache_max_bytes": train.cache_max_bytes,
     }
     probe = build_backbone(config.model.backbone, config.model.preprocess, len(class_names))
-    stage_dims = probe.stage_dims()
-    if train.backbone.epochs > 0:
+    stage_dims, frozen = probe.stage_dims(), train.backbone.epochs == 0
+    if not frozen:
         backbone_result = _fit_stage(
             config, checkpoints, "backbone", backbone_loop,
             {**base, "optim": train.backbone.model_dump(), "augment": list(train.augment), "init_state": init_state},
@@ -240,28 +260,38 @@ def fit(config: RayoodConfig) -> str:
         backbone_state, backbone_metrics = probe.state_dict(), {"epoch": 0}
 
     training = {"backbone": _plain(backbone_metrics)}
-    fitted_backbone, detector_states = FittedBackbone(backbone_state, stage_dims), {}
+    staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
+    clear_bundle(staged)
+    write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))  # the feature pass's actors read it there
+    head = frozen and train.head.epochs > 0
+    started = time.perf_counter()
+    features = feature_pass(config, train_data, class_names, staged, cached_columns(config.model, head))
+    with tempfile.TemporaryDirectory(prefix="rayood-references-") as scratch:
+        references = fit_references(config, features, class_names, staged, scratch)
+    cache = features.cache().materialize()
+    del features  # the bank's region vectors leave the object store; the cache stays for the stages
+    training["features"] = {"rows": cache.count(), "columns": list(cache.columns()),
+                            "wall_s": round(time.perf_counter() - started, 1)}
+    if head:
+        result = _fit_stage(config, checkpoints, "head", head_loop,
+                            {**base, "optim": train.head.model_dump(), "feature_dim": probe.fc.in_features}, cache)
+        backbone_state = {**backbone_state, **{f"fc.{k}": v for k, v in load_state(result.checkpoint)["ema"].items()}}
+        write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
+        training["head"] = _plain(result.metrics)
+    fitted_backbone = FittedBackbone(stage_dims)
     for spec in enabled_detectors(config.model):
         stage = STAGES.get(spec.family)
         if stage is None:
             continue
         result = _fit_stage(
             config, checkpoints, stage.name, stage.loop,
-            {**base, "optim": stage.optim(train).model_dump(), **stage.inputs(config, fitted_backbone)}, train_data,
+            {**base, "optim": stage.optim(train).model_dump(), **stage.inputs(config, fitted_backbone)},
+            cache if stage.reads_features else train_data,
         )
-        detector_states[stage.file] = load_state(result.checkpoint)["ema"]
+        write_file(staged, stage.file, state_dict_bytes(load_state(result.checkpoint)["ema"]))
         training[stage.name] = _plain(result.metrics)
-    staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
-    clear_bundle(staged)
-    write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))  # the bank pass's actors read it there
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="rayood-references-") as scratch:
-        references = fit_references(config, train_data, class_names, staged, scratch)
-    training["references"] = {"wall_s": round(time.perf_counter() - started, 1)}
-    for name, state in detector_states.items():
-        write_file(staged, name, state_dict_bytes(state))
     manifest = new_manifest(
-        config.model, class_names, stage_dims, score_names(config.model), references["multiscale"]["bank_shape"],
+        config.model, class_names, stage_dims, probe.fc.in_features, score_names(config.model), references["multiscale"]["bank_shape"],
         data=corpus.summary(train), training=training, bank_index=references["multiscale"]["bank_index"],
     )
     write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing

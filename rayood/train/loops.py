@@ -1,8 +1,9 @@
-"""Ray Train loops (``train_loop_per_worker``): the backbone classifier, the DLSR feature denoiser and DDP's DDPM.
+"""Ray Train loops (``train_loop_per_worker``): the backbone classifier, a frozen encoder's linear head, the DLSR
+feature denoiser and DDP's DDPM.
 
-Each loop reads its worker's shard of the ID corpus once (decoded pixels or cached features), shuffles it
-whole every epoch and says what one epoch does; ``harness.py`` runs the epochs, logs, checkpoints and resumes
-the same way for all three, and ``steps.py`` what one step (the backbone: one epoch) computes, in plain torch.
+Each loop reads its worker's shard once (decoded pixels, or the fit's feature cache: ``references.py``),
+shuffles it whole every epoch and says what one epoch does; ``harness.py`` runs the epochs, logs, checkpoints
+and resumes the same way for all of them, and ``steps.py`` what one step (the backbone: one epoch) computes, in plain torch.
 """
 
 from __future__ import annotations
@@ -11,22 +12,23 @@ import logging
 import math
 import time
 
+import numpy as np
 import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch import nn
+import torch.nn.functional as F
 
 from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.ddp import ddp_schedule
-from rayood.detectors.layerwise import layer_features, schedule_for
-from rayood.models.backbones import build_backbone, uint8_to_unit
+from rayood.detectors.layerwise import schedule_for
+from rayood.models.backbones import linear_head, uint8_to_unit
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
-from rayood.train.cache import CachedShard, id_order
+from rayood.train.cache import READ_BATCH_ROWS, CachedShard, id_order
 from rayood.train.harness import EmaRun, load_state, log_epoch, run_epochs
 from rayood.train.recipe import Lookahead
 from rayood.train.steps import BackboneEpoch, ddpm_step, denoiser_step, ema_update, new_backbone_objective, unwrap
@@ -107,18 +109,20 @@ def backbone_loop(config: dict) -> None:
     run_epochs("backbone", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved)
 
 
-def _cache_features(backbone: nn.Module, config: dict, size: int, device: torch.device) -> torch.Tensor:
-    """z0 of every row of this worker's shard, computed once and kept in id order (``cache.id_order``):
-    features see no augmentation (docs/METHODS.md)."""
-    shard = ray.train.get_dataset_shard("train")
-    chunks, ids = [], []
-    with torch.no_grad():
-        for batch in shard.iter_batches(batch_size=config["feature_batch_size"], batch_format="pyarrow"):
-            chunks.append(layer_features(backbone.features(_batch_images(batch, size, device)).stage_maps))
-            ids += batch.column("id").to_pylist()
-    if not chunks:
-        return torch.zeros(0, sum(config["stage_dims"]), device=device)
-    return torch.cat(chunks)[id_order(ids).to(device)]
+def _cached_features(columns: list[str], dims: dict[str, int], device: torch.device) -> dict[str, torch.Tensor]:
+    """This worker's shard of the feature cache (``references.FeaturePass``), in id order (``cache.id_order``):
+    the backbone ran over these rows once, in the fit's feature pass; features see no augmentation
+    (docs/METHODS.md)."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in columns}
+    ids: list[str] = []
+    for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=READ_BATCH_ROWS, batch_format="numpy"):
+        ids += [str(i) for i in batch["id"]]
+        for name in columns:
+            parts[name].append(torch.from_numpy(np.ascontiguousarray(batch[name])))
+    if not ids:
+        return {name: torch.zeros(0, *((dims[name],) if name in dims else ()), device=device) for name in columns}
+    order = id_order(ids)
+    return {name: torch.cat(chunks)[order].to(device) for name, chunks in parts.items()}
 
 
 def _rows_per_worker(rows: int) -> list[int]:
@@ -154,12 +158,8 @@ def layerwise_loop(config: dict) -> None:
     _use_threads(config)
     log_epoch("layerwise", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
     torch.manual_seed(config["seed"] + rank)
-    backbone = build_backbone(settings.backbone, settings.preprocess, len(config["class_names"]))
-    backbone.load_state_dict(config["backbone_state"])
-    backbone.to(device).eval()
-    z0_all = _cache_features(backbone, config, settings.preprocess.native_size, device)
+    z0_all = _cached_features(["layers"], {"layers": sum(config["stage_dims"])}, device)["layers"].float()
     worker_rows = _rows_per_worker(len(z0_all))
-    del backbone
 
     run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
@@ -181,6 +181,49 @@ def layerwise_loop(config: dict) -> None:
         return {"loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
 
     run_epochs("layerwise", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
+               lambda done: run.state(done, step), run.resumed)
+
+
+def head_loop(config: dict) -> None:
+    """Fit the linear classifier of a frozen encoder on its cached penultimate vectors (a linear probe):
+    cross-entropy, AdamW, EMA of the weights."""
+    settings = ModelSettings.model_validate(config["model"])
+    optim = OptimSettings.model_validate(config["optim"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    _use_threads(config)
+    log_epoch("head", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
+    torch.manual_seed(config["seed"] + rank)
+    cached = _cached_features(["penultimate", "class"], {"penultimate": config["feature_dim"]}, device)
+    features, classes = cached["penultimate"].float(), cached["class"].long()
+    worker_rows = _rows_per_worker(len(features))
+    head = linear_head(settings.backbone, config["feature_dim"], len(config["class_names"]))
+    run = EmaRun("head", head, optim, device)
+    model, ema, optimizer, step = run.model, run.ema, run.optimizer, run.step
+    batch_size = _worker_batch(optim.batch_size)
+    steps = _steps_per_epoch(len(features), batch_size, device)
+    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step
+        model.train()
+        order = torch.randperm(len(features), generator=generator).to(device)
+        loss_sum, correct = 0.0, 0
+        for index in range(steps):
+            rows = order[index * batch_size : (index + 1) * batch_size]
+            logits = model(features[rows])
+            loss = F.cross_entropy(logits, classes[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss)
+            correct += int((logits.argmax(1) == classes[rows]).sum())
+            step += 1
+            ema_update(ema, unwrap(model), optim.ema_decay, step)
+        return {"loss": loss_sum / max(steps, 1), "train_accuracy": correct / max(1, min(len(features), steps * batch_size)),
+                "worker_rows": worker_rows}
+
+    run_epochs("head", config, run.start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
                lambda done: run.state(done, step), run.resumed)
 
 

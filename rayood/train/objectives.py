@@ -97,7 +97,7 @@ class BackboneObjective(nn.Module):
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             rotation_loss = F.cross_entropy(self.backbone.rotation(features.penultimate), turns)
             return loss + self.rotation_weight * rotation_loss, logits
-        last = features.stage_maps[-1]
+        last = features.last_map
         pooled = last.mean(dim=(2, 3))
         logits = self.backbone.fc(pooled.detach())
         loss = F.cross_entropy(logits, labels)

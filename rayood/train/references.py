@@ -1,19 +1,24 @@
-"""What the detectors learn from one streaming pass over the ID training rows, by Ray Data batch inference: the
-multi-scale bank (region vectors, for KNN and MODE) and the Mahalanobis class statistics.
+"""The feature pass of a fit: one streaming pass of the ID training rows through the settled backbone, by Ray
+Data batch inference, that gives everything the later steps read, so no step runs the backbone on them again:
 
-Each such family declares a ``StreamingFit`` here (``STREAMING``, by family): ``rows`` turns one batch's
-backbone features into per-row arrays inside the actors (GPU actors on a cluster, so the pass scales past one
-machine), ``partial_fit`` takes them on the driver batch by batch, and ``finish`` writes the family's bundle
-files and returns what the manifest records. The driver never holds more than a batch: the bank (ImageNet at
-224 px with a ResNet-50: tens of GB) streams into a scratch file and from there into the bundle. With
-``model.multiscale.bank_fraction`` below 1 the bank keeps that share of the training images (chosen by id
-hash); the Mahalanobis statistics still see every row.
+- what the streaming families learn (``STREAMING``, by family): the multi-scale bank (region vectors, for KNN
+  and MODE) and the Mahalanobis class statistics. ``rows`` turns one batch's backbone features into per-row
+  arrays inside the actors (GPU actors on a cluster, so the pass scales past one machine), ``partial_fit`` takes
+  them on the driver batch by batch, and ``finish`` writes the family's bundle files and returns what the
+  manifest records. The bank (ImageNet at 224 px with a ResNet-50: tens of GB) streams into a scratch file and
+  from there into the bundle. With ``model.multiscale.bank_fraction`` below 1 the bank keeps that share of the
+  training images (chosen by id hash); the Mahalanobis statistics still see every row;
+- the feature cache the Ray Train stages after the backbone read (``CACHED``): DLSR's pooled, z-scored layer
+  features and, for a frozen encoder's linear head, the penultimate vector, with each row's id and class.
+  The pass is materialised once (Ray's object store, spilled to disk when it outgrows memory): the families
+  stream from it, and the cache columns become the stages' training dataset.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +33,7 @@ from rayood.data.decode import pixels_from_column
 from rayood.detectors import mahalanobis
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
 from rayood.detectors.multiscale import search_vectors, write_bank
+from rayood.detectors.layerwise import layer_features
 from rayood.detectors.registry import enabled_detectors
 from rayood.models.backbones import Features, build_backbone, uint8_to_unit
 from rayood.scoring.pool import actor_pool
@@ -118,15 +124,30 @@ def _streaming_families(settings: ModelSettings) -> list[str]:
     return [spec.family for spec in enabled_detectors(settings) if spec.family in STREAMING]
 
 
-class ReferenceRows:
-    """``map_batches`` class: decoded rows -> every streaming family's per-row arrays, keyed ``family/name``."""
+CACHE_PREFIX = "cache/"
+
+
+def cached_columns(settings: ModelSettings, head: bool) -> list[str]:
+    """The feature-cache columns a fit needs: DLSR's layers when it is on, the penultimate vector for a head."""
+    columns = ["id", "class"]
+    if settings.layerwise.enabled:
+        columns.append("layers")
+    if head:
+        columns.append("penultimate")
+    return columns
+
+
+class FeatureRows:
+    """``map_batches`` class: decoded rows -> every streaming family's per-row arrays, keyed ``family/name``, and
+    the feature cache's columns, keyed ``cache/name``."""
 
     def __init__(
         self, model: dict, class_names: list[str], label_column: str, backbone_uri: str, s3: S3Settings | None,
-        device: str, cpu_threads: int = 1, seed: int = 0,
+        device: str, cpu_threads: int = 1, seed: int = 0, cached: tuple[str, ...] = (),
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         self.settings = ModelSettings.model_validate(model)
+        self.cached = cached
         self.device = pick_device(device)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.label_column = label_column
@@ -134,7 +155,7 @@ class ReferenceRows:
                      for family in _streaming_families(self.settings)}
         self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
         load_state_into(self.backbone, resolve(backbone_uri, s3), "backbone")
-        self.backbone.to(self.device).eval()
+        self.backbone.to(self.device, memory_format=torch.channels_last).eval()
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
@@ -145,31 +166,59 @@ class ReferenceRows:
         labels = batch.column(self.label_column).cast(pa.string()).to_pylist()
         classes = np.array([self.class_index[label] for label in labels])
         ids = batch.column("id").to_pylist()
-        return {f"{family}/{name}": values for family, fit in self.fits.items()
+        rows = {f"{family}/{name}": values for family, fit in self.fits.items()
                 for name, values in fit.rows(features, mirror, ids, classes).items()}
+        cache = {"id": np.array(ids, dtype=object), "class": classes}
+        if "layers" in self.cached:
+            cache["layers"] = layer_features(features.stage_maps).cpu().numpy()
+        if "penultimate" in self.cached:
+            cache["penultimate"] = features.penultimate.float().cpu().numpy()
+        return {**rows, **{CACHE_PREFIX + name: cache[name] for name in self.cached}}
 
 
-def fit_references(
-    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], bundle: Location, scratch: str
-) -> dict[str, dict]:
-    """Every streaming family fitted in one pass over ``data`` with the backbone ``bundle`` already holds, and
-    written into ``bundle``; returns each family's manifest facts. ``scratch``: a directory for what a family
-    spills on the way (the bank). The actors read the backbone from the bundle, as scoring actors do, rather than
-    take its weights (a ResNet-50's: ~100 MB) as constructor arguments that every actor start ships again."""
+@dataclass
+class FeaturePass:
+    """The materialised feature pass over the training rows: family columns and cache columns."""
+
+    rows: ray.data.Dataset
+    cached: tuple[str, ...]
+
+    def cache(self) -> ray.data.Dataset:
+        """The feature cache, as the stages' training dataset (columns named without the prefix)."""
+        names = {CACHE_PREFIX + name: name for name in self.cached}
+        return self.rows.select_columns(list(names)).rename_columns(names)
+
+
+def feature_pass(
+    config: RayoodConfig, data: ray.data.Dataset, class_names: list[str], bundle: Location, cached: list[str]
+) -> FeaturePass:
+    """Run the backbone ``bundle`` already holds over ``data`` once, materialised. The actors read the backbone
+    from the bundle, as scoring actors do, rather than take its weights (a ResNet-50's: ~100 MB) as constructor
+    arguments that every actor start ships again."""
     screen = config.screen
-    fits = {family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
-            for family in _streaming_families(config.model)}
-    batches = data.map_batches(
-        ReferenceRows,
+    rows = data.map_batches(
+        FeatureRows,
         fn_constructor_kwargs={
             "model": config.model.model_dump(mode="json"), "class_names": class_names,
             "label_column": config.corpus.label_column,
             "backbone_uri": bundle.join(BACKBONE_FILE).uri, "s3": config.s3,
             "device": screen.device, "cpu_threads": screen.actor_threads, "seed": config.train.seed,
+            "cached": tuple(cached),
         },
         **actor_pool(screen, min_actors=1),
     )
-    for batch in batches.iter_batches(batch_size=None, batch_format="numpy"):
+    return FeaturePass(rows.materialize(), tuple(cached))
+
+
+def fit_references(
+    config: RayoodConfig, features: FeaturePass, class_names: list[str], bundle: Location, scratch: str
+) -> dict[str, dict]:
+    """Every streaming family fitted from the feature pass and written into ``bundle``; returns each family's
+    manifest facts. ``scratch``: a directory for what a family spills on the way (the bank)."""
+    fits = {family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
+            for family in _streaming_families(config.model)}
+    columns = [name for name in features.rows.columns() if name.split("/", 1)[0] in fits]
+    for batch in features.rows.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"):
         for family, fit in fits.items():
             prefix = f"{family}/"
             fit.partial_fit({key[len(prefix):]: values for key, values in batch.items() if key.startswith(prefix)})

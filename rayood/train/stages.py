@@ -1,7 +1,8 @@
 """The Ray Train stages detectors declare: which family needs one, its loop, its optimiser settings, what the
-loop reads beyond the shared inputs, and the bundle file its result (the EMA weights) becomes. ``fit.py`` runs
-the stages of the enabled families in registry order after the backbone stage; a detector with a trained model
-adds one entry here (and its loop), and nothing in ``fit.py``."""
+loop reads beyond the shared inputs, whether it trains on the feature cache or on pixels, and the bundle file its
+result (the EMA weights) becomes. ``fit.py`` runs the stages of the enabled families in registry order after the
+backbone stage and the feature pass; a detector with a trained model adds one entry here (and its loop), and
+nothing in ``fit.py``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from rayood.train.loops import ddpm_loop, layerwise_loop
 class FittedBackbone:
     """What the detector stages may read of the backbone stage's result."""
 
-    state: dict
     stage_dims: list[int]
 
 
@@ -30,17 +30,16 @@ class DetectorStage:
     optim: Callable[[TrainSettings], BaseModel]
     inputs: Callable[[RayoodConfig, FittedBackbone], dict]
     file: str
+    reads_features: bool  # trains on the fit's feature cache (``references.py``), not on decoded pixels
 
 
 STAGES: dict[str, DetectorStage] = {  # by detector family (``detectors/registry.py``)
     "layerwise": DetectorStage(
         "layerwise", layerwise_loop, lambda train: train.layerwise,
-        lambda config, backbone: {"backbone_state": backbone.state, "stage_dims": backbone.stage_dims,
-                                  "feature_batch_size": 256},
-        LAYERWISE_FILE,
+        lambda config, backbone: {"stage_dims": backbone.stage_dims}, LAYERWISE_FILE, reads_features=True,
     ),
     "ddp": DetectorStage(
         "ddpm", ddpm_loop, lambda train: train.ddpm, lambda config, backbone: {"augment": list(config.train.augment)},
-        DDPM_FILE,
+        DDPM_FILE, reads_features=False,
     ),
 }
