@@ -37,18 +37,19 @@ NUM_CLASSES = 10
 def random_bundle(directory: str, config, bank_rows: int) -> None:
     settings = config.model.model_copy(update={"backbone": config.model.backbone.model_copy(update={"init_weights": None})})
     backbone = build_backbone(settings.backbone, settings.preprocess, NUM_CLASSES)
-    dims = backbone.stage_dims()
+    dims, feature_dim = backbone.stage_dims(), backbone.fc.in_features
     location = resolve(directory)
     write_file(location, BACKBONE_FILE, state_dict_bytes(backbone.state_dict()))
     write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
     if settings.ddp.enabled:
         write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, NUM_CLASSES).state_dict()))
-    shape = (bank_rows, region_count(settings.multiscale), dims[-1])
+    shape = (bank_rows, region_count(settings.multiscale), feature_dim)
     bank = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     bank_index = write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), settings.multiscale, seed=0)
-    mahalanobis.write(location, np.zeros((NUM_CLASSES, dims[-1])), np.eye(dims[-1]))
+    mahalanobis.write(location, np.zeros((NUM_CLASSES, feature_dim)), np.eye(feature_dim))
     scores = score_names(settings)
-    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, dims[-1], scores, bank.shape, bank_index=bank_index)
+    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, feature_dim, scores, bank.shape,
+                            bank_index=bank_index)
     write_calibration(location, {name: np.arange(10.0) for name in scores})
     manifest["calibration"] = {"rows": 10}
     write_manifest(location, manifest)

@@ -207,7 +207,7 @@ class _ManifestShape(BaseModel):
 
     bundle_id: str = Field(pattern=r"^[0-9a-f]{8,64}$")
     model: ModelSettings
-    num_classes: int = Field(ge=2, le=100_000)
+    num_classes: int = Field(ge=1, le=100_000)  # 1: unlabelled ID data (model.backbone.classifier false)
     class_names: list[str]
     stage_dims: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(min_length=2, max_length=16)
     scores: list[str] = Field(min_length=1)

@@ -146,6 +146,13 @@ class BackboneSettings(_Strict):
         description="weights to start from: the URI of a state_dict (a rayood backbone.pt or a torchvision ResNet's), "
         "or a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V2 (downloaded once into $TORCH_HOME)",
     )
+    classifier: bool = Field(
+        default=True,
+        description="a linear classifier of the ID classes on the penultimate vector, fitted on the ID labels "
+        "(corpus.label_column): the msp, energy and maxlogit scores, the predicted class, the held-out accuracy. "
+        "false for unlabelled ID data with a frozen encoder (train.backbone.epochs 0): no label column is read, "
+        "those scores are off, and Mahalanobis is the distance to one Gaussian of all ID features",
+    )
     flip_tta: bool = Field(
         default=False,
         description="classifier scores and predicted class from logits averaged over each image and its mirror "
@@ -561,6 +568,20 @@ class RayoodConfig(_Strict):
             raise ValueError(
                 "train.backbone.objective alpa_finetune needs model.backbone.init_weights (a fitted backbone.pt)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _unlabelled_needs_a_frozen_encoder(self) -> RayoodConfig:
+        """Without ID labels nothing can train a backbone or a head, and there is no class to predict."""
+        if self.model.backbone.classifier:
+            return self
+        if self.train.backbone.epochs > 0:
+            raise ValueError("model.backbone.classifier false (unlabelled ID data) needs a frozen encoder: "
+                             "train.backbone.epochs 0 (training a backbone needs labels)")
+        if self.model.backbone.rotation_head:
+            raise ValueError("model.backbone.classifier false leaves no trained rotation_head")
+        if self.screen.predictions:
+            raise ValueError("screen.predictions needs model.backbone.classifier (there are no ID classes to predict)")
         return self
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 
 from rayood.bundle import read_calibration, read_manifest, report_scores
 from rayood.cli import job_config
-from rayood.config import ConfigError, RayoodConfig
+from rayood.config import ConfigError, ModelSettings, RayoodConfig
 from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
 from rayood.evaluation.plots import histogram_png, roc_png
@@ -61,11 +61,13 @@ def _scores_by_source(report_rows, sources: dict[str, str], names: list[str]) ->
     return result
 
 
-def _id_accuracy(config: RayoodConfig, report_rows, id_uri: str) -> float | None:
-    """Share of the ID set's scored rows whose ``predicted_class`` is their label; None when the ID set is not a
-    Parquet corpus with ``corpus.label_column`` (its labels are read from it by id, not passed through the
-    report, so the OOD sets need no label column)."""
+def _id_accuracy(config: RayoodConfig, report_rows, id_uri: str, classifier: bool) -> float | None:
+    """Share of the ID set's scored rows whose ``predicted_class`` is their label; None for a bundle without a
+    classifier (unlabelled ID data) and when the ID set is not a Parquet corpus with ``corpus.label_column``
+    (its labels are read from it by id, not passed through the report, so the OOD sets need no label column)."""
     label, id_column = config.corpus.label_column, config.corpus.id_column
+    if not classifier:
+        return None
     try:
         plan = plan_source(id_uri, config.corpus, config.s3, extra_columns=(label,))
     except InputError:
@@ -115,11 +117,12 @@ def evaluate(
         raise ConfigError("the ID set and every OOD set need distinct URIs (rows are told apart by source)")
     manifest = read_manifest(bundle, config.s3)
     names = report_scores(manifest)
+    classifier = ModelSettings.model_validate(manifest["model"]).backbone.classifier
     target = resolve(output, config.s3)
     prepare_output(target, overwrite)
     screen_settings = config.screen.model_copy(update={
         "inputs": tuple(uris), "output": target.join(REPORT).uri, "bundle": bundle, "overwrite": overwrite,
-        "passthrough_columns": (), "truth": None, "fit_if_missing": False, "predictions": True,
+        "passthrough_columns": (), "truth": None, "fit_if_missing": False, "predictions": classifier,
     })
     summary, report_uri = screen(config.model_copy(update={"screen": screen_settings}))
     by_set = _scores_by_source(resolve(report_uri, config.s3).join("rows"), {"id": id_uri, **oods}, names)
@@ -131,8 +134,9 @@ def evaluate(
     rows = evaluate_scores(id_scores, by_set, sets)
     target.join(METRICS_CSV).write_bytes(to_csv(rows).encode())
     counts = ", ".join(f"{name} {len(scores[names[0]])}" for name, scores in by_set.items())
-    accuracy = _id_accuracy(config, resolve(report_uri, config.s3).join("rows"), id_uri)
-    accuracy_text = "not measured (the ID set has no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
+    accuracy = _id_accuracy(config, resolve(report_uri, config.s3).join("rows"), id_uri, classifier)
+    missing = "not measured (the ID set has no labels)" if classifier else "none (the bundle has no classifier)"
+    accuracy_text = missing if accuracy is None else f"{100 * accuracy:.2f}%"
     header = (
         f"# OOD evaluation\n\nbundle `{manifest['bundle_id']}`; ID test {len(id_scores[names[0]])} images "
         f"(classifier accuracy {accuracy_text}); OOD: {counts}\n\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
@@ -15,7 +16,7 @@ from rayood.models.backbones import build_backbone, load_matching
 from rayood.report.columns import STATUS_OK
 from rayood.screen.pipeline import screen
 from rayood.train.fit import fit
-from tests.conftest import tiny_config
+from tests.conftest import NO_LAYERWISE, tiny_config
 
 SMALL_INPUT = {"native_size": 32, "input_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -143,3 +144,39 @@ def test_a_frozen_mobilenet_fits_from_one_feature_pass_and_screens(ray_cluster, 
     assert set(report.column("status").to_pylist()) == {STATUS_OK}
     for name in ("msp", "energy", "mahalanobis", "knn", "multiscale", "layerwise_mfsim"):
         assert report.column(f"score_{name}").null_count == 0
+
+
+def test_unlabelled_id_data_needs_a_frozen_encoder_and_no_predictions():
+    unlabelled = {"backbone": {"arch": "mobilenet_v2", "classifier": False}}
+    with pytest.raises(ConfigError, match=r"classifier false .* needs a frozen encoder: train.backbone.epochs 0"):
+        parse_config({"model": unlabelled})
+    with pytest.raises(ConfigError, match=r"screen.predictions needs model.backbone.classifier"):
+        parse_config({"model": unlabelled, "train": {"backbone": {"epochs": 0}}, "screen": {"predictions": True}})
+
+
+def test_a_frozen_encoder_fits_unlabelled_id_data_without_the_classifier_scores(ray_cluster, demo_data, tmp_path):
+    """No label column at all: KNN, MODE, DLSR and a one-Gaussian Mahalanobis; no classifier scores, no
+    held-out accuracy, and no class-mix synthetic outliers to choose the fused scores on."""
+    fit_path, corpus = demo_data
+    unlabelled = tmp_path / "unlabelled.parquet"
+    pq.write_table(pq.read_table(fit_path).drop_columns(["label"]), unlabelled)
+    weights = tmp_path / "mobilenet_v2.pt"
+    torch.save(_self_made_mobilenet().state_dict(), weights)
+    bundle = str(tmp_path / "unlabelled-bundle")
+    config = tiny_config(
+        model={"backbone": {"arch": "mobilenet_v2", "init_weights": str(weights), "classifier": False},
+               "preprocess": SMALL_INPUT, **NO_LAYERWISE},
+        train={"data": [str(unlabelled)], "bundle": bundle, "backbone": {"epochs": 0}},
+        screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
+                "decision": {"score": "knn", "alpha": 0.05}},
+    )
+    fit(config)
+    manifest = json.load(open(f"{bundle}/manifest.json"))
+    assert manifest["scores"] == ["mahalanobis", "knn", "multiscale"]
+    assert manifest["num_classes"] == 1 and manifest["heldout_accuracy"] is None and "head" not in manifest["training"]
+    assert set(manifest["training"]["features"]["columns"]) == {"id", "class"}
+    assert manifest["fusion"]["kinds"] == ["blur", "patch_shuffle", "pixel_permute", "rotate"]
+    summary, _ = screen(config)
+    report = pads.dataset(f"{tmp_path}/report/rows").to_table()
+    assert report.num_rows == summary["expected_rows"] and "score_msp" not in report.column_names
+    assert report.column("score_mahalanobis").null_count == 0

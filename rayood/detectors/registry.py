@@ -44,7 +44,8 @@ class DetectorSpec:
 
 
 REGISTRY: tuple[DetectorSpec, ...] = (
-    DetectorSpec("classifier", "rayood.detectors.baselines", lambda settings: CLASSIFIER),
+    DetectorSpec("classifier", "rayood.detectors.baselines", lambda settings: CLASSIFIER,
+                 enabled=lambda settings: settings.backbone.classifier),
     DetectorSpec("rotation", "rayood.detectors.rotation", lambda settings: ROTATION,
                  enabled=lambda settings: settings.backbone.rotation_head),
     DetectorSpec("mahalanobis", "rayood.detectors.mahalanobis", lambda settings: MAHALANOBIS),

@@ -74,10 +74,12 @@ def class_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) 
 UNLABELLED = {"patch_shuffle": patch_shuffle, "rotate": rotate, "pixel_permute": pixel_permute, "blur": blur}
 
 
-def evidence_kinds(rotation_trained: bool) -> tuple[str, ...]:
+def evidence_kinds(rotation_trained: bool, labelled: bool = True) -> tuple[str, ...]:
     """The kinds that are evidence about a backbone: one trained to predict rotations
-    (``train.backbone.objective: rotation``) recognises ``rotate`` by construction, so that kind says nothing."""
-    return tuple(kind for kind in KINDS if not (rotation_trained and kind == "rotate"))
+    (``train.backbone.objective: rotation``) recognises ``rotate`` by construction, so that kind says nothing;
+    unlabelled ID data has no classes to mix."""
+    return tuple(kind for kind in KINDS
+                 if not (rotation_trained and kind == "rotate") and not (not labelled and kind == "class_mix"))
 
 
 def synthetic_outliers(

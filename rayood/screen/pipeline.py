@@ -24,7 +24,7 @@ import ray.exceptions
 from ray.util.annotations import RayDeprecationWarning
 
 from rayood.bundle import library_versions, read_calibration, read_manifest, report_scores
-from rayood.config import ConfigError, RayoodConfig, ScreenSettings
+from rayood.config import ConfigError, ModelSettings, RayoodConfig, ScreenSettings
 from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
@@ -121,6 +121,8 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     scores = report_scores(manifest)
     if settings.decision.score not in scores:
         raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {scores}")
+    if settings.predictions and not ModelSettings.model_validate(manifest["model"]).backbone.classifier:
+        raise ConfigError("screen.predictions: the bundle has no classifier (it was fitted on unlabelled ID data)")
     plans = plan_sources(settings.inputs, config.corpus, config.s3, settings.passthrough_columns)
     expected_rows = sum(plan.rows for plan in plans)
     output = resolve(settings.output, config.s3)

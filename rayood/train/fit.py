@@ -191,15 +191,31 @@ class IdCorpus:
         }
 
 
+UNLABELLED_CLASS = "id"  # the one class of unlabelled ID data (model.backbone.classifier false)
+
+
+class OneClass:
+    """Adds the label column with one class to every row of unlabelled ID data."""
+
+    def __init__(self, label_column: str) -> None:
+        self.label_column = label_column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column(self.label_column, pa.array([UNLABELLED_CLASS] * batch.num_rows, pa.string()))
+
+
 def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
     """Decode and split the ID corpus once (materialised: every stage reads it); check it can be fitted."""
     train, preprocess, label_column = config.train, config.model.preprocess, config.corpus.label_column
+    labelled = config.model.backbone.classifier
     decoded = read_decoded(
         plans, image_column=config.corpus.image_column, id_column=config.corpus.id_column,
         size=preprocess.native_size,
         limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels, formats_for(config.corpus.file_extensions)),
-        passthrough=(label_column,),
+        passthrough=(label_column,) if labelled else (),
     )
+    if not labelled:
+        decoded = decoded.map_batches(OneClass(label_column), batch_format="pyarrow")
     tagged = decoded.map_batches(SplitTagger(train.calibration_fraction, train.seed), batch_format="pyarrow").materialize()
     facts = _corpus_facts(tagged, label_column)
     corpus = IdCorpus(tagged, facts, [])
@@ -210,7 +226,10 @@ def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
         raise ConfigError(f"train.data yields {fitting.num_rows} usable training rows and too few for calibration")
     labels = fitting.column(label_column)
     if labels.null_count:
-        raise ConfigError(f"{labels.null_count} training rows have no {label_column!r}; the backbone needs labels")
+        raise ConfigError(
+            f"{labels.null_count} training rows have no {label_column!r}; the classifier needs labels "
+            "(model.backbone.classifier: false fits unlabelled ID data with a frozen encoder)"
+        )
     largest_k = max(config.model.multiscale.k, config.model.multiscale.knn_k)
     if fitting.num_rows < largest_k:
         raise ConfigError(f"model.multiscale k/knn_k = {largest_k} exceeds the {fitting.num_rows} training rows")
@@ -225,7 +244,8 @@ def fit(config: RayoodConfig) -> str:
         raise ConfigError("train.data is not set (the ID corpus to fit on)")
     if not train.bundle:
         raise ConfigError("train.bundle is not set (where to write the model bundle)")
-    plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,))
+    labelled = config.model.backbone.classifier
+    plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,) if labelled else ())
     bundle = resolve(train.bundle, config.s3)
     try:
         check_bundle_target(bundle, train.overwrite)
@@ -263,8 +283,9 @@ def fit(config: RayoodConfig) -> str:
     staged = checkpoints.join(STAGING)  # the old bundle at ``bundle`` serves until this one is complete
     clear_bundle(staged)
     write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))  # the feature pass's actors read it there
-    head = frozen and train.head.epochs > 0
+    head = frozen and labelled and train.head.epochs > 0
     started = time.perf_counter()
+    log.info("feature pass: the backbone over the %d training rows, once", corpus.rows(False).num_rows)
     features = feature_pass(config, train_data, class_names, staged, cached_columns(config.model, head))
     with tempfile.TemporaryDirectory(prefix="rayood-references-") as scratch:
         references = fit_references(config, features, class_names, staged, scratch)
@@ -272,6 +293,8 @@ def fit(config: RayoodConfig) -> str:
     del features  # the bank's region vectors leave the object store; the cache stays for the stages
     training["features"] = {"rows": cache.count(), "columns": list(cache.columns()),
                             "wall_s": round(time.perf_counter() - started, 1)}
+    log.info("feature pass done in %.0f s: bank, statistics and the cache of %s", training["features"]["wall_s"],
+             ", ".join(training["features"]["columns"]))
     if head:
         result = _fit_stage(config, checkpoints, "head", head_loop,
                             {**base, "optim": train.head.model_dump(), "feature_dim": probe.fc.in_features}, cache)
@@ -304,8 +327,9 @@ def fit(config: RayoodConfig) -> str:
         started = time.perf_counter()
         manifest["fusion"] = {"rule": fusion.rule, **_choose_fusion(config, staged.uri, corpus, manifest["scores"], calibration)}
         manifest["training"]["fusion_choice"] = {"wall_s": round(time.perf_counter() - started, 1)}
-    manifest["heldout_accuracy"] = round(accuracy, 4)
-    log.info("classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy)
+    manifest["heldout_accuracy"] = None if accuracy is None else round(accuracy, 4)
+    if accuracy is not None:
+        log.info("classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy)
     write_calibration(staged, calibration)
     manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
     write_manifest(staged, manifest)
@@ -330,8 +354,12 @@ def _scored(
 
 def _calibration_scores(
     config: RayoodConfig, bundle_uri: str, data: ray.data.Dataset, names: list[str]
-) -> tuple[dict[str, np.ndarray], float]:
-    """The held-out rows' scores, and the classifier's accuracy on them (the bundle's held-out accuracy)."""
+) -> tuple[dict[str, np.ndarray], float | None]:
+    """The held-out rows' scores, and the classifier's accuracy on them (the bundle's held-out accuracy; None
+    without a classifier)."""
+    if not config.model.backbone.classifier:
+        table = _scored(config, bundle_uri, data, [score_col(n) for n in names])
+        return {name: table.column(score_col(name)).to_numpy() for name in names}, None
     label = config.corpus.label_column
     columns = [*(score_col(n) for n in names), PREDICTED_CLASS, label]
     table = _scored(config, bundle_uri, data, columns, passthrough=(label,), predictions=True)
@@ -353,7 +381,8 @@ def _choose_fusion(
     images = pixels_from_column(table.column("pixels"), config.model.preprocess.native_size)
     labels = np.asarray(table.column(label).cast(pa.string()).to_pylist())
     outliers, kinds = synthetic_outliers(images, labels, fusion.synthetic_per_kind, config.train.seed,
-                                         evidence_kinds(config.model.backbone.rotation_head))
+                                         evidence_kinds(config.model.backbone.rotation_head,
+                                                        config.model.backbone.classifier))
     rows = pa.table({
         "id": [f"synthetic/{kind}/{i}" for i, kind in enumerate(kinds)], "source": ["synthetic"] * len(kinds),
         "status": [STATUS_OK] * len(kinds), "error": pa.nulls(len(kinds), pa.string()),
