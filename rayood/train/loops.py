@@ -45,6 +45,17 @@ def _use_threads(config: dict) -> None:
         torch.set_num_threads(config["torch_threads"])
 
 
+def _start_worker(stage: str, config: dict) -> tuple[ModelSettings, int, torch.device]:
+    """What a detector stage's worker does first: its model settings, rank and device, its threads, a log line and
+    its seed."""
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    _use_threads(config)
+    log_epoch(stage, {"device": str(device), "workers": ray.train.get_context().get_world_size()})
+    torch.manual_seed(config["seed"] + rank)
+    return ModelSettings.model_validate(config["model"]), rank, device
+
+
 def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
     return CachedShard.load(
         ray.train.get_dataset_shard("train"), settings.preprocess.native_size, config["label_column"],
@@ -125,6 +136,23 @@ def _cached_features(columns: list[str], dims: dict[str, int], device: torch.dev
     return {name: torch.cat(chunks)[order].to(device) for name, chunks in parts.items()}
 
 
+class CachedEpochs:
+    """Epochs over a worker's cached rows: this worker's share of the global batch, the same step count on
+    every worker, and a fresh permutation per epoch from the worker's own seeded generator."""
+
+    def __init__(self, rows: int, global_batch: int, seed: int, rank: int, device: torch.device) -> None:
+        self.rows, self.device = rows, device
+        self.batch_size = _worker_batch(global_batch)
+        self.steps = _steps_per_epoch(rows, self.batch_size, device)
+        self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
+
+    def batches(self):
+        """One epoch: ``steps`` batches of row indices."""
+        order = torch.randperm(self.rows, generator=self.generator).to(self.device)
+        for index in range(self.steps):
+            yield order[index * self.batch_size : (index + 1) * self.batch_size]
+
+
 def _rows_per_worker(rows: int) -> list[int]:
     """Every worker's shard size, in rank order: how the stage split its data (recorded in the manifest)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -151,34 +179,26 @@ def _steps_per_epoch(rows: int, batch_size: int, device: torch.device) -> int:
 
 def layerwise_loop(config: dict) -> None:
     """Fit the LFDN: t ~ U{0..T-1}, loss = MSE(LFDN(z_t, t), z0), AdamW, EMA of the weights."""
-    settings = ModelSettings.model_validate(config["model"])
+    settings, rank, device = _start_worker("layerwise", config)
     optim = OptimSettings.model_validate(config["optim"])
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    _use_threads(config)
-    log_epoch("layerwise", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
-    torch.manual_seed(config["seed"] + rank)
     z0_all = _cached_features(["layers"], {"layers": sum(config["stage_dims"])}, device)["layers"].float()
     worker_rows = _rows_per_worker(len(z0_all))
 
     run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
     schedule = schedule_for(settings.layerwise)
-    batch_size = _worker_batch(optim.batch_size)
-    steps = _steps_per_epoch(len(z0_all), batch_size, device)
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    epochs = CachedEpochs(len(z0_all), optim.batch_size, config["seed"], rank, device)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         denoiser.train()
-        order = torch.randperm(len(z0_all), generator=generator).to(device)
         loss_sum = 0.0
-        for index in range(steps):
-            z0 = z0_all[order[index * batch_size : (index + 1) * batch_size]]
-            loss_sum += denoiser_step(denoiser, schedule, optimizer, z0, settings.layerwise.timesteps, generator)
+        for rows in epochs.batches():
+            loss_sum += denoiser_step(denoiser, schedule, optimizer, z0_all[rows], settings.layerwise.timesteps,
+                                      epochs.generator)
             step += 1
             ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
-        return {"loss": loss_sum / max(steps, 1), "worker_rows": worker_rows}
+        return {"loss": loss_sum / max(epochs.steps, 1), "worker_rows": worker_rows}
 
     run_epochs("layerwise", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
                lambda done: run.state(done, step), run.resumed)
@@ -187,30 +207,21 @@ def layerwise_loop(config: dict) -> None:
 def head_loop(config: dict) -> None:
     """Fit the linear classifier of a frozen encoder on its cached penultimate vectors (a linear probe):
     cross-entropy, AdamW, EMA of the weights."""
-    settings = ModelSettings.model_validate(config["model"])
+    settings, rank, device = _start_worker("head", config)
     optim = OptimSettings.model_validate(config["optim"])
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    _use_threads(config)
-    log_epoch("head", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
-    torch.manual_seed(config["seed"] + rank)
     cached = _cached_features(["penultimate", "class"], {"penultimate": config["feature_dim"]}, device)
     features, classes = cached["penultimate"].float(), cached["class"].long()
     worker_rows = _rows_per_worker(len(features))
     head = linear_head(settings.backbone, config["feature_dim"], len(config["class_names"]))
     run = EmaRun("head", head, optim, device)
     model, ema, optimizer, step = run.model, run.ema, run.optimizer, run.step
-    batch_size = _worker_batch(optim.batch_size)
-    steps = _steps_per_epoch(len(features), batch_size, device)
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    epochs = CachedEpochs(len(features), optim.batch_size, config["seed"], rank, device)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         model.train()
-        order = torch.randperm(len(features), generator=generator).to(device)
-        loss_sum, correct = 0.0, 0
-        for index in range(steps):
-            rows = order[index * batch_size : (index + 1) * batch_size]
+        loss_sum, correct, seen = 0.0, 0, 0
+        for rows in epochs.batches():
             logits = model(features[rows])
             loss = F.cross_entropy(logits, classes[rows])
             optimizer.zero_grad(set_to_none=True)
@@ -218,9 +229,10 @@ def head_loop(config: dict) -> None:
             optimizer.step()
             loss_sum += float(loss)
             correct += int((logits.argmax(1) == classes[rows]).sum())
+            seen += len(rows)
             step += 1
             ema_update(ema, unwrap(model), optim.ema_decay, step)
-        return {"loss": loss_sum / max(steps, 1), "train_accuracy": correct / max(1, min(len(features), steps * batch_size)),
+        return {"loss": loss_sum / max(epochs.steps, 1), "train_accuracy": correct / max(1, seen),
                 "worker_rows": worker_rows}
 
     run_epochs("head", config, run.start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
@@ -230,14 +242,9 @@ def head_loop(config: dict) -> None:
 def ddpm_loop(config: dict) -> None:
     """Fit DDP's class-conditional pixel DDPM: eps-prediction, linear betas, label dropout to the null class,
     AdamW with linear warm-up, gradient clipping, EMA (docs/METHODS.md section 2)."""
-    settings = ModelSettings.model_validate(config["model"])
+    settings, rank, device = _start_worker("ddpm", config)
     optim = DiffusionOptimSettings.model_validate(config["optim"])
     class_names: list[str] = config["class_names"]
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    _use_threads(config)
-    log_epoch("ddpm", {"device": str(device), "workers": ray.train.get_context().get_world_size()})
-    torch.manual_seed(config["seed"] + rank)
     run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
     unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
     schedule = ddp_schedule(settings.ddp)
