@@ -99,7 +99,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     bundle = load_bundle(args.bundle)
-    bundle.backbone.to(memory_format=torch.channels_last)
     checkpoints = Path(args.checkpoints or f"{args.bundle.rstrip('/')}-checkpoints")
     found = detectors(bundle, checkpoints if checkpoints.exists() else None)
     train = features(bundle, args.train, args.train_rows)

@@ -34,7 +34,7 @@ class Scorer:
     def __init__(self, bundle: Bundle, device: torch.device) -> None:
         self.bundle = bundle
         self.device = device
-        self.backbone = bundle.backbone.to(device, memory_format=torch.channels_last).eval()  # 1.5x at 224 px on CPU
+        self.backbone = bundle.backbone.to(device).eval()
         for detector in bundle.detectors.values():
             detector.to(device)
 

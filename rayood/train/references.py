@@ -155,7 +155,7 @@ class FeatureRows:
                      for family in _streaming_families(self.settings)}
         self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
         load_state_into(self.backbone, resolve(backbone_uri, s3), "backbone")
-        self.backbone.to(self.device, memory_format=torch.channels_last).eval()
+        self.backbone.to(self.device).eval()
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
