@@ -246,12 +246,13 @@ class FeatureBackbone(nn.Module):
 _TORCHVISION_PREFIXES = {"conv1.": "stem.0.", "bn1.": "stem.1.", **{f"layer{i}.": f"stages.{i - 1}." for i in range(1, 5)}}
 
 
-def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor]) -> list[str]:
+def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor], warn: bool = True) -> list[str]:
     """Load the tensors of ``state`` that fit ``model``; returns the names of the model's tensors left as they were.
 
     Accepts a rayood backbone.pt or a torchvision ResNet state_dict (``conv1``/``layerN`` names). Tensors of
     another shape (an ImageNet classifier or 7x7 stem on a CIFAR-stem model) are skipped and listed.
-    Raises when nothing at all matches, which means the weights are for another architecture. A torchvision
+    Raises when nothing at all matches, which means the weights are for another architecture; logs the tensors
+    left unless ``warn`` is false. A torchvision
     encoder (``encoders.py``) takes its model's state_dict and must find every one of its tensors there.
     """
     if model.encoder is not None:
@@ -269,7 +270,7 @@ def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor]) -> lis
         raise ValueError("init_weights match no tensor of this backbone: wrong architecture?")
     model.load_state_dict(usable, strict=False)
     left = sorted(set(own) - set(usable))
-    if left:
+    if left and warn:
         log.warning("init_weights: %d tensors not loaded (kept initial values): %s", len(left), left[:8])
     return left
 

@@ -149,7 +149,7 @@ def _check_backbone(config: RayoodConfig, init_state: dict | None) -> None:
         raise ConfigError(str(error)) from None
     if init_state is not None:
         try:
-            load_matching(probe, init_state)
+            load_matching(probe, init_state, warn=False)  # a one-class probe: its classifier cannot fit
         except ValueError as error:
             raise ConfigError(f"model.backbone.init_weights: {error}") from None
 
