@@ -252,8 +252,8 @@ def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor], warn: 
     Accepts a rayood backbone.pt or a torchvision ResNet state_dict (``conv1``/``layerN`` names). Tensors of
     another shape (an ImageNet classifier or 7x7 stem on a CIFAR-stem model) are skipped and listed.
     Raises when nothing at all matches, which means the weights are for another architecture; logs the tensors
-    left unless ``warn`` is false. A torchvision
-    encoder (``encoders.py``) takes its model's state_dict and must find every one of its tensors there.
+    left unless ``warn`` is false. A torchvision encoder (``encoders.py``) takes its model's state_dict and must
+    find every one of its tensors there.
     """
     if model.encoder is not None:
         return _load_encoder(model, state)
