@@ -120,6 +120,9 @@ class PreprocessSettings(_Strict):
         return value
 
 
+RAYOOD_ARCHS = ("cifar_resnet", "cifar_fast", "resnet18", "resnet50")  # built by rayood with stem + stages
+
+
 class BackboneSettings(_Strict):
     """The feature extractor and classifier shared by every detector."""
 
@@ -166,7 +169,7 @@ class BackboneSettings(_Strict):
 
     @model_validator(mode="after")
     def _taps_need_torchvision(self) -> BackboneSettings:
-        if self.taps and self.arch in ("cifar_resnet", "cifar_fast", "resnet18", "resnet50"):
+        if self.taps and self.arch in RAYOOD_ARCHS:
             raise ValueError(f"taps are for torchvision models; {self.arch} taps its stem and every stage")
         return self
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
-from rayood.config import TORCHVISION_WEIGHTS, BackboneSettings, PreprocessSettings
+from rayood.config import RAYOOD_ARCHS, TORCHVISION_WEIGHTS, BackboneSettings, PreprocessSettings
 from rayood.models.encoders import TorchvisionEncoder
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,6 @@ class ScaledLinear(nn.Linear):
 _BUILDERS = {"cifar_resnet": _cifar_resnet, "cifar_fast": _cifar_fast}
 
 
-LEGACY_ARCHS = ("cifar_resnet", "cifar_fast", "resnet18", "resnet50")  # built here with stem + stages
-
-
 def linear_head(settings: BackboneSettings, feature_dim: int, classes: int) -> nn.Linear:
     """A linear head on the penultimate vector: bias-free with airbench's 1/9 logit scale for ``cifar_fast``."""
     if settings.arch == "cifar_fast":
@@ -183,7 +180,7 @@ class FeatureBackbone(nn.Module):
     def __init__(self, settings: BackboneSettings, preprocess: PreprocessSettings, num_classes: int) -> None:
         super().__init__()
         self.encoder: TorchvisionEncoder | None = None
-        if settings.arch in LEGACY_ARCHS:
+        if settings.arch in RAYOOD_ARCHS:
             self.stem, self.stages, feature_dim = _BUILDERS.get(settings.arch, _torchvision_resnet)(settings)
         else:
             self.encoder = TorchvisionEncoder(settings.arch, settings.taps, preprocess.input_size)
@@ -290,10 +287,10 @@ def _load_encoder(model: FeatureBackbone, state: dict[str, torch.Tensor]) -> lis
             f"{missing[:3]}, {len(mismatched)} of another shape {shapes}"
         )
     model.encoder.extractor.load_state_dict({k: encoder[k] for k in own})
-    heads = {k: v for k, v in state.items() if k.split(".", 1)[0] in ("fc", "rotation")}
-    usable = {k: v for k, v in heads.items() if k in model.state_dict() and model.state_dict()[k].shape == v.shape}
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}  # fc, rotation
+    usable = {k: v for k, v in state.items() if k in heads and heads[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
-    return sorted(k for k in model.state_dict() if not k.startswith("encoder.") and k not in usable)
+    return sorted(set(heads) - set(usable))
 
 
 def torchvision_state(name: str) -> dict[str, torch.Tensor]:

@@ -26,11 +26,10 @@ _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 class EncoderError(ValueError):
-    """An unknown model or node; ``field`` is the config field to name."""
+    """An unknown model or node; the message starts with the config field to name."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def torchvision_archs() -> list[str]:

@@ -8,7 +8,7 @@ Data batch inference, that gives everything the later steps read, so no step run
   manifest records. The bank (ImageNet at 224 px with a ResNet-50: tens of GB) streams into a scratch file and
   from there into the bundle. With ``model.multiscale.bank_fraction`` below 1 the bank keeps that share of the
   training images (chosen by id hash); the Mahalanobis statistics still see every row;
-- the feature cache the Ray Train stages after the backbone read (``CACHED``): DLSR's pooled, z-scored layer
+- the feature cache the Ray Train stages after the backbone read (``cached_columns``): DLSR's pooled, z-scored layer
   features and, for a frozen encoder's linear head, the penultimate vector, with each row's id and class.
   The pass is materialised once (Ray's object store, spilled to disk when it outgrows memory): the families
   stream from it, and the cache columns become the stages' training dataset.
