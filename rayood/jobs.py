@@ -9,6 +9,7 @@ from rayood.bundle import MANIFEST
 from rayood.cli import job_config
 from rayood.config import RayoodConfig, with_overrides
 from rayood.data.demo import build_demo
+from rayood.pages.review_settings import GroupBy, ReviewSettings
 from rayood.report.reader import FinishedReport
 from rayood.report.summary import render
 from rayood.storage import Location, resolve
@@ -64,11 +65,11 @@ def fdr_level(text: str) -> float:
 
 def _filter(
     config: RayoodConfig, report: FinishedReport, q: float, output: Location, score: str | None = None,
-    overwrite: bool = False, shards: Location | None = None,
+    overwrite: bool = False, shards: Location | None = None, review: ReviewSettings | None = ReviewSettings(),
 ) -> None:
     from rayood.decide.filter import filter_report, render as render_filter
 
-    result = filter_report(report, q, output, score, overwrite, shards, config.corpus, config.s3)
+    result = filter_report(report, q, output, score, overwrite, shards, config.corpus, config.s3, review)
     print(render_filter(result, output.uri))
 
 
@@ -91,7 +92,16 @@ def filter_job(args: argparse.Namespace) -> None:
     config = job_config(args, args.report)
     shards = resolve(args.write_shards, config.s3) if args.write_shards else None
     report = FinishedReport.open(args.report, config.s3)
-    _filter(config, report, args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite), shards)
+    review = None if args.no_review else ReviewSettings(by=args.by, gallery=args.review_size)
+    _filter(config, report, args.fdr, resolve(args.output, config.s3), args.score, bool(args.overwrite), shards, review)
+
+
+def group_by(text: str) -> GroupBy:
+    """argparse type of ``--by``: COLUMN or COLUMN:REDUCTION."""
+    try:
+        return GroupBy.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def audit_job(args: argparse.Namespace) -> None:

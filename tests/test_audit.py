@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 
 from rayood.audit.compare import audit, groups_of, values_of
 from rayood.audit.report_html import histogram_uri, render_html
-from rayood.audit.thumbnails import attach_thumbnails, most_ood
+from rayood.pages.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.two_sample import flagged_test, ks_test, mmd_test
 from rayood.audit.verdict import drift_verdict, holm_adjusted, verdict_line
 from rayood.config import CorpusSettings, DecisionSettings

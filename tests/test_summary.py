@@ -7,6 +7,7 @@ import pytest
 
 from rayood.config import DecisionSettings
 from rayood.report import summary as summary_module
+from rayood.report.sampling import Reservoir
 from rayood.report.summary import summarize
 
 
@@ -56,7 +57,7 @@ def test_beyond_the_sample_size_quantiles_come_from_a_bounded_uniform_sample(mon
     for name, q in [("p05", 0.05), ("p50", 0.5), ("p95", 0.95)]:  # rank error of a 2,000 sample: ~1/sqrt(2000)
         rank = (ok < stats["quantiles"][name]).mean()
         assert abs(rank - q) < 0.03, (name, rank)
-    reservoir = summary_module._Reservoir(2_000, seed=0)
+    reservoir = Reservoir(2_000, seed=0)
     reservoir.add(np.arange(10_000.0))
     assert len(reservoir.values) == 2_000 and reservoir.values.mean() == pytest.approx(5_000, rel=0.05)  # late rows kept too
 

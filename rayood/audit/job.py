@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from rayood.audit.compare import MmdSettings, audit, groups_of, values_of
 from rayood.audit.report_html import histogram_uri, render_html
-from rayood.audit.thumbnails import attach_thumbnails, most_ood
+from rayood.pages.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.verdict import drift_verdict, verdict_line
 from rayood.bundle import read_calibration, read_manifest
 from rayood.config import RayoodConfig, S3Settings, with_overrides

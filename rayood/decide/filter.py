@@ -3,6 +3,7 @@
     DIR/keep.parquet    id, source, pvalue_<score>, qvalue_<score>: not rejected (treated as ID)
     DIR/reject.parquet  the same columns: rejected (called OOD); E[fraction of ID among them] <= Q
     DIR/errors.parquet  id, source, error: rows that could not be scored, so were not decided
+    DIR/review.html     a page to look at before deleting anything (rayood.pages.review)
     DIR/filter.json     Q, score, counts, the BH threshold; written last, so its presence means complete
     SHARDS/kept-*.tar   optionally, the kept samples as WebDataset shards (rayood.decide.shards)
 
@@ -25,7 +26,10 @@ from rayood.config import CorpusSettings, S3Settings
 from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.decide.shards import prepare_shard_output, write_kept_shards
-from rayood.report.columns import STATUS, STATUS_OK, pvalue_col, qvalue_col
+from rayood.pages.review import REVIEW, FilterReview, write_review
+from rayood.pages.review_settings import ReviewSettings
+from rayood.pages.thumbnails import recorded_limits
+from rayood.report.columns import STATUS, STATUS_OK, pvalue_col, qvalue_col, score_col
 from rayood.report.guard import OutputError, claim_output
 from rayood.report.reader import FinishedReport
 from rayood.storage import Location, StorageError, resolve
@@ -36,7 +40,7 @@ BATCH_ROWS = 65_536
 
 def prepare_output(location: Location, overwrite: bool) -> None:
     """Never mix two filter runs, and never delete anything that a filter did not write."""
-    claim_output(location, what="a filter result", owns={KEEP, REJECT, ERRORS, RESULT}.__contains__,
+    claim_output(location, what="a filter result", owns={KEEP, REJECT, ERRORS, REVIEW, RESULT}.__contains__,
                  finished=lambda names: RESULT in names, overwrite=overwrite)
     location.delete_contents()
 
@@ -71,17 +75,24 @@ def _why_undecided(batch: pa.RecordBatch, pcol: str) -> pa.Array:
 def filter_report(
     report: FinishedReport, q: float, output: Location, score: str | None = None, overwrite: bool = False,
     shards: Location | None = None, corpus: CorpusSettings = CorpusSettings(), s3: S3Settings | None = None,
+    review: ReviewSettings | None = ReviewSettings(),
 ) -> dict:
-    """Decide every scored row of ``report`` by BH at level ``q``; write the lists (and, given ``shards``, the
-    kept samples as WebDataset shards there) and return filter.json's content."""
+    """Decide every scored row of ``report`` by BH at level ``q``; write the lists, the review page unless
+    ``review`` is None (and, given ``shards``, the kept samples as WebDataset shards there) and return
+    filter.json's content."""
     score = report.check_score(score)
     pcol, qcol = pvalue_col(score), qvalue_col(score)
+    dataset = report.dataset()
+    columns = ["id", "source", "status", "error", pcol]
+    if review is not None:
+        if review.by:
+            review.by.check(dataset.schema, report.uri)
+        columns = list(dict.fromkeys([*columns, score_col(score), *([review.by.column] if review.by else [])]))
+    page = FilterReview(score, review) if review is not None else None
     _apart_from_the_corpus(report, s3, {"--output": output, "--write-shards": shards})
     prepare_output(output, overwrite)
     if shards is not None:
         prepare_shard_output(shards, overwrite)
-    dataset = report.dataset()
-    columns = ["id", "source", "status", "error", pcol]
 
     def batches():
         for batch in dataset.to_batches(columns=["status", pcol], batch_size=BATCH_ROWS):
@@ -111,6 +122,10 @@ def filter_report(
                 errors.write_table(
                     pa.table([undecided.column("id"), undecided.column("source"), _why_undecided(undecided, pcol)], schema=failed)
                 )
+                if page is not None:
+                    shown = pa.table({"id": scored.column("id"), "source": scored.column("source"),
+                                      "score": scored.column(score_col(score)), "pvalue": pvalues, "qvalue": qvalues})
+                    page.add(pa.Table.from_batches([batch]), shown, decided, is_ood)
                 counts["rows"] += batch.num_rows
                 counts["rejected"] += int(is_ood.sum())
                 counts["kept"] += int((~is_ood).sum())
@@ -124,11 +139,13 @@ def filter_report(
         "fdr": q,
         **counts,
         "threshold_pvalue": bh.threshold,
-        "files": {"keep": KEEP, "reject": REJECT, "errors": ERRORS},
+        "files": {"keep": KEEP, "reject": REJECT, "errors": ERRORS, **({"review": REVIEW} if page else {})},
     }
     if shards is not None:
         written = write_kept_shards(output.join(KEEP), pcol, qcol, shards, corpus, s3)
         result["shards"] = {"directory": shards.uri, "files": len(written), "samples": counts["kept"]}
+    if page is not None:
+        write_review(page, result, output, corpus, s3, recorded_limits(report.summary))
     output.join(RESULT).write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())
     return result
 

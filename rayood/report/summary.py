@@ -14,6 +14,7 @@ from rayood.config import DecisionSettings, TruthSettings
 from rayood.detectors.calibrate import threshold
 from rayood.evaluation.metrics import auroc, detection_metrics
 from rayood.report.columns import IS_OOD, STATUS, STATUS_OK, score_col
+from rayood.report.sampling import Reservoir
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MAX_ERROR_KINDS = 10
@@ -43,7 +44,7 @@ def _json_threshold(calibration: np.ndarray, alpha: float, warnings: list[str], 
     return None
 
 
-def _error_kind(message: str) -> str:
+def error_kind(message: str) -> str:
     """Group error messages by their cause (the text before the first colon)."""
     return message.split(":", 1)[0]
 
@@ -53,29 +54,8 @@ def _error_kind(message: str) -> str:
 QUANTILE_SAMPLE = 100_000
 
 
-class _Reservoir:
-    """A uniform sample of at most ``size`` values of a stream (Algorithm R, vectorised per batch; seeded, so a
-    summary is reproducible), with the exact count and mean of the whole stream."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
-        self.values = np.empty(0)
-        self.count = 0
-        self.total = 0.0
-        self.rng = np.random.default_rng(seed)
-
-    def add(self, values: np.ndarray) -> None:
-        self.total += float(values.sum())
-        room = self.size - len(self.values)
-        if room > 0:
-            self.values = np.concatenate([self.values, values[:room]])
-        rest = values[max(room, 0):]
-        if len(rest):
-            seen = self.count + max(room, 0) + np.arange(1, len(rest) + 1)  # each value's 1-based stream position
-            slots = (self.rng.random(len(rest)) * seen).astype(np.int64)
-            kept = slots < self.size
-            self.values[slots[kept]] = rest[kept]
-        self.count += len(values)
+class _ScoreSample(Reservoir):
+    """A score's sampled values, with its exact count and mean."""
 
     def stats(self) -> dict:
         if self.count == 0:
@@ -105,7 +85,7 @@ class _Tally:
         self.errors: Counter[str] = Counter()
         self.per_source: Counter[str] = Counter()
         self.digests: list[np.ndarray] | None = [] if count_repeats else None
-        self.scores = {name: _Reservoir(QUANTILE_SAMPLE, seed) for seed, name in enumerate(score_names)}
+        self.scores = {name: _ScoreSample(QUANTILE_SAMPLE, seed) for seed, name in enumerate(score_names)}
         self.evaluation_rows: list[pa.Table] = []
 
     def add(self, batch: pa.Table | pa.RecordBatch) -> None:
@@ -113,7 +93,7 @@ class _Tally:
         ok = np.asarray(pc.equal(batch.column(STATUS), STATUS_OK).to_numpy(zero_copy_only=False), dtype=bool)
         self.rows += batch.num_rows
         self.ok += int(ok.sum())
-        self.errors.update(_error_kind(e) for e in batch.column("error").to_pylist() if e is not None)
+        self.errors.update(error_kind(e) for e in batch.column("error").to_pylist() if e is not None)
         self.flagged += pc.sum(pc.cast(batch.column(IS_OOD), pa.int64())).as_py() or 0
         sources = batch.column("source").to_pylist()
         self.per_source.update(sources)
