@@ -500,6 +500,9 @@ class ScreenSettings(_Strict):
     progress_every_s: float = Field(
         default=30, ge=0, description="log the rows screened so far, their rate and an ETA this often (0: never)"
     )
+    report_thumbnails: int = Field(
+        default=24, ge=0, le=200, description="most out-of-distribution images shown in report.html (0: none)"
+    )
 
     @property
     def actor_threads(self) -> int:

@@ -121,9 +121,10 @@ def test_bad_inputs_are_refused():
         BenjaminiHochberg.fit(np.array([0.1, 0.2]), 0.1).qvalues(np.array([0.15]))
 
 
-def write_report(directory, seed=0, ids: list[str] | None = None, source: str = "s3://bucket/corpus") -> pa.Table:
+def write_report(directory, seed=0, ids: list[str] | None = None, source: str = "s3://bucket/corpus",
+                 extra: dict[str, list] | None = None) -> pa.Table:
     """A finished report in the real layout, its summary from the real summary code: two row files, error rows,
-    two scores."""
+    two scores; ``extra``: passthrough columns, one value per row."""
     rng = np.random.default_rng(seed)
     calibration = {"mfsim": rng.standard_normal(500), "knn": rng.standard_normal(500)}
     n_id, n_ood, n_err = (300, 100, 7) if ids is None else (len(ids) - len(ids) // 4 - 2, len(ids) // 4, 2)
@@ -144,6 +145,7 @@ def write_report(directory, seed=0, ids: list[str] | None = None, source: str = 
     decision = DecisionSettings(score="mfsim", alpha=0.05)
     columns["is_ood"] = pa.array([p <= decision.alpha if good else None for p, good in zip(columns["pvalue_mfsim"].to_pylist(), ok)])
     columns["group"] = pa.array(["id"] * n_id + ["ood"] * n_ood + [None] * n_err)
+    columns.update({name: pa.array(values) for name, values in (extra or {}).items()})
     table = pa.table(columns)
     rows = directory / ROWS
     rows.mkdir(parents=True)

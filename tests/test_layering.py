@@ -101,7 +101,8 @@ def test_rayood_has_no_import_circles():
 def test_filter_audit_and_the_job_entry_points_import_neither_torch_nor_ray():
     """Filtering and auditing read finished reports; they must start fast and run where torch is absent."""
     code = (
-        "import sys; import rayood.cli, rayood.jobs, rayood.decide.filter, rayood.audit.job, rayood.bundle; "
+        "import sys; import rayood.cli, rayood.jobs, rayood.decide.filter, rayood.audit.job, rayood.bundle, "
+        "rayood.pages.report_page; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'torchvision'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -126,13 +127,14 @@ def _package(module: str) -> str:
 
 # package -> packages it must never import: scoring sits below both fitting and screening; the models and the
 # detectors below all three; the report artifact below every job that writes or reads it; its column names
-# below everything.
+# below everything; the pages below the jobs that write them.
 FORBIDDEN = {
     "scoring": {"screen", "train", "jobs", "cli"},
     "train": {"screen", "jobs", "cli"},
     "detectors": {"scoring", "screen", "train", "jobs", "cli"},
     "models": {"detectors", "scoring", "screen", "train", "jobs", "cli"},
-    "report": {"scoring", "screen", "train", "decide", "audit", "jobs", "cli"},
+    "report": {"scoring", "screen", "train", "decide", "audit", "pages", "jobs", "cli"},
+    "pages": {"scoring", "screen", "train", "decide", "audit", "jobs", "cli"},
 }
 
 

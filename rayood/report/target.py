@@ -43,8 +43,9 @@ STARTED = "_STARTED"
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
 STATS = "ray_data_stats.txt"
+PAGE = "report.html"  # rayood.pages.report_page
 ROWS = "rows"
-REPORT_FILES = frozenset({STARTED, SUCCESS, SUMMARY, STATS, LEASE})  # and rows/*.parquet
+REPORT_FILES = frozenset({STARTED, SUCCESS, SUMMARY, STATS, PAGE, LEASE})  # and rows/*.parquet
 KEY = ("source", "id")
 
 

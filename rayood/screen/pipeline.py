@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import ray.data
 import ray.exceptions
@@ -28,6 +29,7 @@ from rayood.config import ConfigError, ModelSettings, RayoodConfig, ScreenSettin
 from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
+from rayood.pages.report_page import ReportPageRows, write_report_page
 from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 from rayood.report.row_files import AttemptFilenames
 from rayood.report.summary import summarize
@@ -54,6 +56,7 @@ def _require(value: object, field: str) -> None:
 NOT_FINGERPRINTED = {
     "output", "bundle", "overwrite", "fit_if_missing", "device", "batch_size", "decode_batch_size", "min_actors",
     "max_actors", "num_gpus_per_actor", "cpus_per_actor", "torch_threads", "truth", "progress_every_s",
+    "report_thumbnails",
 }
 # Row files hold this many batches: a kill loses at most the rows not yet in a file (and those being scored),
 # while a large corpus still makes few enough files to list and read back quickly. A small corpus is still
@@ -202,15 +205,22 @@ def _write(scored: ray.data.Dataset, target: ReportTarget, settings: ScreenSetti
 def _summary(config: RayoodConfig, manifest: dict, calibration: dict[str, np.ndarray], plans: list[SourcePlan], target: ReportTarget,
              reused_rows: int, limits: DecodeLimits, elapsed_s: float) -> dict:
     """``summary.json``: the report's counts and decision, streamed back from its row files, with the decode
-    limits that applied and the run's provenance."""
+    limits that applied and the run's provenance; and report.html from the same pass."""
     settings = config.screen
     scores = report_scores(manifest)
-    needed = [*KEY_COLUMNS, IS_OOD, *(score_col(name) for name in scores)]
+    page = ReportPageRows(scores, settings.decision.score, settings.report_thumbnails)
+    needed = [*KEY_COLUMNS, IS_OOD, *(score_col(name) for name in scores), *page.columns(settings.decision.score)]
     if settings.truth:
         needed.append(settings.truth.column)
     rows = pads.dataset(target.rows.path, filesystem=target.rows.fs, format="parquet")
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in rows.to_batches(columns=list(dict.fromkeys(needed)), batch_size=SUMMARY_BATCH_ROWS):
+            page.add(batch)
+            yield batch
+
     summary = summarize(
-        rows.to_batches(columns=needed, batch_size=SUMMARY_BATCH_ROWS),
+        batches(),
         score_names=scores,
         calibration=calibration,
         decision=settings.decision,
@@ -236,6 +246,7 @@ def _summary(config: RayoodConfig, manifest: dict, calibration: dict[str, np.nda
         "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
         "config": config.model_dump(mode="json"),
     })
+    write_report_page(page, summary, calibration, target.location, config.corpus, config.s3, limits)
     return summary
 
 

@@ -1,0 +1,115 @@
+"""Open a page in headless Chromium and report what the browser did with it, over the DevTools protocol.
+
+Debian's ``chromium`` (``make browser`` installs it). One browser per call, its own profile in a temporary
+directory; the protocol runs over a websocket (aiohttp, which s3fs brings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+BROWSER = "chromium"
+START_TIMEOUT_S = 60
+LOAD_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class PageVisit:
+    requests: list[str]  # every URL the page asked for, the page itself included
+    images: list[dict]  # per <img>: src prefix, naturalWidth, complete
+    scripts: int  # <script> elements in the DOM
+    text: str  # document.body.innerText
+    title: str
+
+
+def browser_path() -> str | None:
+    return shutil.which(BROWSER)
+
+
+def _start(profile: str) -> tuple[subprocess.Popen, int]:
+    process = subprocess.Popen(
+        [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    port_file = Path(profile) / "DevToolsActivePort"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{BROWSER} did not start (exit code {process.poll()})")
+        time.sleep(0.1)
+    return process, int(port_file.read_text().splitlines()[0])
+
+
+async def _visit(port: int, url: str) -> PageVisit:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+            target = next(t for t in await response.json() if t["type"] == "page")
+        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as socket:
+            ids = itertools.count(1)
+            events: list[dict] = []
+
+            async def call(method: str, **params: object) -> dict:
+                call_id = next(ids)
+                await socket.send_json({"id": call_id, "method": method, "params": params})
+                async for message in socket:
+                    data = json.loads(message.data)
+                    if data.get("id") == call_id:
+                        if "error" in data:
+                            raise RuntimeError(f"{method}: {data['error']}")
+                        return data["result"]
+                    events.append(data)
+                raise RuntimeError("the browser closed the connection")
+
+            async def loaded() -> None:
+                if any(e.get("method") == "Page.loadEventFired" for e in events):
+                    return
+                async for message in socket:
+                    data = json.loads(message.data)
+                    events.append(data)
+                    if data.get("method") == "Page.loadEventFired":
+                        return
+
+            await call("Network.enable")
+            await call("Page.enable")
+            await call("Page.navigate", url=url)
+            await asyncio.wait_for(loaded(), LOAD_TIMEOUT_S)
+            script = """JSON.stringify({
+                images: Array.from(document.images).map(i => ({src: i.src.slice(0, 30), naturalWidth: i.naturalWidth,
+                                                                complete: i.complete})),
+                scripts: document.scripts.length, text: document.body.innerText, title: document.title})"""
+            found = json.loads((await call("Runtime.evaluate", expression=script, returnByValue=True))["result"]["value"])
+    requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    return PageVisit(requests, found["images"], found["scripts"], found["text"], found["title"])
+
+
+def visit(path: Path) -> PageVisit:
+    """Load ``path`` (a local HTML file) and return what the browser requested and rendered."""
+    with tempfile.TemporaryDirectory() as profile:
+        process, port = _start(profile)
+        try:
+            return asyncio.run(_visit(port, path.resolve().as_uri()))
+        finally:
+            process.kill()
+            process.wait()
+
+
+def screenshot(path: Path, png: Path, width: int = 1200, height: int = 2400) -> None:
+    """A PNG of ``path`` as the browser renders it (for the README's pictures)."""
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+             f"--screenshot={png}", f"--window-size={width},{height}", "--hide-scrollbars", path.resolve().as_uri()],
+            check=True, capture_output=True, timeout=START_TIMEOUT_S,
+        )
