@@ -3,6 +3,7 @@ must decode every thumbnail and make no request beyond the file; data shown as t
 
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import boto3
@@ -12,14 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rayood.config import S3Settings
+from rayood.config import CorpusSettings, S3Settings
 from rayood.decide.filter import filter_report
 from rayood.pages import thumbnails as thumbnails_module
 from rayood.pages.html import gallery, table
+from rayood.pages.report_page import ReportPageRows, write_report_page
 from rayood.pages.review import MAX_GROUPS, OTHER_GROUPS, GroupCounts
 from rayood.pages.review_settings import GroupBy, ReviewSettings
 from rayood.pages.selection import Extremes, RowSample
+from rayood.pages.thumbnails import recorded_limits
 from rayood.report.reader import FinishedReport
+from rayood.report.target import PAGE
 from rayood.storage import resolve
 from tests.browser import browser_path, visit
 from tests.images import encode, gradient
@@ -179,3 +183,24 @@ def test_page_parts_escape_every_value():
                                                    lambda row: [row["id"]], "none")
     assert "<script>" not in html and html.count("&lt;script&gt;") == 4
     assert re.search(r"<img", html) is None
+
+
+def test_the_screening_page_shows_the_summary_histograms_and_the_most_ood_images(chromium, tmp_path):
+    ids = hostile_corpus(tmp_path / "corpus", 40)
+    write_report(tmp_path / "report", ids=ids, source=str(tmp_path / "corpus"))
+    report = FinishedReport.open(str(tmp_path / "report"))
+    rows = ReportPageRows(["mfsim", "knn"], "mfsim", thumbnails=6)
+    for batch in report.dataset().to_batches(batch_size=7):
+        rows.add(batch)
+    calibration = {"mfsim": np.random.default_rng(0).standard_normal(500), "knn": np.zeros(3)}
+    write_report_page(rows, report.summary, calibration, resolve(str(tmp_path / "report")), CorpusSettings(), None,
+                      recorded_limits(report.summary))
+    table = report.dataset().to_table().to_pandas()
+    top = table[table.status == "ok"].nlargest(6, "score_mfsim")
+    html = (tmp_path / "report" / PAGE).read_text()
+    captions = [html.find(f"<figcaption>{escape(i)}<br>") for i in top.id]
+    assert html.count("<figure>") == 6 and -1 not in captions and captions == sorted(captions)  # most OOD first
+    text = assert_self_contained(tmp_path / "report" / PAGE, thumbnails=6)
+    summary = report.summary
+    assert f"{summary['decision']['flagged']} of {summary['ok']} scored rows flagged" in text
+    assert "histogram of score_knn" in html and "not an image" in text  # every score drawn; error kinds counted
