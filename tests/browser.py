@@ -29,7 +29,6 @@ class PageVisit:
     images: list[dict]  # per <img>: src prefix, naturalWidth, complete
     scripts: int  # <script> elements in the DOM
     text: str  # document.body.innerText
-    title: str
 
 
 def browser_path() -> str | None:
@@ -88,10 +87,10 @@ async def _visit(port: int, url: str) -> PageVisit:
             script = """JSON.stringify({
                 images: Array.from(document.images).map(i => ({src: i.src.slice(0, 30), naturalWidth: i.naturalWidth,
                                                                 complete: i.complete})),
-                scripts: document.scripts.length, text: document.body.innerText, title: document.title})"""
+                scripts: document.scripts.length, text: document.body.innerText})"""
             found = json.loads((await call("Runtime.evaluate", expression=script, returnByValue=True))["result"]["value"])
     requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
-    return PageVisit(requests, found["images"], found["scripts"], found["text"], found["title"])
+    return PageVisit(requests, found["images"], found["scripts"], found["text"])
 
 
 def visit(path: Path) -> PageVisit:
@@ -105,11 +104,13 @@ def visit(path: Path) -> PageVisit:
             process.wait()
 
 
-def screenshot(path: Path, png: Path, width: int = 1200, height: int = 2400) -> None:
-    """A PNG of ``path`` as the browser renders it (for the README's pictures)."""
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-             f"--screenshot={png}", f"--window-size={width},{height}", "--hide-scrollbars", path.resolve().as_uri()],
-            check=True, capture_output=True, timeout=START_TIMEOUT_S,
-        )
+def assert_self_contained(page: Path, thumbnails: int) -> str:
+    """Open ``page`` in the browser: no request beyond the file and its data URIs, no script, every image decoded;
+    ``thumbnails`` images besides the plots. Returns the page's text as shown."""
+    seen = visit(page)
+    outside = [url[:80] for url in seen.requests if url != page.resolve().as_uri() and not url.startswith("data:")]
+    assert outside == []
+    assert seen.scripts == 0
+    assert [image for image in seen.images if image["naturalWidth"] == 0 or not image["complete"]] == []
+    assert sum(image["naturalWidth"] == 128 for image in seen.images) == thumbnails
+    return seen.text

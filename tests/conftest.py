@@ -147,6 +147,13 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    """The page tests need Debian's chromium (``make browser`` installs it): a missing browser fails them."""
+    if shutil.which("chromium") is None:
+        pytest.fail("no chromium on PATH: `make browser` installs Debian's chromium package")
+
+
 # The slow tier: tests that start Ray (a fixture cluster, their own head) or run a job in a new process. The
 # rest run in seconds: ``make test-fast`` (``pytest -m "not cluster"``), with the one test marked ``smoke``.
 CLUSTER_FIXTURES = {"ray_cluster", "tiny_bundle", "head"}  # head: a test module's own `ray start` cluster

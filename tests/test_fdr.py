@@ -16,7 +16,7 @@ from scipy.stats import false_discovery_control
 
 from rayood.config import CorpusSettings, DecisionSettings
 from rayood.data.webdataset import WebSample, read_samples, sample_id, write_shards
-from rayood.decide.originals import iter_originals
+from rayood.data.originals import iter_originals
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.decide.filter import filter_report
 from rayood.detectors.calibrate import ConformalReference
@@ -26,6 +26,7 @@ from rayood.report.reader import FinishedReport
 from rayood.report.summary import summarize
 from rayood.report.target import ROWS, SUCCESS, SUMMARY
 from rayood.storage import resolve
+from tests.browser import assert_self_contained
 from tests.conftest import tiny_config
 from tests.images import encode, gradient
 from tests.test_jobs import run_job
@@ -225,7 +226,9 @@ def test_filter_job_refuses_unfinished_reports_and_bad_arguments(tmp_path):
     assert (foreign / "precious.txt").read_text() == "keep me"
 
 
-def test_screen_job_filters_its_fresh_report(ray_cluster, tiny_bundle, demo_data, tmp_path):
+def test_screen_job_filters_its_fresh_report_and_both_pages_open_in_the_browser(
+    ray_cluster, tiny_bundle, demo_data, tmp_path, chromium
+):
     corpus = pq.read_table(demo_data[1])
     small = tmp_path / "small.parquet"
     pq.write_table(corpus.take(np.random.default_rng(0).permutation(corpus.num_rows)[:120]), small)
@@ -243,6 +246,12 @@ def test_screen_job_filters_its_fresh_report(ray_cluster, tiny_bundle, demo_data
     assert summary["kept"] + summary["rejected"] == 120 and summary["errors"] == 0
     rejected = set(pq.read_table(output / "filter" / "reject.parquet").column("id").to_pylist())
     assert rejected == set(rows.index[bh.reject(rows["pvalue_layerwise_mfsim"].to_numpy())])
+    # the pages of a Parquet corpus: thumbnails read back from its image column
+    assert_self_contained(output / "report.html", thumbnails=24)
+    review = output / "filter" / "review.html"
+    figures = review.read_text().count("<figure>")
+    assert figures >= min(24, summary["rejected"]) + 24  # at least the most OOD rejected and the kept just before
+    assert_self_contained(review, thumbnails=figures)
 
 
 def test_filter_job_writes_the_kept_samples_as_webdataset_shards(demo_data, tmp_path):

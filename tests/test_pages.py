@@ -10,7 +10,6 @@ import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from rayood.config import CorpusSettings, S3Settings
@@ -25,19 +24,13 @@ from rayood.pages.thumbnails import recorded_limits
 from rayood.report.reader import FinishedReport
 from rayood.report.target import PAGE
 from rayood.storage import resolve
-from tests.browser import browser_path, visit
+from tests.browser import assert_self_contained
 from tests.images import encode, gradient
 from tests.test_fdr import write_report
 from tests.test_jobs import run_job
 
 # file names and group values a scraped corpus can carry: each must show as the text it is
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "a&amp;b", "<b>bold</b>", "$x^2$"]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> None:
-    if browser_path() is None:
-        pytest.fail("no chromium on PATH: `make browser` installs Debian's chromium package")
 
 
 def hostile_name(i: int) -> str:
@@ -54,18 +47,6 @@ def hostile_corpus(directory: Path, rows: int) -> list[str]:
         (directory / hostile_name(i)).write_bytes(encode(Image.fromarray(pixels.astype(np.uint8)), "PNG"))
         ids.append(str(directory / hostile_name(i)))
     return ids
-
-
-def assert_self_contained(page: Path, thumbnails: int) -> str:
-    """Open ``page`` in the browser: no request beyond the file and its data URIs, no script, every image decoded;
-    ``thumbnails`` images besides the plots. Returns the page's text as shown."""
-    seen = visit(page)
-    outside = [url[:80] for url in seen.requests if url != page.resolve().as_uri() and not url.startswith("data:")]
-    assert outside == []
-    assert seen.scripts == 0
-    assert [image for image in seen.images if image["naturalWidth"] == 0 or not image["complete"]] == []
-    assert sum(image["naturalWidth"] == 128 for image in seen.images) == thumbnails
-    return seen.text
 
 
 def test_review_page_opens_offline_shows_hostile_names_as_text_and_reads_only_the_shown_originals(

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.webdataset import SHARD_EXTENSION, WebSample, write_shards
-from rayood.decide.originals import iter_originals
+from rayood.data.originals import iter_originals
 from rayood.report.guard import claim_output
 from rayood.storage import Location, StorageError
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
-from rayood.config import RAYOOD_ARCHS, TORCHVISION_WEIGHTS, BackboneSettings, PreprocessSettings
+from rayood.config import RAYOOD_ARCHS, BackboneSettings, PreprocessSettings
 from rayood.models.encoders import TorchvisionEncoder
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Thumbnails of report rows, read again from the corpus by id (rayood.decide.originals), only for the rows shown.
+"""Thumbnails of report rows, read again from the corpus by id (rayood.data.originals), only for the rows shown.
 
 A row whose original moved, changed or cannot be read gets a ``missing`` reason in place of its thumbnail: it
 costs that picture, never the page.
@@ -18,7 +18,7 @@ from rayood.config import CorpusSettings, S3Settings
 from rayood.data.decode import DecodeError, DecodeLimits, decode_image
 from rayood.data.sources import InputError
 from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
-from rayood.decide.originals import iter_originals
+from rayood.data.originals import iter_originals
 from rayood.pages.html import png_uri
 from rayood.report.columns import pvalue_col, score_col
 from rayood.storage import StorageError
