@@ -27,6 +27,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from rayood.detectors.knn import ExactSearch, IvfSearch, build_ivf, default_lists, normalise, read_ivf, write_ivf
+from process_memory import status_kib
 
 PROBES = (8, 32, 128)
 CHUNK = 65_536
@@ -42,17 +43,10 @@ def _mapped_search_peak(path: str, kind: str, queries: np.ndarray, k: int, probe
     torch.set_num_threads(2)
     IvfSearch(build_ivf(queries[:64], 1), 1).kth_distance(torch.from_numpy(queries[:4]), 1)  # libraries warmed up
     fields = ("VmHWM", "RssAnon", "RssFile")
-    base = [_status_kib(field) for field in fields]
+    base = [status_kib(field) for field in fields]
     search = ExactSearch(np.load(path, mmap_mode="c"), CHUNK) if kind == "exact" else IvfSearch(read_ivf(path), probe)
     search.kth_distance(torch.from_numpy(queries), k)
-    out.put([_status_kib(field) - before for field, before in zip(fields, base)])
-
-
-def _status_kib(field: str) -> int:
-    """A /proc/self/status memory figure (KiB). Not ru_maxrss: that survives exec, so a spawned child would
-    report its parent's peak."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+    out.put([status_kib(field) - before for field, before in zip(fields, base)])
 
 
 def _peak_mib_of_mapped_search(path: str, kind: str, queries: np.ndarray, k: int, probe: int) -> dict:
