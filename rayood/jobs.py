@@ -11,6 +11,7 @@ from rayood.config import RayoodConfig, with_overrides
 from rayood.data.demo import build_demo
 from rayood.pages.review_settings import GroupBy, ReviewSettings
 from rayood.report.reader import FinishedReport
+from rayood.report.target import PAGE
 from rayood.report.summary import render
 from rayood.storage import Location, resolve
 
@@ -48,6 +49,7 @@ def screen_job(args: argparse.Namespace) -> None:
         fit(with_overrides(config, "train", bundle=bundle))
     summary, report = screen(config)
     print(render(summary, report))
+    print(f"  page: {resolve(report, config.s3).join(PAGE).uri} (open it in a browser)")
     if args.filter_fdr is not None:
         _filter(config, FinishedReport.open(report, config.s3), args.filter_fdr, resolve(report, config.s3).join("filter"))
 

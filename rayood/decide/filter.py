@@ -155,8 +155,9 @@ def render(result: dict, output_uri: str) -> str:
     cut = f"p <= {threshold:.4g}" if threshold is not None else "nothing rejected"
     shards = result.get("shards")
     written = f"; kept samples in {shards['files']} shards under {shards['directory']}" if shards else ""
+    review = f"\n  review the decision: {output_uri.rstrip('/')}/{REVIEW} (open it in a browser)" if "review" in result["files"] else ""
     return (
         f"rayood filter at FDR {result['fdr']} on {result['score']} ({cut}): kept {result['kept']}, "
-        f"rejected {result['rejected']}, not scored {result['errors']} -> {output_uri}{written}"
+        f"rejected {result['rejected']}, not scored {result['errors']} -> {output_uri}{written}{review}"
     )
 
