@@ -49,7 +49,11 @@ def features(bundle, path: str, rows: int, batch: int = 64) -> dict[str, object]
             out = bundle.backbone.features(uint8_to_unit(pixels))
             z0.append(layer_features(out.stage_maps))
             penultimate.append(out.penultimate.float())
-    return {"z0": torch.cat(z0), "penultimate": torch.cat(penultimate), "ids": [str(i) for i in table.column("id").to_pylist()]}
+    return {
+        "z0": torch.cat(z0),
+        "penultimate": torch.cat(penultimate),
+        "ids": [str(i) for i in table.column("id").to_pylist()],
+    }
 
 
 def kth_distance(queries: torch.Tensor, reference: torch.Tensor, k: int = KNN_K) -> np.ndarray:
@@ -66,7 +70,9 @@ def detectors(bundle, checkpoints: Path | None) -> dict[str, LayerwiseDetector]:
             state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
             denoiser = copy.deepcopy(final.denoiser)
             denoiser.load_state_dict(state["ema"])
-            found[f"epoch {int(state['epoch'])}"] = LayerwiseDetector(denoiser, bundle.settings.layerwise, final.block_dims)
+            found[f"epoch {int(state['epoch'])}"] = LayerwiseDetector(
+                denoiser, bundle.settings.layerwise, final.block_dims
+            )
     return found
 
 
@@ -75,8 +81,10 @@ def scores(bundle, found: dict[str, LayerwiseDetector], data: dict, train: dict)
     for name, detector in found.items():
         z0_hat = detector.reconstruct(z0, data["ids"])
         result[f"mse ({name})"] = (z0 - z0_hat).pow(2).sum(1).numpy()
-        cosines = [F.cosine_similarity(a, b, dim=1) for a, b in
-                   zip(z0.split(detector.block_dims, 1), z0_hat.split(detector.block_dims, 1))]
+        cosines = [
+            F.cosine_similarity(a, b, dim=1)
+            for a, b in zip(z0.split(detector.block_dims, 1), z0_hat.split(detector.block_dims, 1))
+        ]
         result[f"mfsim ({name})"] = (-torch.stack(cosines, 1).mean(1)).numpy()
         if name == "final":
             for index, cosine in enumerate(cosines):

@@ -26,8 +26,8 @@ from rayood.bundle_models import load_bundle
 from rayood.config import load_config, with_overrides
 from rayood.data.decode import decode_image
 from rayood.data.demo import build_demo
-from rayood.screen.pipeline import screen
 from rayood.scoring.scorer import Scorer, pick_device
+from rayood.screen.pipeline import screen
 from rayood.storage import resolve
 from rayood.train.fit import fit
 

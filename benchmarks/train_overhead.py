@@ -55,15 +55,33 @@ def main() -> None:
     corpus = _read_id_corpus(config, plan_sources(config.train.data, config.corpus, extra_columns=("label",)))
     train_rows = corpus.training_dataset()
     names = corpus.class_names
-    data = CachedShard.load(train_rows, config.model.preprocess.native_size, "label", names, config.train.cache_max_bytes)
+    data = CachedShard.load(
+        train_rows, config.model.preprocess.native_size, "label", names, config.train.cache_max_bytes
+    )
 
     with tempfile.TemporaryDirectory() as checkpoints:
-        base = {"model": config.model.model_dump(mode="json"), "class_names": names, "seed": config.train.seed,
-                "label_column": "label", "torch_threads": threads, "cache_max_bytes": config.train.cache_max_bytes}
+        base = {
+            "model": config.model.model_dump(mode="json"),
+            "class_names": names,
+            "seed": config.train.seed,
+            "label_column": "label",
+            "torch_threads": threads,
+            "cache_max_bytes": config.train.cache_max_bytes,
+        }
         started, cpu_before = time.perf_counter(), cpu_seconds()
-        result = _fit_stage(config, resolve(checkpoints), "backbone", backbone_loop,
-                            {**base, "optim": config.train.backbone.model_dump(), "augment": list(config.train.augment),
-                             "init_state": None}, train_rows)
+        result = _fit_stage(
+            config,
+            resolve(checkpoints),
+            "backbone",
+            backbone_loop,
+            {
+                **base,
+                "optim": config.train.backbone.model_dump(),
+                "augment": list(config.train.augment),
+                "init_state": None,
+            },
+            train_rows,
+        )
         ray_s = time.perf_counter() - started
         ray_cpu = cpu_by_title(cpu_before, cpu_seconds())
     plain_epochs = plain_fit(config, data, torch.device("cuda" if args.gpu else "cpu"))[1]
@@ -71,15 +89,28 @@ def main() -> None:
     start_up_s = ray_s - result.metrics["epochs_s"]
     steady = plain_epochs[-1] / result.metrics["epoch_s"]
     projected = config_epochs * plain_epochs[-1] / (start_up_s + config_epochs * result.metrics["epoch_s"])
-    print(json.dumps({
-        "images": len(data), "epochs": args.epochs, "batch_size": config.train.backbone.batch_size,
-        "device": "cuda" if args.gpu else "cpu", "torch_threads": torch.get_num_threads(),
-        "plain_s": round(plain_s, 1), "ray_train_s": round(ray_s, 1), "ratio_plain_over_ray": round(plain_s / ray_s, 3),
-        "ray_start_up_s": round(start_up_s, 1), "last_epoch_plain_s": round(plain_epochs[-1], 1),
-        "last_epoch_ray_s": result.metrics["epoch_s"], "steady_ratio": round(steady, 3),
-        "config_epochs": config_epochs, "projected_ratio_at_config_epochs": round(projected, 3),
-        "ray_train_cpu_s": ray_cpu,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "images": len(data),
+                "epochs": args.epochs,
+                "batch_size": config.train.backbone.batch_size,
+                "device": "cuda" if args.gpu else "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "plain_s": round(plain_s, 1),
+                "ray_train_s": round(ray_s, 1),
+                "ratio_plain_over_ray": round(plain_s / ray_s, 3),
+                "ray_start_up_s": round(start_up_s, 1),
+                "last_epoch_plain_s": round(plain_epochs[-1], 1),
+                "last_epoch_ray_s": result.metrics["epoch_s"],
+                "steady_ratio": round(steady, 3),
+                "config_epochs": config_epochs,
+                "projected_ratio_at_config_epochs": round(projected, 3),
+                "ray_train_cpu_s": ray_cpu,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,11 @@ def main() -> None:
         images = uint8_to_unit(torch.from_numpy(np.stack([decode_image(b, size) for b in chunk])))
         for level, logits in enumerate(level_logits(backbone, images)):
             correct[level] += int((logits.argmax(1).numpy() == labels[start : start + len(chunk)]).sum())
-    print(json.dumps({"images": table.num_rows, **{f"level_{i}": round(c / table.num_rows, 4) for i, c in enumerate(correct)}}))
+    print(
+        json.dumps(
+            {"images": table.num_rows, **{f"level_{i}": round(c / table.num_rows, 4) for i, c in enumerate(correct)}}
+        )
+    )
 
 
 if __name__ == "__main__":

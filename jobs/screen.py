@@ -16,7 +16,10 @@ parser.add_argument("--input", action="append", help="corpus URI (repeatable): i
 parser.add_argument("--output", help="report URI (directory or s3:// prefix)")
 parser.add_argument("--bundle", help="model bundle URI")
 parser.add_argument(
-    "--filter-fdr", type=fdr_level, metavar="Q", help="also split the fresh report with Benjamini-Hochberg at FDR Q into OUTPUT/filter/"
+    "--filter-fdr",
+    type=fdr_level,
+    metavar="Q",
+    help="also split the fresh report with Benjamini-Hochberg at FDR Q into OUTPUT/filter/",
 )
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ class RaySettings(_Strict):
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1, description="only for a local cluster started in-process")
     object_store_memory: int | None = Field(
-        default=None, ge=OBJECT_STORE_MINIMUM_BYTES,
+        default=None,
+        ge=OBJECT_STORE_MINIMUM_BYTES,
         description="bytes of shared memory for Ray's object store, only for a local cluster started in-process "
         "(Ray's default: 30% of RAM). The scoring actor's resident memory grows by the store pages its input "
         "batches pass through, toward this bound, over a long run (BENCHMARKS.md)",
@@ -75,14 +76,18 @@ class S3Settings(_Strict):
     def _s3fs_options_need_s3fs(self) -> S3Settings:
         used = [name for name in ("profile", "requester_pays") if getattr(self, name)]
         if used and self.client != "s3fs":
-            raise ValueError(f"{' and '.join(used)} need client: s3fs (pyarrow's client takes a profile from AWS_PROFILE)")
+            raise ValueError(
+                f"{' and '.join(used)} need client: s3fs (pyarrow's client takes a profile from AWS_PROFILE)"
+            )
         return self
 
     @field_validator("endpoint_url")
     @classmethod
     def _no_credentials(cls, value: str | None) -> str | None:
         if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
-            raise ValueError("must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+            raise ValueError(
+                "must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            )
         return value
 
 
@@ -139,7 +144,9 @@ class BackboneSettings(_Strict):
     widths: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths"
     )
-    blocks: tuple[Annotated[int, Field(ge=1, le=64)], ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)")
+    blocks: tuple[Annotated[int, Field(ge=1, le=64)], ...] = Field(
+        default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)"
+    )
     cifar_stem: bool = Field(default=True, description="torchvision ResNets: 3x3 stride-1 stem, no max-pool")
     classifier_pool: Literal["avg", "max"] = Field(
         default="avg", description="global pooling of the last map into the penultimate vector the classifier reads"
@@ -217,7 +224,9 @@ class MultiscaleSettings(_Strict):
     centre: bool = Field(default=True, description="add the centre region")
     k: int = Field(default=10, ge=1, description="k of the multi-scale search (MODE: 10)")
     bank_fraction: float = Field(
-        default=1.0, gt=0, le=1,
+        default=1.0,
+        gt=0,
+        le=1,
         description="the share of training images in the KNN / multi-scale bank, chosen by a hash of each id "
         "(the KNN paper keeps 1% of ImageNet); bank memory and search time scale with it",
     )
@@ -363,7 +372,9 @@ class ModelSettings(_Strict):
 
 class OptimSettings(_Strict):
     epochs: int = Field(default=10, ge=0)
-    batch_size: int = Field(default=128, ge=1, description="the global batch: each of train.num_workers takes its share")
+    batch_size: int = Field(
+        default=128, ge=1, description="the global batch: each of train.num_workers takes its share"
+    )
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
@@ -380,7 +391,9 @@ class BackboneOptimSettings(OptimSettings):
 
     objective: Literal["cross_entropy", "rotation", "supcon", "alpa_train", "alpa_finetune"] = "cross_entropy"
     rotation_views: int = Field(
-        default=3, ge=1, le=3,
+        default=3,
+        ge=1,
+        le=3,
         description="rotation: turned copies of each image added to the batch (3: all of 90/180/270, the paper's, "
         "4x the cost of cross_entropy; 1: one turn drawn at random per image, 2x)",
     )
@@ -427,7 +440,8 @@ class TrainSettings(_Strict):
         "group restarts on the nodes left. STRICT_SPREAD cannot restart once fewer nodes than workers are left",
     )
     torch_threads: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="CPU threads per training worker (default: Ray's, the floor of cpus_per_worker). On a CPU-only "
         "machine, the core count lets one worker use every core while Ray Data keeps a CPU slot to feed it",
     )
@@ -474,7 +488,8 @@ class ScreenSettings(_Strict):
     batch_size: int = Field(default=256, ge=1)
     decode_batch_size: int = Field(default=64, ge=1)
     min_actors: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description="scoring actors started first; min_actors x cpus_per_actor must leave a CPU for reading and "
         "decoding (a local cluster refuses a pool that would not, since it would wait for ever)",
     )
@@ -482,13 +497,16 @@ class ScreenSettings(_Strict):
     num_gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
     torch_threads: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="CPU threads per scoring actor (default: the floor of cpus_per_actor); on a CPU-only machine "
         "the core count lets the actor use the cores that decoding leaves idle",
     )
     passthrough_columns: tuple[str, ...] = ()
     max_bytes: int | None = Field(
-        default=None, ge=1, description="larger encoded files are error rows; default: the bundle's model.preprocess.max_bytes"
+        default=None,
+        ge=1,
+        description="larger encoded files are error rows; default: the bundle's model.preprocess.max_bytes",
     )
     max_pixels: int | None = Field(
         default=None, ge=1, description="larger images are error rows (decompression bombs); default: the bundle's"
@@ -534,8 +552,14 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
-SHARED_STAGE_INPUTS = ("corpus", "model.preprocess", "train.data", "train.seed", "train.calibration_fraction",
-                      "train.num_workers")
+SHARED_STAGE_INPUTS = (
+    "corpus",
+    "model.preprocess",
+    "train.data",
+    "train.seed",
+    "train.calibration_fraction",
+    "train.num_workers",
+)
 STAGE_INPUTS = {
     "backbone": ("model.backbone", "train.backbone", "train.augment"),
     "head": ("model.backbone", "train.head"),
@@ -582,8 +606,10 @@ class RayoodConfig(_Strict):
         if self.model.backbone.classifier:
             return self
         if self.train.backbone.epochs > 0:
-            raise ValueError("model.backbone.classifier false (unlabelled ID data) needs a frozen encoder: "
-                             "train.backbone.epochs 0 (training a backbone needs labels)")
+            raise ValueError(
+                "model.backbone.classifier false (unlabelled ID data) needs a frozen encoder: "
+                "train.backbone.epochs 0 (training a backbone needs labels)"
+            )
         if self.model.backbone.rotation_head:
             raise ValueError("model.backbone.classifier false leaves no trained rotation_head")
         if self.screen.predictions:

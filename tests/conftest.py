@@ -25,7 +25,14 @@ TINY_MODEL = {
     "layerwise": {"num_blocks": 2, "hidden_multiplier": 1.0, "time_embed_dim": 32},
     # DDP is the slow score (a screen of the demo corpus takes ~45 s with it, ~7 s without): off in the shared
     # tiny bundle, on in exactly one test (test_multiworker.py, with WITH_DDP)
-    "ddp": {"enabled": False, "base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 1},
+    "ddp": {
+        "enabled": False,
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "levels": [40, 80],
+        "stride": 40,
+        "draws": 1,
+    },
     "fusion": {"synthetic_per_kind": 100},
 }
 WITH_DDP = {"ddp": {**TINY_MODEL["ddp"], "enabled": True}}
@@ -115,7 +122,11 @@ def tiny_bundle(ray_cluster, demo_data, fixture_cache, tmp_path_factory) -> str:
 
     def fit_into(folder: Path) -> None:
         bundle = str(folder / "tiny")
-        fit(tiny_config(train={"data": [str(demo_data[0])], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}))
+        fit(
+            tiny_config(
+                train={"data": [str(demo_data[0])], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}
+            )
+        )
 
     copy = tmp_path_factory.mktemp("bundles") / "fitted"
     shutil.copytree(_built_once(fixture_cache / "bundle", fit_into), copy)
@@ -130,7 +141,11 @@ def _free_port() -> int:
 
 # moto's credentials, in the environment before any Ray worker or job process starts: rayood never ships
 # S3 keys in task arguments, so every process must find them in its own environment, as on a real cluster.
-for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}.items():
     os.environ[_key] = _value
 
 
@@ -164,5 +179,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         function = getattr(item, "function", None)
         calls = set(function.__code__.co_names) if function is not None else set()
-        if item.get_closest_marker("smoke") is None and (CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls):
+        if item.get_closest_marker("smoke") is None and (
+            CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls
+        ):
             item.add_marker(pytest.mark.cluster)

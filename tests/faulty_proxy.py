@@ -27,8 +27,9 @@ class FaultyProxy:
     """``every``: fault kind -> (period, phase): request n (counted from 0) gets that fault when
     n % period == phase. Requests beyond ``max_requests`` are forwarded untouched (bounded disturbance)."""
 
-    def __init__(self, upstream_port: int, every: dict[str, tuple[int, int]], stall_s: float = 1.0,
-                 max_requests: int = 100_000) -> None:
+    def __init__(
+        self, upstream_port: int, every: dict[str, tuple[int, int]], stall_s: float = 1.0, max_requests: int = 100_000
+    ) -> None:
         self.upstream_port, self.every, self.stall_s, self.max_requests = upstream_port, every, stall_s, max_requests
         self.faults: Counter[str] = Counter()
         self.requests = 0

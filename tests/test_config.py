@@ -84,9 +84,21 @@ def test_fingerprint_changes_with_settings():
     a = parse_config({})
     b = parse_config({"train": {"seed": 1}})
     assert a.stage_fingerprint("backbone") != b.stage_fingerprint("backbone")
-    elsewhere = parse_config({"train": {"bundle": "s3://b/x", "checkpoint_path": "/tmp/c", "overwrite": True,
-                                        "max_failures": 1, "torch_threads": 2, "cache_max_bytes": 10}})
-    assert a.stage_fingerprint("backbone") == elsewhere.stage_fingerprint("backbone"), "the destination does not change the fit"
+    elsewhere = parse_config(
+        {
+            "train": {
+                "bundle": "s3://b/x",
+                "checkpoint_path": "/tmp/c",
+                "overwrite": True,
+                "max_failures": 1,
+                "torch_threads": 2,
+                "cache_max_bytes": 10,
+            }
+        }
+    )
+    assert a.stage_fingerprint("backbone") == elsewhere.stage_fingerprint("backbone"), (
+        "the destination does not change the fit"
+    )
 
 
 def test_stage_fingerprints_follow_what_each_stage_reads():
@@ -97,8 +109,9 @@ def test_stage_fingerprints_follow_what_each_stage_reads():
     backbone = parse_config({"model": {"backbone": {"widths": [8, 8, 8, 8]}}})
     assert base.stage_fingerprint("layerwise") != backbone.stage_fingerprint("layerwise"), "it reads the backbone"
     assert base.stage_fingerprint("ddpm") == backbone.stage_fingerprint("ddpm")
-    test_time = parse_config({"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5},
-                                        "backbone": {"flip_tta": True}}})
+    test_time = parse_config(
+        {"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5}, "backbone": {"flip_tta": True}}}
+    )
     assert all(base.stage_fingerprint(s) == test_time.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
     data = parse_config({"train": {"data": ["other.parquet"]}})
     assert all(base.stage_fingerprint(s) != data.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))

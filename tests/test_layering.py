@@ -141,7 +141,9 @@ FORBIDDEN = {
 def test_no_package_imports_a_layer_above_it():
     graph = import_graph()
     upward = sorted(
-        (module, imported) for module, imports in graph.items() for imported in imports
+        (module, imported)
+        for module, imports in graph.items()
+        for imported in imports
         if _package(imported) in FORBIDDEN.get(_package(module), set())
     )
     assert upward == []

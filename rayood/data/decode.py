@@ -20,7 +20,6 @@ from rayood.config import IMAGE_EXTENSIONS
 from rayood.report.columns import STATUS_ERROR, STATUS_OK
 
 
-
 class DecodeError(ValueError):
     """Why one input could not become pixels."""
 
@@ -86,7 +85,9 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
             Image.MAX_IMAGE_PIXELS = limits.max_pixels
             image = Image.open(io.BytesIO(data), formats=limits.formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecodeError(f"image too large (decompression bomb guard, max_pixels {limits.max_pixels}): {error}") from None
+        raise DecodeError(
+            f"image too large (decompression bomb guard, max_pixels {limits.max_pixels}): {error}"
+        ) from None
     except UnidentifiedImageError:  # PIL's message names the BytesIO object's address: one message per row
         raise DecodeError(f"not an image: none of the formats {', '.join(limits.formats)} recognises it") from None
     except Exception as error:  # a known format whose header is cut short or damaged
@@ -205,9 +206,7 @@ class BatchDecoder:
         ids, id_problems = ids_as_text(batch.column(self.id_column))
         count = len(images)
         pixels = np.zeros((count, self.size, self.size, 3), dtype=np.uint8)
-        errors: list[str | None] = (
-            batch.column(self.error_column).to_pylist() if self.error_column else [None] * count
-        )
+        errors: list[str | None] = batch.column(self.error_column).to_pylist() if self.error_column else [None] * count
         for row, data in enumerate(images):
             if ids[row] is None:
                 errors[row] = f"missing id (null in column {self.id_column!r})"

@@ -214,7 +214,9 @@ def render(summary: dict, report_uri: str) -> str:
         lines.append(f"  error: {count} x {kind}")
     evaluation = summary.get("evaluation", {})
     if "scores" in evaluation:
-        lines.append(f"  evaluation on {evaluation['truth_column']!r}: {evaluation['id_rows']} ID vs {evaluation['ood_rows']} OOD rows")
+        lines.append(
+            f"  evaluation on {evaluation['truth_column']!r}: {evaluation['id_rows']} ID vs {evaluation['ood_rows']} OOD rows"
+        )
         lines.append(f"    {'score':<18}{'AUROC':>8}{'FPR@95':>8}")
         for name, metrics in evaluation["scores"].items():
             lines.append(f"    {name:<18}{metrics['auroc']:>8.4f}{metrics['fpr_at_95_tpr']:>8.4f}")

@@ -38,7 +38,9 @@ def load_state(checkpoint: ray.train.Checkpoint) -> dict:
 def log_epoch(what: str, metrics: dict, progress: Queue | None = None) -> None:
     """Rank 0 logs (the worker log; the console with --verbose) and hands the metrics to the driver's progress."""
     if ray.train.get_context().get_world_rank() == 0:
-        log.info("%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        log.info(
+            "%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        )
         report_epoch(progress, what, metrics)
 
 
@@ -82,8 +84,11 @@ class EmaRun:
 
     def state(self, epoch: int, step: int) -> dict:
         state = {
-            "model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": step,
+            "model": unwrap(self.model).state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
@@ -91,8 +96,14 @@ class EmaRun:
 
 
 def run_epochs(
-    stage: str, config: dict, start_epoch: int, epochs: int, checkpoint_every: int,
-    train_epoch: Callable[[int], dict], state: Callable[[int], dict], resumed: dict | None,
+    stage: str,
+    config: dict,
+    start_epoch: int,
+    epochs: int,
+    checkpoint_every: int,
+    train_epoch: Callable[[int], dict],
+    state: Callable[[int], dict],
+    resumed: dict | None,
 ) -> None:
     """The epoch loop of every stage: ``train_epoch(epoch)`` trains one epoch and returns its metrics; rank 0 logs
     them and hands them to the driver's progress line; every ``checkpoint_every`` epochs and after the last one,

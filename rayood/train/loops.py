@@ -58,8 +58,11 @@ def _start_worker(stage: str, config: dict) -> tuple[ModelSettings, int, torch.d
 
 def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
     return CachedShard.load(
-        ray.train.get_dataset_shard("train"), settings.preprocess.native_size, config["label_column"],
-        config["class_names"], config["cache_max_bytes"],
+        ray.train.get_dataset_shard("train"),
+        settings.preprocess.native_size,
+        config["label_column"],
+        config["class_names"],
+        config["cache_max_bytes"],
     )
 
 
@@ -104,14 +107,21 @@ def backbone_loop(config: dict) -> None:
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         epoch_s = time.perf_counter() - started
         epochs_s += epoch_s
-        return {"loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                "epoch_s": round(epoch_s, 1), "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
-                "worker_rows": worker_rows}
+        return {
+            "loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "epoch_s": round(epoch_s, 1),
+            "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
+            "worker_rows": worker_rows,
+        }
 
     def state(done: int) -> dict:
         saved_state = {
-            "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
-            "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
+            "model": unwrap(model).backbone.state_dict(),
+            "heads": unwrap(model).heads_state(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": done,
+            "step": step,
         }
         if lookahead is not None:
             saved_state["lookahead"] = lookahead.state_dict()
@@ -194,14 +204,23 @@ def layerwise_loop(config: dict) -> None:
         denoiser.train()
         loss_sum = 0.0
         for rows in epochs.batches():
-            loss_sum += denoiser_step(denoiser, schedule, optimizer, z0_all[rows], settings.layerwise.timesteps,
-                                      epochs.generator)
+            loss_sum += denoiser_step(
+                denoiser, schedule, optimizer, z0_all[rows], settings.layerwise.timesteps, epochs.generator
+            )
             step += 1
             ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
         return {"loss": loss_sum / max(epochs.steps, 1), "worker_rows": worker_rows}
 
-    run_epochs("layerwise", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
-               lambda done: run.state(done, step), run.resumed)
+    run_epochs(
+        "layerwise",
+        config,
+        start_epoch,
+        optim.epochs,
+        optim.checkpoint_every,
+        train_epoch,
+        lambda done: run.state(done, step),
+        run.resumed,
+    )
 
 
 def head_loop(config: dict) -> None:
@@ -232,11 +251,22 @@ def head_loop(config: dict) -> None:
             seen += len(rows)
             step += 1
             ema_update(ema, unwrap(model), optim.ema_decay, step)
-        return {"loss": loss_sum / max(epochs.steps, 1), "train_accuracy": correct / max(1, seen),
-                "worker_rows": worker_rows}
+        return {
+            "loss": loss_sum / max(epochs.steps, 1),
+            "train_accuracy": correct / max(1, seen),
+            "worker_rows": worker_rows,
+        }
 
-    run_epochs("head", config, run.start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
-               lambda done: run.state(done, step), run.resumed)
+    run_epochs(
+        "head",
+        config,
+        run.start_epoch,
+        optim.epochs,
+        optim.checkpoint_every,
+        train_epoch,
+        lambda done: run.state(done, step),
+        run.resumed,
+    )
 
 
 def ddpm_loop(config: dict) -> None:
@@ -246,7 +276,14 @@ def ddpm_loop(config: dict) -> None:
     optim = DiffusionOptimSettings.model_validate(config["optim"])
     class_names: list[str] = config["class_names"]
     run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
-    unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
+    unet, ema, optimizer, warmup, start_epoch, step = (
+        run.model,
+        run.ema,
+        run.optimizer,
+        run.scheduler,
+        run.start_epoch,
+        run.step,
+    )
     schedule = ddp_schedule(settings.ddp)
     data = _cached_shard(config, settings)
     worker_rows = _rows_per_worker(len(data))
@@ -273,5 +310,13 @@ def ddpm_loop(config: dict) -> None:
             batches += 1
         return {"loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
 
-    run_epochs("ddpm", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
-               lambda done: run.state(done, step), run.resumed)
+    run_epochs(
+        "ddpm",
+        config,
+        start_epoch,
+        optim.epochs,
+        optim.checkpoint_every,
+        train_epoch,
+        lambda done: run.state(done, step),
+        run.resumed,
+    )

@@ -35,11 +35,19 @@ class DetectorStage:
 
 STAGES: dict[str, DetectorStage] = {  # by detector family (``detectors/registry.py``)
     "layerwise": DetectorStage(
-        "layerwise", layerwise_loop, lambda train: train.layerwise,
-        lambda config, backbone: {"stage_dims": backbone.stage_dims}, LAYERWISE_FILE, reads_features=True,
+        "layerwise",
+        layerwise_loop,
+        lambda train: train.layerwise,
+        lambda config, backbone: {"stage_dims": backbone.stage_dims},
+        LAYERWISE_FILE,
+        reads_features=True,
     ),
     "ddp": DetectorStage(
-        "ddpm", ddpm_loop, lambda train: train.ddpm, lambda config, backbone: {"augment": list(config.train.augment)},
-        DDPM_FILE, reads_features=False,
+        "ddpm",
+        ddpm_loop,
+        lambda train: train.ddpm,
+        lambda config, backbone: {"augment": list(config.train.augment)},
+        DDPM_FILE,
+        reads_features=False,
     ),
 }
