@@ -139,9 +139,8 @@ def main() -> None:
         spread = draws.mean(0).std()
         rel_se = float(draws.std(0).mean() / np.sqrt(settings.draws) / spread)
         steps = sum(level // settings.stride + 1 for level in settings.levels) * settings.draws * 2
-        print(
-            f"| {name} | {steps} | {rate:.1f} | {kept:.3f} | {rel_se:.3f} | {auroc(scores[is_id], scores[~is_id]):.4f} |"
-        )
+        separation = auroc(scores[is_id], scores[~is_id])
+        print(f"| {name} | {steps} | {rate:.1f} | {kept:.3f} | {rel_se:.3f} | {separation:.4f} |")
 
 
 if __name__ == "__main__":

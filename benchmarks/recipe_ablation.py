@@ -1,6 +1,7 @@
 """Does a backbone recipe choice help the detectors? Quick fits that differ in one setting.
 
-    python benchmarks/recipe_ablation.py --data ../cifar10-lossless [--epochs 4] [--set train.backbone.label_smoothing=0.0]
+    python benchmarks/recipe_ablation.py --data ../cifar10-lossless [--epochs 4] \
+        [--set train.backbone.label_smoothing=0.0]
 
 ``--data`` is the lossless CIFAR-10 benchmark (``../shared/data/lossless/README.md``). Fits the config's backbone
 once as configured and once per ``--set`` override (plain loop, no Ray) on ``cifar10_train.parquet`` less the

@@ -1,6 +1,7 @@
 """Training overhead: the backbone stage under Ray Train (1 worker) vs a plain PyTorch loop.
 
-    python benchmarks/train_overhead.py --data ../shared/data/cifar10_train.parquet [...] [--config configs/cifar10.yaml]
+    python benchmarks/train_overhead.py --data ../shared/data/cifar10_train.parquet [...] \
+        [--config configs/cifar10.yaml]
         [--epochs 3] [--gpu]
 
 Both fit the config's backbone with the same objective, augmentation, optimiser, epochs and batch size on the

@@ -1,4 +1,6 @@
-"""Audit a corpus for drift against a reference: ``python jobs/audit.py --bundle URI --reference URI --target URI [--by COLUMN] --output DIR``.
+"""Audit a corpus for drift against a reference.
+
+    python jobs/audit.py --bundle URI --reference URI --target URI [--by COLUMN] --output DIR
 
 --reference and --target are corpora (screened here, with embeddings) or finished reports (reused).
 Writes OUTPUT/audit.json and OUTPUT/audit.html. See README, "Auditing a corpus for drift".

@@ -1,4 +1,6 @@
-"""Keep or reject the images of a finished report with Benjamini-Hochberg: ``python jobs/filter.py --report URI --fdr Q --output DIR [--score NAME]``.
+"""Keep or reject the images of a finished report with Benjamini-Hochberg.
+
+    python jobs/filter.py --report URI --fdr Q --output DIR [--score NAME]
 
 Writes DIR/keep.parquet, DIR/reject.parquet (expected fraction of ID images among the rejected <= Q),
 DIR/errors.parquet (rows that could not be scored), DIR/review.html (a page to look at before deleting anything)

@@ -1,4 +1,6 @@
-"""Screen a corpus for OOD images: ``python jobs/screen.py [--config C] [--input URI ...] [--output URI] [--bundle URI]``.
+"""Screen a corpus for OOD images.
+
+    python jobs/screen.py [--config C] [--input URI ...] [--output URI] [--bundle URI]
 
 With no arguments it runs the embedded demo: builds the demo corpus, fits a bundle if none exists, screens.
 """

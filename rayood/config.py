@@ -265,7 +265,8 @@ class MahalanobisSettings(_Strict):
     normalise: bool = Field(
         default=True,
         description="fit and score L2-normalised penultimate features (Mueller & Hein 2025, Mahalanobis++): raw "
-        "features of OOD images have small norms that sit close to every class mean (CIFAR-10: far AUROC 41 raw, 80 normalised)",
+        "features of OOD images have small norms that sit close to every class mean (CIFAR-10: far AUROC 41 raw, "
+        "80 normalised)",
     )
 
 
@@ -383,8 +384,8 @@ class OptimSettings(_Strict):
 
 class BackboneOptimSettings(OptimSettings):
     """How the backbone is fitted. ``cross_entropy`` needs nothing else; ``rotation`` adds rotation prediction
-    (Hendrycks et al., 2019; OpenOOD's RotPred) and needs ``model.backbone.rotation_head``; the contrastive objectives train a
-    projection head and the ALPA heads alongside and a linear classifier on detached features (so the
+    (Hendrycks et al., 2019; OpenOOD's RotPred) and needs ``model.backbone.rotation_head``; the contrastive objectives
+    train a projection head and the ALPA heads alongside and a linear classifier on detached features (so the
     classifier baselines still have logits). ``alpa_finetune`` starts from ``model.backbone.init_weights``.
     ALPA aligns every pair of the batch's 2 x batch_size crops, token by token: its memory grows with the batch
     squared (cifar_fast's 3 x 3 map, alpa_dim 80: batch 512 took the worker to 19.6 GB, 128 to 2.1 GB)."""

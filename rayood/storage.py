@@ -4,8 +4,9 @@ Everything goes through ``pyarrow.fs`` so that the same filesystem object serves
 writes, Ray Train checkpoints and bundle files. ``s3://`` uses pyarrow's native S3 client (its retries and
 the AWS credential chain), or s3fs where ``s3.client`` says so (profiles, requester-pays); any other scheme
 (``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``, ...) goes through fsspec, wrapped as
-``PyFileSystem(FSSpecHandler(...))`` so that the rest of rayood keeps one code path. The objects are built from the URI, config and environment only (no secret inside), so they
-pickle cheaply to every Ray task, and each process finds credentials the way that filesystem's package does.
+``PyFileSystem(FSSpecHandler(...))`` so that the rest of rayood keeps one code path. The objects are built
+from the URI, config and environment only (no secret inside), so they pickle cheaply to every Ray task, and
+each process finds credentials the way that filesystem's package does.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def test_mmd_holds_its_level_and_rejects_a_shift():
     same = rejection_rate(draw(0.0), 3)
     shifted = rejection_rate(draw(0.6), 4)
     print(
-        f"MMD (120 vs 120, 16-d, 200 permutations): rejection rate {same:.3f} on ID vs ID, {shifted:.3f} on a 0.6 sd shift in one dimension"
+        f"MMD (120 vs 120, 16-d, 200 permutations): rejection rate {same:.3f} on ID vs ID, "
+        f"{shifted:.3f} on a 0.6 sd shift in one dimension"
     )
     assert abs(same - LEVEL) <= TOLERANCE
     assert shifted > LEVEL + TOLERANCE
@@ -81,7 +82,8 @@ def test_flag_rate_test_holds_its_level_where_a_binomial_test_does_not():
         exact.append(result["pvalue"] < LEVEL)
         binomial.append(binomtest(result["flagged"], 1000, LEVEL, alternative="greater").pvalue < LEVEL)
     print(
-        f"flag rate (1000 vs 200 calibration): rejection rate {np.mean(exact):.3f} beta-binomial, {np.mean(binomial):.3f} binomial"
+        f"flag rate (1000 vs 200 calibration): rejection rate {np.mean(exact):.3f} beta-binomial, "
+        f"{np.mean(binomial):.3f} binomial"
     )
     assert np.mean(exact) <= LEVEL + TOLERANCE
     assert np.mean(binomial) > LEVEL + TOLERANCE

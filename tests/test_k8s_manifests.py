@@ -127,7 +127,8 @@ def test_cluster_specs_are_what_kuberay_expects():
                 f"{where} {group['groupName']}: set minReplicas, replicas, maxReplicas"
             )
             assert 0 <= low <= replicas <= high and high >= 1, (
-                f"{where} {group['groupName']}: need 0 <= minReplicas <= replicas <= maxReplicas, got {low}, {replicas}, {high}"
+                f"{where} {group['groupName']}: need 0 <= minReplicas <= replicas <= maxReplicas, "
+                f"got {low}, {replicas}, {high}"
             )
         for role, pod in pod_specs(spec):
             assert pod.get("containers"), f"{where} {role}: template.spec.containers is empty"

@@ -155,10 +155,11 @@ def _screen_killing_the_node(
 def _pool_warnings(head: Head, min_actors: int) -> list[str]:
     """What ``check_room_for_decoding`` warns, from a client of the two-node cluster, for a fixed pool of
     ``min_actors`` one-CPU actors."""
-    code = (
+    code = (  # RAY_ADDRESS: a joined cluster
         "import logging, ray; logging.basicConfig(level=logging.WARNING); ray.init(logging_level=logging.ERROR)\n"
-        "from rayood.config import RaySettings, ScreenSettings; from rayood.scoring.pool import check_room_for_decoding\n"
-        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), RaySettings())"  # RAY_ADDRESS: a joined cluster
+        "from rayood.config import RaySettings, ScreenSettings\n"
+        "from rayood.scoring.pool import check_room_for_decoding\n"
+        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), RaySettings())"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env=head.env(), cwd=REPO, capture_output=True, text=True, timeout=120

@@ -196,7 +196,8 @@ def plan_source(
 ) -> SourcePlan:
     """Classify one URI: a Parquet file or directory of them, a WebDataset shard (``.tar``) or directory of
     them, a directory of images, or ``synthetic://N`` (N images made on the fly). Extra columns of a WebDataset
-    come from its samples and may be null. A URI ending in ``/`` is always listed as a directory (an HTTP server's index page)."""
+    come from its samples and may be null. A URI ending in ``/`` is always listed as a directory (an HTTP
+    server's index page)."""
     if uri.startswith(SYNTHETIC):
         if extra_columns:
             raise InputError(f"{uri} is a synthetic corpus, which has no columns {list(extra_columns)} to pass through")

@@ -7,9 +7,9 @@ extension or starts with a dot (``._000000001.jpg`` from macOS tar) are not part
 
 Everything here walks a shard through its tar headers with :mod:`tarfile` over a seekable
 ``pyarrow.fs`` file: counting samples skips member data (locally it reads only the headers), and reading
-a shard holds one sample in memory at a time whatever the shard's size. A shard that ends early or holds a damaged header yields the samples
-before the break and then exactly one :class:`BrokenSample` naming the shard; counting and reading walk the
-same way, so the planned row count is the row count read.
+a shard holds one sample in memory at a time whatever the shard's size. A shard that ends early or holds a
+damaged header yields the samples before the break and then exactly one :class:`BrokenSample` naming the
+shard; counting and reading walk the same way, so the planned row count is the row count read.
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ def _mapped_bank(files: BundleFiles) -> np.ndarray:
     expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], feature_dim(manifest))
     if bank.shape != tuple(expected) or bank.dtype != np.float32:
         raise BundleError(
-            f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, the manifest says {expected} float32"
+            f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, "
+            f"the manifest says {expected} float32"
         )
     return bank
 

@@ -63,8 +63,8 @@ def _figures(summary: dict, report_uri: str) -> Markup:
         else "no threshold"
     )
     return Markup(
-        f'<p class="verdict">{text(decision["flagged"])} of {text(summary["ok"])} scored rows flagged out-of-distribution '
-        f"({decision['flagged_fraction']:.1%})</p>"
+        f'<p class="verdict">{text(decision["flagged"])} of {text(summary["ok"])} scored rows flagged '
+        f"out-of-distribution ({decision['flagged_fraction']:.1%})</p>"
         f"<p>Report {text(report_uri)}; bundle {text(summary['bundle_id'])}. Rows {text(summary['rows'])} (expected "
         f"{text(summary['expected_rows'])}): scored {text(summary['ok'])}, errors {text(summary['errors'])}; "
         f"{text(timings['rows_per_s'])} rows/s over {text(timings['elapsed_s'])} s.<br>is_ood: p &le; "

@@ -3,7 +3,8 @@ feature denoiser and DDP's DDPM.
 
 Each loop reads its worker's shard once (decoded pixels, or the fit's feature cache: ``references.py``),
 shuffles it whole every epoch and says what one epoch does; ``harness.py`` runs the epochs, logs, checkpoints
-and resumes the same way for all of them, and ``steps.py`` what one step (the backbone: one epoch) computes, in plain torch.
+and resumes the same way for all of them, and ``steps.py`` what one step (the backbone: one epoch) computes, in
+plain torch.
 """
 
 from __future__ import annotations
