@@ -29,6 +29,7 @@ import platform
 import posixpath
 import uuid
 from datetime import datetime, timezone
+from importlib import metadata
 from typing import Annotated
 
 import numpy as np
@@ -126,20 +127,12 @@ def promote_bundle(staged: Location, target: Location) -> None:
 
 
 def library_versions() -> dict[str, str]:
-    import ray
-    import torch
-    import torchvision
-
+    """The versions a bundle or report was made with, from the installed packages' metadata: importing torch
+    and Ray to ask them would cost a torch-free reader seconds and hundreds of MiB."""
     from rayood import __version__
 
-    return {
-        "rayood": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ray": ray.__version__,
-        "pyarrow": pa.__version__,
-        "python": platform.python_version(),
-    }
+    installed = {name: metadata.version(name) for name in ("torch", "torchvision", "ray", "pyarrow")}
+    return {"rayood": __version__, **installed, "python": platform.python_version()}
 
 
 def utc_now() -> str:

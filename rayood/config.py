@@ -17,7 +17,6 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rayood.detectors.registry import score_names
 from rayood.report.columns import COMPUTED_COLUMNS, COMPUTED_PREFIXES
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -361,15 +360,6 @@ class ModelSettings(_Strict):
             preprocess = preprocess.model_dump(exclude_unset=True)
         return {**data, "preprocess": {**_weights_preprocessing(weights), **preprocess}}
 
-    @model_validator(mode="after")
-    def _fused_scores_exist(self) -> ModelSettings:
-        if not self.fusion.scores:
-            return self
-        unknown = sorted(set(self.fusion.scores) - set(score_names(self)))
-        if unknown:
-            raise ValueError(f"fusion.scores {unknown} are not scores of this model: {score_names(self)}")
-        return self
-
 
 class OptimSettings(_Strict):
     epochs: int = Field(default=10, ge=0)
@@ -378,8 +368,14 @@ class OptimSettings(_Strict):
     )
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between checkpoints")
+
+
+class EmaOptimSettings(OptimSettings):
+    """A model fitted with AdamW whose exponential moving average is what the bundle keeps (the linear head on a
+    frozen encoder, the diffusion models)."""
+
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
 
 
 class BackboneOptimSettings(OptimSettings):
@@ -413,8 +409,18 @@ class BackboneOptimSettings(OptimSettings):
     lookahead: bool = Field(default=False, description="pull the weights to their running average every 5 steps")
     whitening_bias_epochs: int = Field(default=3, ge=0, description="cifar_fast: epochs the whitening bias trains")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moving_average(cls, data: object) -> object:
+        if isinstance(data, dict) and "ema_decay" in data:
+            raise ValueError(
+                "ema_decay: the backbone keeps no moving average of its weights (earlier versions accepted this key "
+                "and ignored it); remove it. Its weight averaging is lookahead"
+            )
+        return data
 
-class DiffusionOptimSettings(OptimSettings):
+
+class DiffusionOptimSettings(EmaOptimSettings):
     warmup_steps: int = Field(default=500, ge=0, description="linear learning-rate warm-up")
     grad_clip: float = Field(default=1.0, gt=0)
     timesteps: Literal["all", "levels"] = Field(
@@ -458,12 +464,12 @@ class TrainSettings(_Strict):
         default=8 * 2**30, ge=1, description="decoded training pixels one worker may hold in memory (uint8)"
     )
     backbone: BackboneOptimSettings = BackboneOptimSettings(epochs=10, lr=0.05)
-    head: OptimSettings = Field(
-        default=OptimSettings(epochs=30, batch_size=256, lr=1e-3, checkpoint_every=10),
+    head: EmaOptimSettings = Field(
+        default=EmaOptimSettings(epochs=30, batch_size=256, lr=1e-3, checkpoint_every=10),
         description="backbone.epochs 0 (a frozen encoder): the linear classifier on its cached penultimate vectors, "
         "which gives the classifier scores and the held-out accuracy; epochs 0 keeps the loaded head",
     )
-    layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
+    layerwise: EmaOptimSettings = EmaOptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
     ddpm: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
 
 

@@ -51,7 +51,7 @@ from rayood.bundle import (
     write_manifest,
 )
 from rayood.bundle_files import state_dict_bytes
-from rayood.config import TORCHVISION_WEIGHTS, ConfigError, RayoodConfig, TrainSettings
+from rayood.config import TORCHVISION_WEIGHTS, ConfigError, ModelSettings, RayoodConfig, TrainSettings
 from rayood.data.decode import DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
@@ -253,6 +253,14 @@ def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
     return corpus
 
 
+def _check_fused_scores(model: ModelSettings) -> None:
+    """Named fused scores must be scores this model reports (the settings cannot tell: the detector registry, which
+    knows the scores, sits above them)."""
+    unknown = sorted(set(model.fusion.scores) - set(score_names(model)))
+    if unknown:
+        raise ConfigError(f"model.fusion.scores {unknown} are not scores of this model: {score_names(model)}")
+
+
 def fit(config: RayoodConfig) -> str:
     """Fit every model of a bundle and write it; returns the bundle URI."""
     train = config.train
@@ -260,6 +268,7 @@ def fit(config: RayoodConfig) -> str:
         raise ConfigError("train.data is not set (the ID corpus to fit on)")
     if not train.bundle:
         raise ConfigError("train.bundle is not set (where to write the model bundle)")
+    _check_fused_scores(config.model)
     labelled = config.model.backbone.classifier
     plans = plan_sources(
         train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,) if labelled else ()

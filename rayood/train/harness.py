@@ -21,7 +21,7 @@ import torch
 from ray.util.queue import Queue
 from torch import nn
 
-from rayood.config import OptimSettings
+from rayood.config import EmaOptimSettings
 from rayood.train.progress import report_epoch
 from rayood.train.steps import unwrap
 
@@ -59,7 +59,12 @@ class EmaRun:
     linear warm-up, restored from ``ray.train.get_checkpoint()`` when this run was interrupted before."""
 
     def __init__(
-        self, stage: str, model: nn.Module, optim: OptimSettings, device: torch.device, warmup_steps: int | None = None
+        self,
+        stage: str,
+        model: nn.Module,
+        optim: EmaOptimSettings,
+        device: torch.device,
+        warmup_steps: int | None = None,
     ):
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)

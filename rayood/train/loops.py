@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
+from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, EmaOptimSettings, ModelSettings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.ddp import ddp_schedule
 from rayood.detectors.layerwise import schedule_for
@@ -191,7 +191,7 @@ def _steps_per_epoch(rows: int, batch_size: int, device: torch.device) -> int:
 def layerwise_loop(config: dict) -> None:
     """Fit the LFDN: t ~ U{0..T-1}, loss = MSE(LFDN(z_t, t), z0), AdamW, EMA of the weights."""
     settings, rank, device = _start_worker("layerwise", config)
-    optim = OptimSettings.model_validate(config["optim"])
+    optim = EmaOptimSettings.model_validate(config["optim"])
     z0_all = _cached_features(["layers"], {"layers": sum(config["stage_dims"])}, device)["layers"].float()
     worker_rows = _rows_per_worker(len(z0_all))
 
@@ -228,7 +228,7 @@ def head_loop(config: dict) -> None:
     """Fit the linear classifier of a frozen encoder on its cached penultimate vectors (a linear probe):
     cross-entropy, AdamW, EMA of the weights."""
     settings, rank, device = _start_worker("head", config)
-    optim = OptimSettings.model_validate(config["optim"])
+    optim = EmaOptimSettings.model_validate(config["optim"])
     cached = _cached_features(["penultimate", "class"], {"penultimate": config["feature_dim"]}, device)
     features, classes = cached["penultimate"].float(), cached["class"].long()
     worker_rows = _rows_per_worker(len(features))
