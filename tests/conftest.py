@@ -8,7 +8,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import pytest
 
 from rayood.config import RayoodConfig, parse_config
 from rayood.data.demo import build_demo
+from tests.cluster import free_port
 
 TINY_MODEL = {
     "preprocess": {"native_size": 32, "input_size": 32, "mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]},
@@ -133,12 +133,6 @@ def tiny_bundle(ray_cluster, demo_data, fixture_cache, tmp_path_factory) -> str:
     return str(copy / "tiny")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # moto's credentials, in the environment before any Ray worker or job process starts: rayood never ships
 # S3 keys in task arguments, so every process must find them in its own environment, as on a real cluster.
 for _key, _value in {
@@ -155,7 +149,7 @@ def s3_server():
     so in-process mocks would be invisible to them. Credentials go through the standard variables."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

@@ -37,6 +37,13 @@ from rayood.train.steps import BackboneEpoch, ddpm_step, denoiser_step, ema_upda
 log = logging.getLogger(__name__)
 
 
+def worker_seed(seed: int, rank: int, epoch: int | None = None) -> int:
+    """The seed of one worker's random stream, or of one epoch of it: distinct per rank and epoch, and the same
+    on a rerun, so that a resumed epoch draws what the interrupted one drew."""
+    stream = seed * 1000 + rank
+    return stream if epoch is None else stream * 1000 + epoch
+
+
 def _batch_images(batch: pa.Table, size: int, device: torch.device) -> torch.Tensor:
     return uint8_to_unit(torch.from_numpy(pixels_from_column(batch.column("pixels"), size).copy())).to(device)
 
@@ -96,14 +103,14 @@ def backbone_loop(config: dict) -> None:
     size = settings.preprocess.native_size
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(data), batch_size, device)
-    augmenter = Augmenter(config["augment"], len(data), config["seed"] * 1000 + rank)
+    augmenter = Augmenter(config["augment"], len(data), worker_seed(config["seed"], rank))
     views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
     epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, batch_size, device)
     epochs_s = 0.0
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step, epochs_s
-        generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
+        generator = torch.Generator().manual_seed(worker_seed(config["seed"], rank, epoch))
         started = time.perf_counter()
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         epoch_s = time.perf_counter() - started
@@ -155,7 +162,7 @@ class CachedEpochs:
         self.rows, self.device = rows, device
         self.batch_size = _worker_batch(global_batch)
         self.steps = _steps_per_epoch(rows, self.batch_size, device)
-        self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
+        self.generator = torch.Generator().manual_seed(worker_seed(seed, rank))
 
     def batches(self):
         """One epoch: ``steps`` batches of row indices."""
@@ -297,7 +304,7 @@ def ddpm_loop(config: dict) -> None:
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         unet.train()
-        generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
+        generator = torch.Generator().manual_seed(worker_seed(config["seed"], rank, epoch))
         loss_sum, batches = 0.0, 0
         for index in data.epoch_batches(batch_size, steps, generator):
             x0 = flip(data.images(index, device), generator) * 2 - 1
