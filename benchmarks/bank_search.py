@@ -137,7 +137,7 @@ def synthetic(args: argparse.Namespace) -> dict:
 def _region_vectors(bundle, path: str, limit: int) -> torch.Tensor:
     import pyarrow.parquet as pq
 
-    from rayood.data.decode import decode_image
+    from rayood.data.decode import decode_images
     from rayood.detectors.multiscale import search_vectors
     from rayood.models.backbones import uint8_to_unit
 
@@ -146,8 +146,8 @@ def _region_vectors(bundle, path: str, limit: int) -> torch.Tensor:
     vectors = []
     with torch.no_grad():
         for start in range(0, table.num_rows, 500):
-            images = [decode_image(b, size) for b in table.column("image").slice(start, 500).to_pylist()]
-            pixels = uint8_to_unit(torch.from_numpy(np.stack(images)))
+            images = decode_images(table.column("image").slice(start, 500).to_pylist(), size)
+            pixels = uint8_to_unit(torch.from_numpy(images))
             features, mirror = bundle.backbone.features(pixels), bundle.backbone.features(pixels.flip(3))
             vectors.append(search_vectors(features, mirror, bundle.settings.multiscale))
     return torch.cat(vectors)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rayood.bundle_models import load_bundle
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.ddp import guided_ddim
 from rayood.models.backbones import uint8_to_unit
 from rayood.models.diffusion import noise_for_ids
@@ -45,7 +45,7 @@ def _sample(path: Path, count: int, size: int) -> tuple[torch.Tensor, np.ndarray
     table = pq.read_table(path)
     rows = np.sort(np.random.default_rng(0).choice(table.num_rows, min(count, table.num_rows), replace=False))
     table = table.take(rows)
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     return uint8_to_unit(torch.from_numpy(pixels)), table.column("label").to_numpy(), table.column("id").to_pylist()
 
 

@@ -26,11 +26,11 @@ import torch
 
 from rayood.bundle_models import load_bundle
 from rayood.config import DDPSettings
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.ddp import DDPDetector, guided_ddim
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
-from rayood.train.id_sample import in_sample
+from rayood.train.id_sample import in_calibration_split
 
 MC_DRAWS = 4  # single-draw scores per held-out ID image, to estimate the Monte-Carlo error of r draws
 SETTINGS = {
@@ -43,7 +43,7 @@ SETTINGS = {
 
 
 def load_pixels(table, size: int) -> torch.Tensor:
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     return uint8_to_unit(torch.from_numpy(pixels))
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     fit_table = pq.read_table(args.fit_data)
     fraction, seed = manifest["data"]["calibration_fraction"], manifest["data"]["split_seed"]
     held_out = fit_table.filter(
-        pa.array([in_sample(i, fraction, seed, salt="") for i in fit_table.column("id").to_pylist()])
+        pa.array([in_calibration_split(i, fraction, seed) for i in fit_table.column("id").to_pylist()])
     )
     held_out = held_out.slice(0, args.id_limit)
     id_images, id_ids = load_pixels(held_out, size).to(device), held_out.column("id").to_pylist()

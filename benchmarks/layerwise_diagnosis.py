@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rayood.bundle_models import load_bundle
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.layerwise import LayerwiseDetector, layer_features
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
@@ -41,11 +41,11 @@ def features(bundle, path: str, rows: int, batch: int = 64) -> dict[str, object]
     if rows < table.num_rows:
         table = table.take(np.sort(np.random.default_rng(0).choice(table.num_rows, rows, replace=False)))
     size = bundle.settings.preprocess.native_size
-    images = [decode_image(item.as_py(), size) for item in table.column("image")]
+    images = decode_images(table.column("image").to_pylist(), size)
     z0, penultimate = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            pixels = torch.from_numpy(np.stack(images[start : start + batch]))
+            pixels = torch.from_numpy(images[start : start + batch])
             out = bundle.backbone.features(uint8_to_unit(pixels))
             z0.append(layer_features(out.stage_maps))
             penultimate.append(out.penultimate.float())

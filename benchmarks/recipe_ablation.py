@@ -27,7 +27,7 @@ import torch
 from plain_fit import plain_fit
 
 from rayood.config import RayoodConfig, load_config, parse_config
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.baselines import classifier_scores
 from rayood.detectors.knn import kth_neighbour_distance, normalise
 from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
@@ -36,7 +36,7 @@ from rayood.detectors.synthetic import synthetic_outliers
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
 from rayood.train.cache import CachedShard
-from rayood.train.id_sample import in_sample
+from rayood.train.id_sample import in_calibration_split
 
 KNN_K = 50
 OOD_SETS = {"tin": "tin32_val", "cifar100": "cifar100_32", "mnist": "mnist32_test", "textures": "dtd32"}
@@ -44,7 +44,7 @@ SWEEP_ROWS = 1000
 
 
 def _decoded(table, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     return pixels, table.column("label").to_numpy().astype(np.int64)
 
 
@@ -60,7 +60,7 @@ def _split(path: Path, config: RayoodConfig) -> tuple[tuple[np.ndarray, np.ndarr
     table = pq.read_table(path)
     held = np.array(
         [
-            in_sample(i, config.train.calibration_fraction, config.train.seed, salt="")
+            in_calibration_split(i, config.train.calibration_fraction, config.train.seed)
             for i in table.column("id").to_pylist()
         ]
     )

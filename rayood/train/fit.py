@@ -66,7 +66,7 @@ from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.storage import Location, resolve
 from rayood.train.harness import load_state
-from rayood.train.id_sample import in_sample
+from rayood.train.id_sample import in_calibration_split
 from rayood.train.loops import backbone_loop, head_loop
 from rayood.train.progress import StageProgress
 from rayood.train.references import cached_columns, feature_pass, fit_references
@@ -85,7 +85,7 @@ class SplitTagger:
         self.seed = seed
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        flags = [in_sample(i, self.fraction, self.seed, salt="") for i in batch.column("id").to_pylist()]
+        flags = [in_calibration_split(i, self.fraction, self.seed) for i in batch.column("id").to_pylist()]
         return batch.append_column("calibration", pa.array(flags, pa.bool_()))
 
 
