@@ -118,6 +118,13 @@ def group_by(text: str) -> GroupBy:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _screening(config: RayoodConfig) -> tuple[dict, str]:
+    """A screening run for the audit's sides that are corpora (torch and Ray load only then)."""
+    from rayood.screen.pipeline import screen
+
+    return screen(config)
+
+
 def audit_job(args: argparse.Namespace) -> None:
     from rayood.audit.compare import MmdSettings
     from rayood.audit.job import AuditRequest, render_text, run_audit
@@ -133,5 +140,5 @@ def audit_job(args: argparse.Namespace) -> None:
         thumbnails=args.thumbnails,
         level=args.level,
     )
-    result, output = run_audit(job_config(args, args.reference, args.target), request)
+    result, output = run_audit(job_config(args, args.reference, args.target), request, _screening)
     print(render_text(result, output))

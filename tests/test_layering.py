@@ -129,6 +129,9 @@ FORBIDDEN = {
     "models": {"detectors", "scoring", "screen", "train", "jobs", "cli"},
     "report": {"scoring", "screen", "train", "decide", "audit", "pages", "jobs", "cli"},
     "pages": {"scoring", "screen", "train", "decide", "audit", "jobs", "cli"},
+    # the readers of finished reports: a screening they need (the audit's sides) is handed to them by the jobs
+    "audit": {"scoring", "screen", "train", "jobs", "cli"},
+    "decide": {"scoring", "screen", "train", "audit", "jobs", "cli"},
 }
 
 

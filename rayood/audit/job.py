@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rayood.audit.compare import MmdSettings, audit, groups_of, values_of
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 AUDIT_JSON, AUDIT_HTML = "audit.json", "audit.html"
 SIDES = ("reference", "target")
+Screen = Callable[[RayoodConfig], tuple[dict, str]]  # a screening run: its summary and report URI
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,9 @@ def _earlier_screening(
     return report if same and (not by or by in report.dataset().schema.names) else None
 
 
-def run_audit(config: RayoodConfig, request: AuditRequest) -> tuple[dict, str]:
-    """Run the audit; returns audit.json's content and the output URI."""
-    from rayood.screen.pipeline import screen
-
+def run_audit(config: RayoodConfig, request: AuditRequest, screen: Screen) -> tuple[dict, str]:
+    """Run the audit; returns audit.json's content and the output URI. ``screen`` runs a screening (the job passes
+    ``rayood.screen.pipeline.screen``: the readers of reports sit below the screening they may ask for)."""
     output = resolve(request.output, config.s3)
     manifest = read_manifest(request.bundle, config.s3)
     calibration = read_calibration(request.bundle, config.s3, manifest)
