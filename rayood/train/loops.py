@@ -54,8 +54,8 @@ def _use_threads(config: dict) -> None:
 
 
 def _start_worker(stage: str, config: dict) -> tuple[ModelSettings, int, torch.device]:
-    """What a detector stage's worker does first: its model settings, rank and device, its threads, a log line and
-    its seed."""
+    """What every stage's worker does first: its model settings, rank and device, its threads, a log line and its
+    seed."""
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     _use_threads(config)
@@ -77,16 +77,12 @@ def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
 def backbone_loop(config: dict) -> None:
     """Fit the backbone with its configured objective: Nesterov SGD, a per-step schedule, optional lookahead,
     on the worker's shard decoded once (``CachedShard``) with a fresh permutation per epoch."""
-    settings = ModelSettings.model_validate(config["model"])
+    settings, rank, device = _start_worker("backbone", config)
     optim = BackboneOptimSettings.model_validate(config["optim"])
     class_names: list[str] = config["class_names"]
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(config["seed"] + rank)
-    device = ray.train.torch.get_device()
-    _use_threads(config)
     data = _cached_shard(config, settings)
     worker_rows = _rows_per_worker(len(data))
-    log_epoch("backbone", {"device": str(device), "objective": optim.objective, "worker_rows": worker_rows})
+    log_epoch("backbone", {"objective": optim.objective, "worker_rows": worker_rows})
     model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, config.get("init_state"))
     start_epoch, step, saved = 0, 0, None
     checkpoint = ray.train.get_checkpoint()
