@@ -33,6 +33,7 @@ from rayood.runtime import init_ray
 from rayood.storage import resolve
 from rayood.train.cache import CachedShard
 from rayood.train.fit import _fit_stage, _read_id_corpus
+from rayood.train.harness import LoopConfig
 from rayood.train.loops import backbone_loop
 
 
@@ -61,26 +62,23 @@ def main() -> None:
     )
 
     with tempfile.TemporaryDirectory() as checkpoints:
-        base = {
-            "model": config.model.model_dump(mode="json"),
-            "class_names": names,
-            "seed": config.train.seed,
-            "label_column": "label",
-            "torch_threads": threads,
-            "cache_max_bytes": config.train.cache_max_bytes,
-        }
+        loop_config = LoopConfig(
+            model=config.model,
+            class_names=tuple(names),
+            seed=config.train.seed,
+            label_column="label",
+            torch_threads=threads,
+            cache_max_bytes=config.train.cache_max_bytes,
+            optim=config.train.backbone,
+            augment=tuple(config.train.augment),
+        )
         started, cpu_before = time.perf_counter(), cpu_seconds()
         result = _fit_stage(
             config,
             resolve(checkpoints),
             "backbone",
             backbone_loop,
-            {
-                **base,
-                "optim": config.train.backbone.model_dump(),
-                "augment": list(config.train.augment),
-                "init_state": None,
-            },
+            loop_config,
             train_rows,
         )
         ray_s = time.perf_counter() - started

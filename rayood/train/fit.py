@@ -27,7 +27,7 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +65,7 @@ from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.storage import Location, resolve
-from rayood.train.harness import load_state
+from rayood.train.harness import LOOP, PROGRESS, LoopConfig, load_state
 from rayood.train.id_sample import in_calibration_split
 from rayood.train.loops import backbone_loop, head_loop
 from rayood.train.progress import StageProgress
@@ -110,14 +110,14 @@ def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunC
 
 
 def _fit_stage(
-    config: RayoodConfig, checkpoints: Location, stage: str, loop, loop_config: dict, data
+    config: RayoodConfig, checkpoints: Location, stage: str, loop, loop_config: LoopConfig, data
 ) -> ray.train.Result:
     train = config.train
     started = time.perf_counter()
-    with StageProgress(stage, int(loop_config["optim"]["epochs"])) as progress:
+    with StageProgress(stage, loop_config.optim.epochs) as progress:
         trainer = TorchTrainer(
             loop,
-            train_loop_config={**loop_config, "progress": progress.queue},
+            train_loop_config={LOOP: loop_config, PROGRESS: progress.queue},
             scaling_config=ScalingConfig(
                 num_workers=train.num_workers,
                 use_gpu=train.use_gpu,
@@ -286,14 +286,14 @@ def fit(config: RayoodConfig) -> str:
     check_room_for_decoding(config.screen, config.ray, min_actors=1)  # its passes' pools
     corpus = _read_id_corpus(config, plans)
     class_names, train_data = corpus.class_names, corpus.training_dataset()
-    base = {
-        "model": config.model.model_dump(mode="json"),
-        "class_names": class_names,
-        "seed": train.seed,
-        "label_column": config.corpus.label_column,
-        "torch_threads": train.torch_threads,
-        "cache_max_bytes": train.cache_max_bytes,
-    }
+    base = LoopConfig(
+        model=config.model,
+        class_names=tuple(class_names),
+        seed=train.seed,
+        label_column=config.corpus.label_column,
+        torch_threads=train.torch_threads,
+        cache_max_bytes=train.cache_max_bytes,
+    )
     probe = build_backbone(config.model.backbone, config.model.preprocess, len(class_names))
     stage_dims, frozen = probe.stage_dims(), train.backbone.epochs == 0
     if not frozen:
@@ -302,7 +302,7 @@ def fit(config: RayoodConfig) -> str:
             checkpoints,
             "backbone",
             backbone_loop,
-            {**base, "optim": train.backbone.model_dump(), "augment": list(train.augment), "init_state": init_state},
+            replace(base, optim=train.backbone, augment=tuple(train.augment), init_state=init_state),
             train_data,
         )
         backbone_state = load_state(backbone_result.checkpoint)["model"]
@@ -340,7 +340,7 @@ def fit(config: RayoodConfig) -> str:
             checkpoints,
             "head",
             head_loop,
-            {**base, "optim": train.head.model_dump(), "feature_dim": probe.fc.in_features},
+            replace(base, optim=train.head, feature_dim=probe.fc.in_features),
             cache,
         )
         backbone_state = {**backbone_state, **{f"fc.{k}": v for k, v in load_state(result.checkpoint)["ema"].items()}}
@@ -356,7 +356,7 @@ def fit(config: RayoodConfig) -> str:
             checkpoints,
             stage.name,
             stage.loop,
-            {**base, "optim": stage.optim(train).model_dump(), **stage.inputs(config, fitted_backbone)},
+            replace(base, optim=stage.optim(train), **stage.inputs(config, fitted_backbone)),
             cache if stage.reads_features else train_data,
         )
         write_file(staged, stage.file, state_dict_bytes(load_state(result.checkpoint)["ema"]))

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import ray.train
 import ray.train.torch
@@ -21,7 +22,7 @@ import torch
 from ray.util.queue import Queue
 from torch import nn
 
-from rayood.config import EmaOptimSettings
+from rayood.config import EmaOptimSettings, ModelSettings, OptimSettings
 from rayood.train.progress import report_epoch
 from rayood.train.steps import unwrap
 
@@ -52,6 +53,27 @@ def report_metrics(metrics: dict, state: dict | None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         torch.save(state, os.path.join(directory, STATE_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+LOOP, PROGRESS = "loop", "progress"  # the keys of TorchTrainer's train_loop_config
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the fit hands every worker of one Ray Train stage (under ``train_loop_config[LOOP]``; the driver's
+    progress queue goes beside it, under ``PROGRESS``). ``optim`` is the stage's own optimiser settings."""
+
+    model: ModelSettings
+    class_names: tuple[str, ...]
+    seed: int
+    label_column: str
+    torch_threads: int | None
+    cache_max_bytes: int
+    optim: OptimSettings | None = None
+    augment: tuple[str, ...] = ()
+    init_state: dict | None = None  # the backbone's starting weights
+    feature_dim: int | None = None  # the head: its input width
+    stage_dims: tuple[int, ...] = ()  # DLSR's denoiser: the widths of the layers it reconstructs
 
 
 class EmaRun:
@@ -102,7 +124,7 @@ class EmaRun:
 
 def run_epochs(
     stage: str,
-    config: dict,
+    progress: Queue | None,
     start_epoch: int,
     epochs: int,
     checkpoint_every: int,
@@ -114,7 +136,6 @@ def run_epochs(
     them and hands them to the driver's progress line; every ``checkpoint_every`` epochs and after the last one,
     every worker reports (a barrier) and rank 0 attaches ``state(epochs_done)``. A run resumed after its last
     epoch hands the saved state back as its result."""
-    progress = config.get("progress")
     log_epoch(stage, {"start_epoch": start_epoch}, progress)
     for epoch in range(start_epoch, epochs):
         done = epoch + 1

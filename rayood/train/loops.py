@@ -30,7 +30,7 @@ from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import READ_BATCH_ROWS, CachedShard, id_order
-from rayood.train.harness import EmaRun, load_state, log_epoch, run_epochs
+from rayood.train.harness import LOOP, PROGRESS, EmaRun, LoopConfig, load_state, log_epoch, run_epochs
 from rayood.train.recipe import Lookahead
 from rayood.train.steps import BackboneEpoch, ddpm_step, denoiser_step, ema_update, new_backbone_objective, unwrap
 
@@ -48,42 +48,43 @@ def _batch_images(batch: pa.Table, size: int, device: torch.device) -> torch.Ten
     return uint8_to_unit(torch.from_numpy(pixels_from_column(batch.column("pixels"), size).copy())).to(device)
 
 
-def _use_threads(config: dict) -> None:
-    if config.get("torch_threads"):
-        torch.set_num_threads(config["torch_threads"])
+def _use_threads(loop: LoopConfig) -> None:
+    if loop.torch_threads:
+        torch.set_num_threads(loop.torch_threads)
 
 
-def _start_worker(stage: str, config: dict) -> tuple[ModelSettings, int, torch.device]:
+def _start_worker(stage: str, loop: LoopConfig) -> tuple[ModelSettings, int, torch.device]:
     """What every stage's worker does first: its model settings, rank and device, its threads, a log line and its
     seed."""
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    _use_threads(config)
+    _use_threads(loop)
     log_epoch(stage, {"device": str(device), "workers": ray.train.get_context().get_world_size()})
-    torch.manual_seed(config["seed"] + rank)
-    return ModelSettings.model_validate(config["model"]), rank, device
+    torch.manual_seed(loop.seed + rank)
+    return loop.model, rank, device
 
 
-def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
+def _cached_shard(loop: LoopConfig, settings: ModelSettings) -> CachedShard:
     return CachedShard.load(
         ray.train.get_dataset_shard("train"),
         settings.preprocess.native_size,
-        config["label_column"],
-        config["class_names"],
-        config["cache_max_bytes"],
+        loop.label_column,
+        list(loop.class_names),
+        loop.cache_max_bytes,
     )
 
 
 def backbone_loop(config: dict) -> None:
     """Fit the backbone with its configured objective: Nesterov SGD, a per-step schedule, optional lookahead,
     on the worker's shard decoded once (``CachedShard``) with a fresh permutation per epoch."""
-    settings, rank, device = _start_worker("backbone", config)
-    optim = BackboneOptimSettings.model_validate(config["optim"])
-    class_names: list[str] = config["class_names"]
-    data = _cached_shard(config, settings)
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("backbone", loop)
+    optim: BackboneOptimSettings = loop.optim
+    class_names: list[str] = loop.class_names
+    data = _cached_shard(loop, settings)
     worker_rows = _rows_per_worker(len(data))
     log_epoch("backbone", {"objective": optim.objective, "worker_rows": worker_rows})
-    model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, config.get("init_state"))
+    model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, loop.init_state)
     start_epoch, step, saved = 0, 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -99,14 +100,14 @@ def backbone_loop(config: dict) -> None:
     size = settings.preprocess.native_size
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(data), batch_size, device)
-    augmenter = Augmenter(config["augment"], len(data), worker_seed(config["seed"], rank))
-    views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
+    augmenter = Augmenter(loop.augment, len(data), worker_seed(loop.seed, rank))
+    views = two_crop_transform(size, optim.crop_scale_min, "flip" in loop.augment)
     epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, batch_size, device)
     epochs_s = 0.0
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step, epochs_s
-        generator = torch.Generator().manual_seed(worker_seed(config["seed"], rank, epoch))
+        generator = torch.Generator().manual_seed(worker_seed(loop.seed, rank, epoch))
         started = time.perf_counter()
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         epoch_s = time.perf_counter() - started
@@ -131,7 +132,9 @@ def backbone_loop(config: dict) -> None:
             saved_state["lookahead"] = lookahead.state_dict()
         return saved_state
 
-    run_epochs("backbone", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved)
+    run_epochs(
+        "backbone", config[PROGRESS], start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved
+    )
 
 
 def _cached_features(columns: list[str], dims: dict[str, int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -193,15 +196,16 @@ def _steps_per_epoch(rows: int, batch_size: int, device: torch.device) -> int:
 
 def layerwise_loop(config: dict) -> None:
     """Fit the LFDN: t ~ U{0..T-1}, loss = MSE(LFDN(z_t, t), z0), AdamW, EMA of the weights."""
-    settings, rank, device = _start_worker("layerwise", config)
-    optim = EmaOptimSettings.model_validate(config["optim"])
-    z0_all = _cached_features(["layers"], {"layers": sum(config["stage_dims"])}, device)["layers"].float()
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("layerwise", loop)
+    optim: EmaOptimSettings = loop.optim
+    z0_all = _cached_features(["layers"], {"layers": sum(loop.stage_dims)}, device)["layers"].float()
     worker_rows = _rows_per_worker(len(z0_all))
 
     run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
     schedule = schedule_for(settings.layerwise)
-    epochs = CachedEpochs(len(z0_all), optim.batch_size, config["seed"], rank, device)
+    epochs = CachedEpochs(len(z0_all), optim.batch_size, loop.seed, rank, device)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
@@ -217,7 +221,7 @@ def layerwise_loop(config: dict) -> None:
 
     run_epochs(
         "layerwise",
-        config,
+        config[PROGRESS],
         start_epoch,
         optim.epochs,
         optim.checkpoint_every,
@@ -230,15 +234,16 @@ def layerwise_loop(config: dict) -> None:
 def head_loop(config: dict) -> None:
     """Fit the linear classifier of a frozen encoder on its cached penultimate vectors (a linear probe):
     cross-entropy, AdamW, EMA of the weights."""
-    settings, rank, device = _start_worker("head", config)
-    optim = EmaOptimSettings.model_validate(config["optim"])
-    cached = _cached_features(["penultimate", "class"], {"penultimate": config["feature_dim"]}, device)
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("head", loop)
+    optim: EmaOptimSettings = loop.optim
+    cached = _cached_features(["penultimate", "class"], {"penultimate": loop.feature_dim}, device)
     features, classes = cached["penultimate"].float(), cached["class"].long()
     worker_rows = _rows_per_worker(len(features))
-    head = linear_head(settings.backbone, config["feature_dim"], len(config["class_names"]))
+    head = linear_head(settings.backbone, loop.feature_dim, len(loop.class_names))
     run = EmaRun("head", head, optim, device)
     model, ema, optimizer, step = run.model, run.ema, run.optimizer, run.step
-    epochs = CachedEpochs(len(features), optim.batch_size, config["seed"], rank, device)
+    epochs = CachedEpochs(len(features), optim.batch_size, loop.seed, rank, device)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
@@ -263,7 +268,7 @@ def head_loop(config: dict) -> None:
 
     run_epochs(
         "head",
-        config,
+        config[PROGRESS],
         run.start_epoch,
         optim.epochs,
         optim.checkpoint_every,
@@ -276,9 +281,10 @@ def head_loop(config: dict) -> None:
 def ddpm_loop(config: dict) -> None:
     """Fit DDP's class-conditional pixel DDPM: eps-prediction, linear betas, label dropout to the null class,
     AdamW with linear warm-up, gradient clipping, EMA (docs/METHODS.md section 2)."""
-    settings, rank, device = _start_worker("ddpm", config)
-    optim = DiffusionOptimSettings.model_validate(config["optim"])
-    class_names: list[str] = config["class_names"]
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("ddpm", loop)
+    optim: DiffusionOptimSettings = loop.optim
+    class_names: list[str] = loop.class_names
     run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
     unet, ema, optimizer, warmup, start_epoch, step = (
         run.model,
@@ -289,18 +295,18 @@ def ddpm_loop(config: dict) -> None:
         run.step,
     )
     schedule = ddp_schedule(settings.ddp)
-    data = _cached_shard(config, settings)
+    data = _cached_shard(loop, settings)
     worker_rows = _rows_per_worker(len(data))
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(data), batch_size, device)
-    flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
+    flip = Augmenter(["flip"] if "flip" in loop.augment else [], len(data), loop.seed)
     highest_t = settings.ddp.timesteps - 1 if optim.timesteps == "all" else max(settings.ddp.levels)
     null = len(class_names)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         unet.train()
-        generator = torch.Generator().manual_seed(worker_seed(config["seed"], rank, epoch))
+        generator = torch.Generator().manual_seed(worker_seed(loop.seed, rank, epoch))
         loss_sum, batches = 0.0, 0
         for index in data.epoch_batches(batch_size, steps, generator):
             x0 = flip(data.images(index, device), generator) * 2 - 1
@@ -316,7 +322,7 @@ def ddpm_loop(config: dict) -> None:
 
     run_epochs(
         "ddpm",
-        config,
+        config[PROGRESS],
         start_epoch,
         optim.epochs,
         optim.checkpoint_every,
