@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: browser demo test test-fast venv
+.PHONY: browser demo lint test test-fast venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: $(STAMP) browser
+# ruff's settings are in pyproject.toml; `$(BIN)/ruff format rayood jobs tests benchmarks` fixes the format
+lint: $(STAMP)
+	$(BIN)/ruff check rayood jobs tests benchmarks
+	$(BIN)/ruff format --check rayood jobs tests benchmarks
+
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest --durations=20 tests
 
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) browser lint
 	$(BIN)/python -m pytest -m "not cluster" tests

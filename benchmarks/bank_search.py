@@ -24,10 +24,10 @@ import time
 
 import numpy as np
 import torch
+from process_memory import status_kib
 from sklearn.metrics import roc_auc_score
 
 from rayood.detectors.knn import ExactSearch, IvfSearch, build_ivf, default_lists, normalise, read_ivf, write_ivf
-from process_memory import status_kib
 
 PROBES = (8, 32, 128)
 CHUNK = 65_536
@@ -60,11 +60,16 @@ def _peak_mib_of_mapped_search(path: str, kind: str, queries: np.ndarray, k: int
     process.start()
     growth, anonymous, mapped = queue.get()
     process.join()
-    return {"peak_growth_mib": round(growth / 1024, 1), "private_mib": round(anonymous / 1024, 1),
-            "mapped_file_mib": round(mapped / 1024, 1)}
+    return {
+        "peak_growth_mib": round(growth / 1024, 1),
+        "private_mib": round(anonymous / 1024, 1),
+        "mapped_file_mib": round(mapped / 1024, 1),
+    }
 
 
-def compare(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, lists: int | None, regions: int = 1) -> dict:
+def compare(
+    bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, lists: int | None, regions: int = 1
+) -> dict:
     """Exact vs IVF at several probes on one bank: ms/query, recall of the k-th distance, AUROC, memory.
     With ``regions`` > 1 the queries are each image's region vectors in a row and the score is their minimum
     (MODE's cross-scale decision)."""
@@ -77,9 +82,14 @@ def compare(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, 
     index = build_ivf(bank, lists)
     build_s = time.perf_counter() - started
     result = {
-        "bank": list(bank.shape), "k": k, "queries": len(queries), "exact_ms_per_query": round(exact_ms, 3),
-        "exact_auroc": auroc(exact), "ivf_lists": int(index.nlist),
-        "ivf_build_s": round(build_s, 1), "ivf": [],
+        "bank": list(bank.shape),
+        "k": k,
+        "queries": len(queries),
+        "exact_ms_per_query": round(exact_ms, 3),
+        "exact_auroc": auroc(exact),
+        "ivf_lists": int(index.nlist),
+        "ivf_build_s": round(build_s, 1),
+        "ivf": [],
     }
     with tempfile.TemporaryDirectory() as scratch:
         bank_path, index_path = os.path.join(scratch, "bank.npy"), os.path.join(scratch, "index.faiss")
@@ -92,13 +102,17 @@ def compare(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: int, 
         result["exact_search_memory"] = _peak_mib_of_mapped_search(bank_path, "exact", sample, k, 0)
         for probe in PROBES:
             approximate, ms = _timed(IvfSearch(read_ivf(index_path), probe), queries, k)
-            result["ivf"].append({
-                "probe": probe, "ms_per_query": round(ms, 3), "speed_up": round(exact_ms / ms, 1),
-                "recall_kth": round(float(np.mean(np.abs(approximate - exact) < 1e-4)), 4),
-                "mean_excess": round(float(np.mean(approximate - exact)), 5),
-                "auroc": auroc(approximate),
-                "search_memory": _peak_mib_of_mapped_search(index_path, "ivf", sample, k, probe),
-            })
+            result["ivf"].append(
+                {
+                    "probe": probe,
+                    "ms_per_query": round(ms, 3),
+                    "speed_up": round(exact_ms / ms, 1),
+                    "recall_kth": round(float(np.mean(np.abs(approximate - exact) < 1e-4)), 4),
+                    "mean_excess": round(float(np.mean(approximate - exact)), 5),
+                    "auroc": auroc(approximate),
+                    "search_memory": _peak_mib_of_mapped_search(index_path, "ivf", sample, k, probe),
+                }
+            )
     return result
 
 
@@ -109,7 +123,9 @@ def synthetic(args: argparse.Namespace) -> dict:
     for start in range(0, args.rows, 100_000):  # built in slices: the noise for 1M x 512 at once is 2 GB more
         n = min(100_000, args.rows - start)
         members = torch.randint(0, len(centres), (n,), generator=generator)
-        bank[start : start + n] = normalise(centres[members] + 0.5 * torch.randn(n, args.dim, generator=generator)).numpy()
+        bank[start : start + n] = normalise(
+            centres[members] + 0.5 * torch.randn(n, args.dim, generator=generator)
+        ).numpy()
     half = args.queries // 2
     members = torch.randint(0, len(centres), (half,), generator=generator)
     near = centres[members] + 0.5 * torch.randn(half, args.dim, generator=generator)
@@ -121,7 +137,7 @@ def synthetic(args: argparse.Namespace) -> dict:
 def _region_vectors(bundle, path: str, limit: int) -> torch.Tensor:
     import pyarrow.parquet as pq
 
-    from rayood.data.decode import decode_image
+    from rayood.data.decode import decode_images
     from rayood.detectors.multiscale import search_vectors
     from rayood.models.backbones import uint8_to_unit
 
@@ -130,8 +146,8 @@ def _region_vectors(bundle, path: str, limit: int) -> torch.Tensor:
     vectors = []
     with torch.no_grad():
         for start in range(0, table.num_rows, 500):
-            images = [decode_image(b, size) for b in table.column("image").slice(start, 500).to_pylist()]
-            pixels = uint8_to_unit(torch.from_numpy(np.stack(images)))
+            images = decode_images(table.column("image").slice(start, 500).to_pylist(), size)
+            pixels = uint8_to_unit(torch.from_numpy(images))
             features, mirror = bundle.backbone.features(pixels), bundle.backbone.features(pixels.flip(3))
             vectors.append(search_vectors(features, mirror, bundle.settings.multiscale))
     return torch.cat(vectors)
@@ -142,7 +158,8 @@ def from_bundle(args: argparse.Namespace) -> dict:
 
     bundle = load_bundle(args.bundle, require_calibration=False)
     bank = np.ascontiguousarray(bundle.detectors["multiscale"].mixed.bank).reshape(
-        bundle.manifest["multiscale"]["bank_rows"], bundle.manifest["multiscale"]["regions"], -1)
+        bundle.manifest["multiscale"]["bank_rows"], bundle.manifest["multiscale"]["regions"], -1
+    )
     search = bundle.settings.multiscale
     id_vectors = _region_vectors(bundle, args.id, args.limit)
     results: dict = {"bundle": bundle.bundle_id}
@@ -153,8 +170,14 @@ def from_bundle(args: argparse.Namespace) -> dict:
         both = torch.cat([id_vectors, ood])
         results[name] = {
             "knn": compare(bank[:, 0].copy(), both[:, 0].contiguous(), truth, search.knn_k, args.lists),
-            "multiscale": compare(bank.reshape(-1, bank.shape[-1]), both.reshape(-1, both.shape[-1]), truth, search.k,
-                                  args.lists, regions=both.shape[1]),
+            "multiscale": compare(
+                bank.reshape(-1, bank.shape[-1]),
+                both.reshape(-1, both.shape[-1]),
+                truth,
+                search.k,
+                args.lists,
+                regions=both.shape[1],
+            ),
             "subsampled_knn": _subsampled(bank, both, truth, search.knn_k),
         }
         print(json.dumps({name: results[name]}), flush=True)
@@ -167,7 +190,9 @@ def _subsampled(bank: np.ndarray, queries: torch.Tensor, truth: np.ndarray, k: i
     for fraction in (1.0, 0.5, 0.25, 0.1):
         keep = np.sort(np.random.default_rng(0).permutation(len(bank))[: max(k, int(fraction * len(bank)))])
         scores = ExactSearch(bank[keep, 0].copy(), CHUNK).kth_distance(queries[:, 0].contiguous(), k).numpy()
-        rows.append({"fraction": fraction, "bank_images": len(keep), "auroc": round(100 * roc_auc_score(truth, scores), 2)})
+        rows.append(
+            {"fraction": fraction, "bank_images": len(keep), "auroc": round(100 * roc_auc_score(truth, scores), 2)}
+        )
     return rows
 
 
@@ -179,7 +204,9 @@ def main() -> None:
     one.add_argument("--dim", type=int, default=512)
     one.add_argument("--queries", type=int, default=2000)
     one.add_argument("--k", type=int, default=50)
-    one.add_argument("--lists", type=int, default=None, help=f"IVF cells (default 4 sqrt(rows): {default_lists(10**6)} at 1M)")
+    one.add_argument(
+        "--lists", type=int, default=None, help=f"IVF cells (default 4 sqrt(rows): {default_lists(10**6)} at 1M)"
+    )
     two = commands.add_parser("bundle")
     two.add_argument("--bundle", required=True)
     two.add_argument("--id", required=True)

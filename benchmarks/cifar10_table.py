@@ -29,8 +29,12 @@ from rayood.train.fit import fit
 
 TRAIN_FILES = ("cifar10_train.parquet",)
 ID_TEST = "cifar10_val.parquet"
-OOD_SETS = {"tin": "tin32_val.parquet", "cifar100": "cifar100_32.parquet", "mnist": "mnist32_test.parquet",
-            "textures": "dtd32.parquet"}
+OOD_SETS = {
+    "tin": "tin32_val.parquet",
+    "cifar100": "cifar100_32.parquet",
+    "mnist": "mnist32_test.parquet",
+    "textures": "dtd32.parquet",
+}
 NEAR = {"tin", "cifar100"}
 
 
@@ -70,9 +74,13 @@ def main() -> None:
     timings["fit_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     _, markdown = evaluate(
-        config, bundle=bundle, id_uri=_subset(data / ID_TEST, args.eval_rows, workdir),
-        oods={name: _subset(data / file, args.eval_rows, workdir) for name, file in OOD_SETS.items()}, near=NEAR,
-        output=str(workdir / "evaluation"), overwrite=True,
+        config,
+        bundle=bundle,
+        id_uri=_subset(data / ID_TEST, args.eval_rows, workdir),
+        oods={name: _subset(data / file, args.eval_rows, workdir) for name, file in OOD_SETS.items()},
+        near=NEAR,
+        output=str(workdir / "evaluation"),
+        overwrite=True,
     )
     timings["evaluate_s"] = round(time.perf_counter() - started, 1)
     manifest = json.loads((workdir / "bundle" / "manifest.json").read_text())

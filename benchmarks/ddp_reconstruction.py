@@ -27,13 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from rayood.bundle_models import load_bundle
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.ddp import guided_ddim
 from rayood.models.backbones import uint8_to_unit
 from rayood.models.diffusion import noise_for_ids
 
-SETS = {"cifar10_test (ID)": "cifar10_test.parquet", "tin (near)": "tin32_val.parquet",
-        "mnist (far)": "mnist32_test.parquet", "textures (far)": "dtd32.parquet"}
+SETS = {
+    "cifar10_test (ID)": "cifar10_test.parquet",
+    "tin (near)": "tin32_val.parquet",
+    "mnist (far)": "mnist32_test.parquet",
+    "textures (far)": "dtd32.parquet",
+}
 BATCH = 100
 
 
@@ -41,7 +45,7 @@ def _sample(path: Path, count: int, size: int) -> tuple[torch.Tensor, np.ndarray
     table = pq.read_table(path)
     rows = np.sort(np.random.default_rng(0).choice(table.num_rows, min(count, table.num_rows), replace=False))
     table = table.take(rows)
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     return uint8_to_unit(torch.from_numpy(pixels)), table.column("label").to_numpy(), table.column("id").to_pylist()
 
 
@@ -54,8 +58,12 @@ def measure(bundle, level: int, images: torch.Tensor, ids: list[str], labels: np
         logits = bundle.backbone.features(x).logits
         noise = noise_for_ids(ids[start : start + BATCH], tuple(x.shape[1:]), f"ddp/{level}/0")
         levels = torch.full((len(x),), level, dtype=torch.long)
-        recon = (guided_ddim(ddp.unet, x * 2 - 1, levels, noise, logits.argmax(1), ddp.schedule,
-                             settings.stride, settings.guidance) + 1) / 2
+        recon = (
+            guided_ddim(
+                ddp.unet, x * 2 - 1, levels, noise, logits.argmax(1), ddp.schedule, settings.stride, settings.guidance
+            )
+            + 1
+        ) / 2
         before.append(logits)
         after.append(bundle.backbone.features(recon).logits)
         recon_all.append(recon)
@@ -96,8 +104,17 @@ def main() -> None:
         ordered = np.array([index.get(str(v), -1) for v in labels]) if "ID" in name else None
         for level in levels:
             table[level][name] = measure(bundle, level, images, ids, ordered)
-    print(json.dumps({"stride": settings.stride, "guidance": settings.guidance,
-                      "training": bundle.manifest["training"].get("ddpm"), "levels": table}, indent=2))
+    print(
+        json.dumps(
+            {
+                "stride": settings.stride,
+                "guidance": settings.guidance,
+                "training": bundle.manifest["training"].get("ddpm"),
+                "levels": table,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ import torch
 
 from rayood.bundle_models import load_bundle
 from rayood.config import DDPSettings
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.ddp import DDPDetector, guided_ddim
-from rayood.models.backbones import uint8_to_unit
 from rayood.evaluation.metrics import auroc
-from rayood.train.id_sample import in_sample
+from rayood.models.backbones import uint8_to_unit
+from rayood.train.id_sample import in_calibration_split
 
 MC_DRAWS = 4  # single-draw scores per held-out ID image, to estimate the Monte-Carlo error of r draws
 SETTINGS = {
@@ -43,7 +43,7 @@ SETTINGS = {
 
 
 def load_pixels(table, size: int) -> torch.Tensor:
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     return uint8_to_unit(torch.from_numpy(pixels))
 
 
@@ -74,7 +74,9 @@ def main() -> None:
     manifest = bundle.manifest
     fit_table = pq.read_table(args.fit_data)
     fraction, seed = manifest["data"]["calibration_fraction"], manifest["data"]["split_seed"]
-    held_out = fit_table.filter(pa.array([in_sample(i, fraction, seed, salt="") for i in fit_table.column("id").to_pylist()]))
+    held_out = fit_table.filter(
+        pa.array([in_calibration_split(i, fraction, seed) for i in fit_table.column("id").to_pylist()])
+    )
     held_out = held_out.slice(0, args.id_limit)
     id_images, id_ids = load_pixels(held_out, size).to(device), held_out.column("id").to_pylist()
 
@@ -86,9 +88,20 @@ def main() -> None:
         _sync(device)
         layerwise_rate = len(ids) / (time.perf_counter() - started)
         id_features = backbone.features(id_images)
-    print(json.dumps({"layerwise_images_per_s": round(layerwise_rate, 1),
-                      "layerwise_mfsim_auroc": round(auroc(layerwise["layerwise_mfsim"].cpu().numpy()[is_id],
-                                                           layerwise["layerwise_mfsim"].cpu().numpy()[~is_id]), 4)}))
+    print(
+        json.dumps(
+            {
+                "layerwise_images_per_s": round(layerwise_rate, 1),
+                "layerwise_mfsim_auroc": round(
+                    auroc(
+                        layerwise["layerwise_mfsim"].cpu().numpy()[is_id],
+                        layerwise["layerwise_mfsim"].cpu().numpy()[~is_id],
+                    ),
+                    4,
+                ),
+            }
+        )
+    )
     print("| setting | U-Net passes / image | images/s | id_class_kept | mc_rel_se | AUROC (sweep) |")
     print("|---|---|---|---|---|---|")
     for name, overrides in SETTINGS.items():
@@ -103,18 +116,31 @@ def main() -> None:
             predicted = id_features.logits.argmax(1)
             for draw in range(MC_DRAWS):
                 one = DDPSettings(**{**settings.model_dump(), "draws": 1})
-                per_draw.append(DDPDetector(unet, one).score_images(
-                    id_images, id_features, [f"{i}#{draw}" for i in id_ids], backbone)["ddp"].cpu().numpy())
+                per_draw.append(
+                    DDPDetector(unet, one)
+                    .score_images(id_images, id_features, [f"{i}#{draw}" for i in id_ids], backbone)["ddp"]
+                    .cpu()
+                    .numpy()
+                )
             top = max(settings.levels)
             noise = torch.randn(id_images.shape, generator=torch.Generator().manual_seed(0)).to(device)
-            recon = guided_ddim(unet, id_images * 2 - 1, torch.full((len(id_ids),), top), noise, predicted,
-                                detector.schedule, settings.stride, settings.guidance)
+            recon = guided_ddim(
+                unet,
+                id_images * 2 - 1,
+                torch.full((len(id_ids),), top),
+                noise,
+                predicted,
+                detector.schedule,
+                settings.stride,
+                settings.guidance,
+            )
             kept = float((backbone.features((recon + 1) / 2).logits.argmax(1) == predicted).float().mean())
         draws = np.stack(per_draw)
         spread = draws.mean(0).std()
         rel_se = float(draws.std(0).mean() / np.sqrt(settings.draws) / spread)
         steps = sum(level // settings.stride + 1 for level in settings.levels) * settings.draws * 2
-        print(f"| {name} | {steps} | {rate:.1f} | {kept:.3f} | {rel_se:.3f} | {auroc(scores[is_id], scores[~is_id]):.4f} |")
+        separation = auroc(scores[is_id], scores[~is_id])
+        print(f"| {name} | {steps} | {rate:.1f} | {kept:.3f} | {rel_se:.3f} | {separation:.4f} |")
 
 
 if __name__ == "__main__":

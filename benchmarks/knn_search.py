@@ -35,8 +35,14 @@ def measure(size: int, dim: int, queries: int, k: int, chunk: int, device: str, 
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / repeats
     result = {
-        "bank_rows": size, "dim": dim, "queries": queries, "k": k, "chunk_rows": chunk, "device": device,
-        "queries_per_s": round(queries / seconds, 1), "bank_mib": round(size * dim * 4 / 2**20, 1),
+        "bank_rows": size,
+        "dim": dim,
+        "queries": queries,
+        "k": k,
+        "chunk_rows": chunk,
+        "device": device,
+        "queries_per_s": round(queries / seconds, 1),
+        "bank_mib": round(size * dim * 4 / 2**20, 1),
     }
     if device == "cuda":
         result["peak_search_mib_above_bank"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rayood.bundle_models import load_bundle
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.layerwise import LayerwiseDetector, layer_features
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
@@ -41,15 +41,19 @@ def features(bundle, path: str, rows: int, batch: int = 64) -> dict[str, object]
     if rows < table.num_rows:
         table = table.take(np.sort(np.random.default_rng(0).choice(table.num_rows, rows, replace=False)))
     size = bundle.settings.preprocess.native_size
-    images = [decode_image(item.as_py(), size) for item in table.column("image")]
+    images = decode_images(table.column("image").to_pylist(), size)
     z0, penultimate = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            pixels = torch.from_numpy(np.stack(images[start : start + batch]))
+            pixels = torch.from_numpy(images[start : start + batch])
             out = bundle.backbone.features(uint8_to_unit(pixels))
             z0.append(layer_features(out.stage_maps))
             penultimate.append(out.penultimate.float())
-    return {"z0": torch.cat(z0), "penultimate": torch.cat(penultimate), "ids": [str(i) for i in table.column("id").to_pylist()]}
+    return {
+        "z0": torch.cat(z0),
+        "penultimate": torch.cat(penultimate),
+        "ids": [str(i) for i in table.column("id").to_pylist()],
+    }
 
 
 def kth_distance(queries: torch.Tensor, reference: torch.Tensor, k: int = KNN_K) -> np.ndarray:
@@ -66,7 +70,9 @@ def detectors(bundle, checkpoints: Path | None) -> dict[str, LayerwiseDetector]:
             state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
             denoiser = copy.deepcopy(final.denoiser)
             denoiser.load_state_dict(state["ema"])
-            found[f"epoch {int(state['epoch'])}"] = LayerwiseDetector(denoiser, bundle.settings.layerwise, final.block_dims)
+            found[f"epoch {int(state['epoch'])}"] = LayerwiseDetector(
+                denoiser, bundle.settings.layerwise, final.block_dims
+            )
     return found
 
 
@@ -75,8 +81,10 @@ def scores(bundle, found: dict[str, LayerwiseDetector], data: dict, train: dict)
     for name, detector in found.items():
         z0_hat = detector.reconstruct(z0, data["ids"])
         result[f"mse ({name})"] = (z0 - z0_hat).pow(2).sum(1).numpy()
-        cosines = [F.cosine_similarity(a, b, dim=1) for a, b in
-                   zip(z0.split(detector.block_dims, 1), z0_hat.split(detector.block_dims, 1))]
+        cosines = [
+            F.cosine_similarity(a, b, dim=1)
+            for a, b in zip(z0.split(detector.block_dims, 1), z0_hat.split(detector.block_dims, 1))
+        ]
         result[f"mfsim ({name})"] = (-torch.stack(cosines, 1).mean(1)).numpy()
         if name == "final":
             for index, cosine in enumerate(cosines):

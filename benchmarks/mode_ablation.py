@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rayood.bundle import MANIFEST, BACKBONE_FILE
+from rayood.bundle import BACKBONE_FILE, MANIFEST
 from rayood.config import RayoodConfig, load_config, with_overrides
 from rayood.data.demo import build_demo
 from rayood.screen.pipeline import screen
@@ -22,7 +22,9 @@ from rayood.train.fit import fit
 def variant(config: RayoodConfig, workdir: Path, name: str, epochs: int, lr: float, **backbone_train) -> RayoodConfig:
     optim = {**config.train.backbone.model_dump(), "epochs": epochs, "lr": lr, **backbone_train}
     config = with_overrides(config, "train", backbone=optim, bundle=str(workdir / name), run_name=f"ablation-{name}")
-    return with_overrides(config, "screen", bundle=str(workdir / name), output=str(workdir / f"report-{name}"), overwrite=True)
+    return with_overrides(
+        config, "screen", bundle=str(workdir / name), output=str(workdir / f"report-{name}"), overwrite=True
+    )
 
 
 def main() -> None:
@@ -38,7 +40,9 @@ def main() -> None:
     workdir = Path(args.workdir)
     supcon = variant(base, workdir, "supcon", args.epochs, 0.05, objective="supcon")
     from_supcon = with_overrides(
-        base, "model", backbone={**base.model.backbone.model_dump(), "init_weights": str(workdir / "supcon" / BACKBONE_FILE)}
+        base,
+        "model",
+        backbone={**base.model.backbone.model_dump(), "init_weights": str(workdir / "supcon" / BACKBONE_FILE)},
     )
     finetune = variant(from_supcon, workdir, "alpa_finetune", args.finetune_epochs, 0.01, objective="alpa_finetune")
     runs = {

@@ -11,8 +11,8 @@ import torch
 from rayood.config import RayoodConfig
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import CachedShard
-from rayood.train.steps import BackboneEpoch, new_backbone_objective
 from rayood.train.recipe import Lookahead
+from rayood.train.steps import BackboneEpoch, new_backbone_objective
 
 
 def plain_fit(config: RayoodConfig, data: CachedShard, device: torch.device) -> tuple[torch.nn.Module, list[float]]:
@@ -26,7 +26,9 @@ def plain_fit(config: RayoodConfig, data: CachedShard, device: torch.device) -> 
     augmenter = Augmenter(list(config.train.augment), len(data), config.train.seed)
     views = two_crop_transform(settings.preprocess.native_size, optim.crop_scale_min, "flip" in config.train.augment)
     steps = math.ceil(len(data) / optim.batch_size)
-    epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, optim.batch_size, device)
+    epoch_run = BackboneEpoch(
+        model, optimizer, lookahead, data, augmenter, views, optim, steps, optim.batch_size, device
+    )
     step, epoch_seconds = 0, []
     for epoch in range(optim.epochs):
         started = time.perf_counter()

@@ -1,6 +1,7 @@
 """Does a backbone recipe choice help the detectors? Quick fits that differ in one setting.
 
-    python benchmarks/recipe_ablation.py --data ../cifar10-lossless [--epochs 4] [--set train.backbone.label_smoothing=0.0]
+    python benchmarks/recipe_ablation.py --data ../cifar10-lossless [--epochs 4] \
+        [--set train.backbone.label_smoothing=0.0]
 
 ``--data`` is the lossless CIFAR-10 benchmark (``../shared/data/lossless/README.md``). Fits the config's backbone
 once as configured and once per ``--set`` override (plain loop, no Ray) on ``cifar10_train.parquet`` less the
@@ -26,7 +27,7 @@ import torch
 from plain_fit import plain_fit
 
 from rayood.config import RayoodConfig, load_config, parse_config
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.detectors.baselines import classifier_scores
 from rayood.detectors.knn import kth_neighbour_distance, normalise
 from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
@@ -35,7 +36,7 @@ from rayood.detectors.synthetic import synthetic_outliers
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
 from rayood.train.cache import CachedShard
-from rayood.train.id_sample import in_sample
+from rayood.train.id_sample import in_calibration_split
 
 KNN_K = 50
 OOD_SETS = {"tin": "tin32_val", "cifar100": "cifar100_32", "mnist": "mnist32_test", "textures": "dtd32"}
@@ -43,7 +44,7 @@ SWEEP_ROWS = 1000
 
 
 def _decoded(table, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     return pixels, table.column("label").to_numpy().astype(np.int64)
 
 
@@ -57,8 +58,12 @@ def _sample(path: Path, rows: int | None = None) -> tuple[np.ndarray, np.ndarray
 def _split(path: Path, config: RayoodConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(training rows, held-out rows) as the fit splits them: the calibration split by id hash."""
     table = pq.read_table(path)
-    held = np.array([in_sample(i, config.train.calibration_fraction, config.train.seed, salt="")
-                     for i in table.column("id").to_pylist()])
+    held = np.array(
+        [
+            in_calibration_split(i, config.train.calibration_fraction, config.train.seed)
+            for i in table.column("id").to_pylist()
+        ]
+    )
     return _decoded(table.filter(~held)), _decoded(table.filter(held))
 
 
@@ -84,20 +89,28 @@ def _scores(backbone, bank: torch.Tensor, gaussian: MahalanobisDetector, pixels:
 def _gaussian(penultimate: np.ndarray, labels: np.ndarray, normalised: bool) -> MahalanobisDetector:
     statistics = GaussianStatistics(int(labels.max()) + 1, penultimate.shape[1])
     statistics.partial_fit(mahalanobis_features(penultimate, normalised), labels)
-    return MahalanobisDetector(torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()), normalised)
+    return MahalanobisDetector(
+        torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()), normalised
+    )
 
 
 def run(config: RayoodConfig, data: CachedShard, sets: dict) -> dict:
     backbone, epoch_seconds = plain_fit(config, data, torch.device("cpu"))
     train_pixels = data.pixels.permute(0, 2, 3, 1).numpy()
     with torch.no_grad():
-        penultimate = torch.cat([backbone.features(uint8_to_unit(torch.from_numpy(train_pixels[i : i + 500].copy()))).penultimate
-                                 for i in range(0, len(train_pixels), 500)])
+        penultimate = torch.cat(
+            [
+                backbone.features(uint8_to_unit(torch.from_numpy(train_pixels[i : i + 500].copy()))).penultimate
+                for i in range(0, len(train_pixels), 500)
+            ]
+        )
     gaussian = _gaussian(penultimate.numpy(), data.labels.numpy(), config.model.mahalanobis.normalise)
     scored = {name: _scores(backbone, normalise(penultimate), gaussian, pixels) for name, (pixels, _) in sets.items()}
     val_logits = scored["cifar10_val"].pop("logits")
-    result = {"epoch_s": [round(s, 1) for s in epoch_seconds],
-              "val_accuracy": float((val_logits.argmax(1) == sets["cifar10_val"][1]).mean())}
+    result = {
+        "epoch_s": [round(s, 1) for s in epoch_seconds],
+        "val_accuracy": float((val_logits.argmax(1) == sets["cifar10_val"][1]).mean()),
+    }
     kinds = sets["synthetic"][1]
     for score, held in scored["heldout_id"].items():
         if score == "logits":
@@ -105,7 +118,9 @@ def run(config: RayoodConfig, data: CachedShard, sets: dict) -> dict:
         per_kind = {kind: auroc(held, scored["synthetic"][score][kinds == kind]) for kind in np.unique(kinds)}
         result[score] = {
             "synthetic_mean (ID-only)": round(float(np.mean(list(per_kind.values()))), 4),
-            "synthetic_mean_without_rotate (ID-only)": round(float(np.mean([v for k, v in per_kind.items() if k != "rotate"])), 4),
+            "synthetic_mean_without_rotate (ID-only)": round(
+                float(np.mean([v for k, v in per_kind.items() if k != "rotate"])), 4
+            ),
             **{f"{ood} (sweep)": round(auroc(scored["cifar10_val"][score], scored[ood][score]), 4) for ood in OOD_SETS},
         }
     return result
@@ -129,8 +144,12 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder of the lossless CIFAR-10 benchmark")
     parser.add_argument("--config", default="configs/cifar10.yaml")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--set", action="append", default=[],
-                        help="SECTION.FIELD...=JSON, one variant each (several assignments joined by ';')")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="SECTION.FIELD...=JSON, one variant each (several assignments joined by ';')",
+    )
     parser.add_argument("--skip-configured", action="store_true", help="fit only the --set variants")
     parser.add_argument("--train-rows", type=int, help="fit on this many of the training rows (a seeded draw)")
     args = parser.parse_args()
@@ -145,17 +164,24 @@ def main() -> None:
         train_pixels, train_labels = train_pixels[chosen], train_labels[chosen]
     data = CachedShard(torch.from_numpy(train_pixels).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(train_labels))
     outliers, kinds = synthetic_outliers(train_pixels, train_labels, 200, seed=1)
-    sets = {"heldout_id": heldout, "synthetic": (outliers, np.asarray(kinds)),
-            "cifar10_val": _sample(data_dir / "cifar10_val.parquet"),
-            **{name: _sample(data_dir / f"{file}.parquet", SWEEP_ROWS) for name, file in OOD_SETS.items()}}
+    sets = {
+        "heldout_id": heldout,
+        "synthetic": (outliers, np.asarray(kinds)),
+        "cifar10_val": _sample(data_dir / "cifar10_val.parquet"),
+        **{name: _sample(data_dir / f"{file}.parquet", SWEEP_ROWS) for name, file in OOD_SETS.items()},
+    }
     variants = {} if args.skip_configured else {"as configured": base}
     variants.update({assignment: _variant(base, assignment) for assignment in args.set})
     results = {}
     for name, variant in variants.items():
         results[name] = run(parse_config(variant, name), data, sets)
         print(json.dumps({name: results[name]}), flush=True)
-    print(json.dumps({"epochs": args.epochs, "train_images": len(data), "heldout_images": len(heldout[0]),
-                      "variants": results}, indent=2))
+    print(
+        json.dumps(
+            {"epochs": args.epochs, "train_images": len(data), "heldout_images": len(heldout[0]), "variants": results},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-
 import os
+
 import pyarrow as pa
 import pyarrow.compute as pc
 

@@ -56,27 +56,41 @@ def build(root: Path, rows: int) -> Path:
     with pq.ParquetWriter(corpus, pa.schema([("id", pa.string()), ("image", pa.binary())])) as writer:
         for start in range(0, rows, CHUNK):
             ids = [f"img-{i:09d}" for i in range(start, min(rows, start + CHUNK))]
-            writer.write_table(pa.table({"id": ids, "image": [images[i % 256] for i in range(start, start + len(ids))]}))
+            writer.write_table(
+                pa.table({"id": ids, "image": [images[i % 256] for i in range(start, start + len(ids))]})
+            )
             n = len(ids)
             ok = rng.random(n) > 0.01
             scores = np.where(rng.random(n) < 0.05, rng.normal(4.0, 1.0, n), rng.standard_normal(n))
             scores[~ok] = np.nan
             pvalues = reference.pvalues(scores)
-            tables.append(pa.table({
-                "id": ids, "source": [str(corpus)] * n,
-                "status": np.where(ok, "ok", "error").tolist(),
-                "error": [None if good else "not an image: cannot identify image file" for good in ok],
-                "score_knn": pa.array(scores, from_pandas=True), "pvalue_knn": pa.array(pvalues, from_pandas=True),
-                "is_ood": pa.array([bool(p <= 0.05) if good else None for p, good in zip(pvalues, ok)]),
-                "url": [f"https://site-{rng.integers(1000)}.example/{i}.png" for i in ids],
-            }))
+            tables.append(
+                pa.table(
+                    {
+                        "id": ids,
+                        "source": [str(corpus)] * n,
+                        "status": np.where(ok, "ok", "error").tolist(),
+                        "error": [None if good else "not an image: cannot identify image file" for good in ok],
+                        "score_knn": pa.array(scores, from_pandas=True),
+                        "pvalue_knn": pa.array(pvalues, from_pandas=True),
+                        "is_ood": pa.array([bool(p <= 0.05) if good else None for p, good in zip(pvalues, ok)]),
+                        "url": [f"https://site-{rng.integers(1000)}.example/{i}.png" for i in ids],
+                    }
+                )
+            )
     table = pa.concat_tables(tables)
     half = rows // 2
     pq.write_table(table.slice(0, half), report / ROWS / "part-0.parquet")
     pq.write_table(table.slice(half), report / ROWS / "part-1.parquet")
-    summary = summarize(table, score_names=["knn"], calibration={"knn": calibration},
-                        decision=DecisionSettings(score="knn", alpha=0.05), expected_rows=rows, elapsed_s=1.0,
-                        bundle_id="benchmark")
+    summary = summarize(
+        table,
+        score_names=["knn"],
+        calibration={"knn": calibration},
+        decision=DecisionSettings(score="knn", alpha=0.05),
+        expected_rows=rows,
+        elapsed_s=1.0,
+        bundle_id="benchmark",
+    )
     (report / SUMMARY).write_text(json.dumps(summary))
     (report / SUCCESS).write_bytes(b"")
     return report
@@ -93,8 +107,17 @@ def child(report: str, output: str, review: bool, gallery: int) -> None:
     settings = ReviewSettings(by=GroupBy.parse("url:domain"), gallery=gallery) if review else None
     result = filter_report(FinishedReport.open(report), 0.1, resolve(output), review=settings)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": round(seconds, 2), "peak_growth_mib": round((status_kib("VmHWM") - base) / 1024, 1),
-                      "rejected": result["rejected"], "kept": result["kept"], "errors": result["errors"]}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(seconds, 2),
+                "peak_growth_mib": round((status_kib("VmHWM") - base) / 1024, 1),
+                "rejected": result["rejected"],
+                "kept": result["kept"],
+                "errors": result["errors"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -112,8 +135,12 @@ def main() -> None:
         results = {}
         for mode in ("review", "no-review", "review", "no-review"):  # each twice: the first of each warms the cache
             out = root / f"out-{mode}-{len(results)}"
-            run = subprocess.run([sys.executable, __file__, "--gallery", str(args.gallery), "--child", str(report), str(out), mode],
-                                 capture_output=True, text=True, check=True)
+            run = subprocess.run(
+                [sys.executable, __file__, "--gallery", str(args.gallery), "--child", str(report), str(out), mode],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results.setdefault(mode, []).append(json.loads(run.stdout.strip().splitlines()[-1]))
             if mode == "review":
                 results.setdefault("page_kib", (out / "review.html").stat().st_size // 1024)

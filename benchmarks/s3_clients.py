@@ -43,8 +43,11 @@ def free_port() -> int:
 
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -102,7 +105,11 @@ def main() -> None:
     parser.add_argument("--large-mib", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         os.environ.setdefault(key, value)
 
     server, endpoint = start_moto()
@@ -110,7 +117,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         small = [rng.integers(0, 256, 3000, dtype=np.uint8).tobytes() for _ in range(args.objects)]
         large = rng.integers(0, 256, args.large_mib << 20, dtype=np.uint8).tobytes()
-        roots = {client: resolve(f"s3://{BUCKET}", S3Settings(endpoint_url=endpoint, client=client)) for client in CLIENTS}
+        roots = {
+            client: resolve(f"s3://{BUCKET}", S3Settings(endpoint_url=endpoint, client=client)) for client in CLIENTS
+        }
         setup = roots["pyarrow"]
         import boto3
 
@@ -130,13 +139,17 @@ def main() -> None:
         server.wait()
 
     names = list(dict.fromkeys(name for name, _ in results))
-    print("| operation | pyarrow wall s | s3fs wall s | pyarrow client CPU s | s3fs client CPU s | s3fs / pyarrow wall |")
+    print(
+        "| operation | pyarrow wall s | s3fs wall s | pyarrow client CPU s | s3fs client CPU s | s3fs / pyarrow wall |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         wall = {c: statistics.median(w for w, _ in results[name, c]) for c in CLIENTS}
         cpu = {c: statistics.median(u for _, u in results[name, c]) for c in CLIENTS}
-        print(f"| {name} | {wall['pyarrow']:.2f} | {wall['s3fs']:.2f} | {cpu['pyarrow']:.2f} | {cpu['s3fs']:.2f} | "
-              f"{wall['s3fs'] / wall['pyarrow']:.2f} |")
+        print(
+            f"| {name} | {wall['pyarrow']:.2f} | {wall['s3fs']:.2f} | {cpu['pyarrow']:.2f} | {cpu['s3fs']:.2f} | "
+            f"{wall['s3fs'] / wall['pyarrow']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,19 @@ import time
 import numpy as np
 import torch
 
-from rayood.bundle import BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, new_manifest, write_calibration, write_file, write_manifest
+from rayood.bundle import (
+    BACKBONE_FILE,
+    DDPM_FILE,
+    LAYERWISE_FILE,
+    new_manifest,
+    write_calibration,
+    write_file,
+    write_manifest,
+)
 from rayood.bundle_files import state_dict_bytes
 from rayood.bundle_models import load_bundle
-from rayood.detectors import mahalanobis
 from rayood.config import load_config
+from rayood.detectors import mahalanobis
 from rayood.detectors.multiscale import region_count, write_bank
 from rayood.detectors.registry import score_names
 from rayood.models.backbones import build_backbone
@@ -35,7 +43,9 @@ NUM_CLASSES = 10
 
 
 def random_bundle(directory: str, config, bank_rows: int) -> None:
-    settings = config.model.model_copy(update={"backbone": config.model.backbone.model_copy(update={"init_weights": None})})
+    settings = config.model.model_copy(
+        update={"backbone": config.model.backbone.model_copy(update={"init_weights": None})}
+    )
     backbone = build_backbone(settings.backbone, settings.preprocess, NUM_CLASSES)
     dims, feature_dim = backbone.stage_dims(), backbone.fc.in_features
     location = resolve(directory)
@@ -48,8 +58,9 @@ def random_bundle(directory: str, config, bank_rows: int) -> None:
     bank_index = write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), settings.multiscale, seed=0)
     mahalanobis.write(location, np.zeros((NUM_CLASSES, feature_dim)), np.eye(feature_dim))
     scores = score_names(settings)
-    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, feature_dim, scores, bank.shape,
-                            bank_index=bank_index)
+    manifest = new_manifest(
+        settings, [str(c) for c in range(NUM_CLASSES)], dims, feature_dim, scores, bank.shape, bank_index=bank_index
+    )
     write_calibration(location, {name: np.arange(10.0) for name in scores})
     manifest["calibration"] = {"rows": 10}
     write_manifest(location, manifest)
@@ -88,12 +99,23 @@ def main() -> None:
     with torch.no_grad():
         backbone_ms = per_image_ms(lambda: scorer.backbone.features(images), images, args.batches, device)
     total_ms = per_image_ms(lambda: scorer.score(pixels, ids), images, args.batches, device)
-    print(json.dumps({
-        "config": args.config, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "native_size": size, "bank_rows": args.bank_rows, "batch": args.batch, "scores": bundle.score_names,
-        "backbone_ms_per_image": round(backbone_ms, 2), "scorer_ms_per_image": round(total_ms, 2),
-        "images_per_s": round(1000 / total_ms, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+                "native_size": size,
+                "bank_rows": args.bank_rows,
+                "batch": args.batch,
+                "scores": bundle.score_names,
+                "backbone_ms_per_image": round(backbone_ms, 2),
+                "scorer_ms_per_image": round(total_ms, 2),
+                "images_per_s": round(1000 / total_ms, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

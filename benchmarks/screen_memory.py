@@ -125,15 +125,29 @@ def main() -> None:
     for times in (1, args.times):
         copies = args.base * times
         corpus = replicate(Path(args.corpus), copies, workdir / f"corpus-x{copies}")
-        command = [sys.executable, "jobs/screen.py", "--config", config_path, "--input", str(corpus),
-                   "--output", str(workdir / f"report-x{copies}"), "--bundle", args.bundle, "--overwrite"]
+        command = [
+            sys.executable,
+            "jobs/screen.py",
+            "--config",
+            config_path,
+            "--input",
+            str(corpus),
+            "--output",
+            str(workdir / f"report-x{copies}"),
+            "--bundle",
+            args.bundle,
+            "--overwrite",
+        ]
         sampled, seconds, status = sample_pss(command)
         if status != 0:
             raise SystemExit(f"screening x{times} failed with exit status {status}: {' '.join(command)}")
         rows = pq.read_metadata(next((workdir / f"corpus-x{copies}").glob("*.parquet"))).num_rows * copies
         results[f"x{times}"] = {
-            "rows": rows, "peak_pss_mib": round(sampled.peak / 2**20, 1), "wall_s": round(seconds, 1),
-            "at_peak_mib": _mib(sampled.split), "role_peaks_mib": _mib(sampled.role_peaks),
+            "rows": rows,
+            "peak_pss_mib": round(sampled.peak / 2**20, 1),
+            "wall_s": round(seconds, 1),
+            "at_peak_mib": _mib(sampled.split),
+            "role_peaks_mib": _mib(sampled.role_peaks),
         }
         timelines[times] = sampled.timeline
         timeline = [(at, _mib(by_role)) for at, by_role in sampled.timeline]

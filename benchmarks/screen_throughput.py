@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 from corpora import replicate
@@ -24,10 +23,10 @@ from corpora import replicate
 from rayood.bundle import MANIFEST
 from rayood.bundle_models import load_bundle
 from rayood.config import load_config, with_overrides
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.data.demo import build_demo
-from rayood.screen.pipeline import screen
 from rayood.scoring.scorer import Scorer, pick_device
+from rayood.screen.pipeline import screen
 from rayood.storage import resolve
 from rayood.train.fit import fit
 
@@ -37,7 +36,7 @@ def tight_loop(bundle_uri: str, corpus: Path, device: str, batch_size: int) -> f
     table = pq.read_table(corpus)
     bundle = load_bundle(bundle_uri, device="cpu")
     size = bundle.settings.preprocess.native_size
-    pixels = np.stack([decode_image(b, size) for b in table.column("image").to_pylist()])
+    pixels = decode_images(table.column("image").to_pylist(), size)
     ids = table.column("id").to_pylist()
     scorer = Scorer(bundle, pick_device(device))
     scorer.score(pixels[:batch_size], ids[:batch_size])  # warm-up

@@ -52,8 +52,19 @@ def main() -> None:
     parser.add_argument("--json", help="write the timeline and the result here")
     args = parser.parse_args()
     report = Path(args.workdir) / "report"
-    command = [sys.executable, "jobs/screen.py", "--config", args.config, "--bundle", args.bundle,
-               "--input", f"synthetic://{args.rows}", "--output", str(report), "--overwrite"]
+    command = [
+        sys.executable,
+        "jobs/screen.py",
+        "--config",
+        args.config,
+        "--bundle",
+        args.bundle,
+        "--input",
+        f"synthetic://{args.rows}",
+        "--output",
+        str(report),
+        "--overwrite",
+    ]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     timeline: list[dict] = []
@@ -62,7 +73,8 @@ def main() -> None:
         time.sleep(args.every)
         by_role = tree_pss(child.pid)
         sample = {
-            "t": round(time.perf_counter() - started, 1), "rows": rows_written(report / "rows", seen),
+            "t": round(time.perf_counter() - started, 1),
+            "rows": rows_written(report / "rows", seen),
             "driver_pss_mib": round(by_role.get("python screen.py", 0) / 2**20, 1),
             "tree_pss_mib": round(sum(by_role.values()) / 2**20, 1),
         }
@@ -76,7 +88,9 @@ def main() -> None:
     million = min(1_000_000, args.rows // 2)
     steady = [s for s in timeline if s["rows"] >= args.rows // 10 and s["rows"] < args.rows]
     result = {
-        "rows": summary["rows"], "ok": summary["ok"], "wall_s": round(time.perf_counter() - started, 1),
+        "rows": summary["rows"],
+        "ok": summary["ok"],
+        "wall_s": round(time.perf_counter() - started, 1),
         "job_rows_per_s": summary["timings"]["rows_per_s"],
         "first_rows_per_s": rate_between(timeline, 1, million),
         "last_rows_per_s": rate_between(timeline, args.rows - million, args.rows),

@@ -1,6 +1,7 @@
 """Training overhead: the backbone stage under Ray Train (1 worker) vs a plain PyTorch loop.
 
-    python benchmarks/train_overhead.py --data ../shared/data/cifar10_train.parquet [...] [--config configs/cifar10.yaml]
+    python benchmarks/train_overhead.py --data ../shared/data/cifar10_train.parquet [...] \
+        [--config configs/cifar10.yaml]
         [--epochs 3] [--gpu]
 
 Both fit the config's backbone with the same objective, augmentation, optimiser, epochs and batch size on the
@@ -32,6 +33,7 @@ from rayood.runtime import init_ray
 from rayood.storage import resolve
 from rayood.train.cache import CachedShard
 from rayood.train.fit import _fit_stage, _read_id_corpus
+from rayood.train.harness import LoopConfig
 from rayood.train.loops import backbone_loop
 
 
@@ -55,15 +57,30 @@ def main() -> None:
     corpus = _read_id_corpus(config, plan_sources(config.train.data, config.corpus, extra_columns=("label",)))
     train_rows = corpus.training_dataset()
     names = corpus.class_names
-    data = CachedShard.load(train_rows, config.model.preprocess.native_size, "label", names, config.train.cache_max_bytes)
+    data = CachedShard.load(
+        train_rows, config.model.preprocess.native_size, "label", names, config.train.cache_max_bytes
+    )
 
     with tempfile.TemporaryDirectory() as checkpoints:
-        base = {"model": config.model.model_dump(mode="json"), "class_names": names, "seed": config.train.seed,
-                "label_column": "label", "torch_threads": threads, "cache_max_bytes": config.train.cache_max_bytes}
+        loop_config = LoopConfig(
+            model=config.model,
+            class_names=tuple(names),
+            seed=config.train.seed,
+            label_column="label",
+            torch_threads=threads,
+            cache_max_bytes=config.train.cache_max_bytes,
+            optim=config.train.backbone,
+            augment=tuple(config.train.augment),
+        )
         started, cpu_before = time.perf_counter(), cpu_seconds()
-        result = _fit_stage(config, resolve(checkpoints), "backbone", backbone_loop,
-                            {**base, "optim": config.train.backbone.model_dump(), "augment": list(config.train.augment),
-                             "init_state": None}, train_rows)
+        result = _fit_stage(
+            config,
+            resolve(checkpoints),
+            "backbone",
+            backbone_loop,
+            loop_config,
+            train_rows,
+        )
         ray_s = time.perf_counter() - started
         ray_cpu = cpu_by_title(cpu_before, cpu_seconds())
     plain_epochs = plain_fit(config, data, torch.device("cuda" if args.gpu else "cpu"))[1]
@@ -71,15 +88,28 @@ def main() -> None:
     start_up_s = ray_s - result.metrics["epochs_s"]
     steady = plain_epochs[-1] / result.metrics["epoch_s"]
     projected = config_epochs * plain_epochs[-1] / (start_up_s + config_epochs * result.metrics["epoch_s"])
-    print(json.dumps({
-        "images": len(data), "epochs": args.epochs, "batch_size": config.train.backbone.batch_size,
-        "device": "cuda" if args.gpu else "cpu", "torch_threads": torch.get_num_threads(),
-        "plain_s": round(plain_s, 1), "ray_train_s": round(ray_s, 1), "ratio_plain_over_ray": round(plain_s / ray_s, 3),
-        "ray_start_up_s": round(start_up_s, 1), "last_epoch_plain_s": round(plain_epochs[-1], 1),
-        "last_epoch_ray_s": result.metrics["epoch_s"], "steady_ratio": round(steady, 3),
-        "config_epochs": config_epochs, "projected_ratio_at_config_epochs": round(projected, 3),
-        "ray_train_cpu_s": ray_cpu,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "images": len(data),
+                "epochs": args.epochs,
+                "batch_size": config.train.backbone.batch_size,
+                "device": "cuda" if args.gpu else "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "plain_s": round(plain_s, 1),
+                "ray_train_s": round(ray_s, 1),
+                "ratio_plain_over_ray": round(plain_s / ray_s, 3),
+                "ray_start_up_s": round(start_up_s, 1),
+                "last_epoch_plain_s": round(plain_epochs[-1], 1),
+                "last_epoch_ray_s": result.metrics["epoch_s"],
+                "steady_ratio": round(steady, 3),
+                "config_epochs": config_epochs,
+                "projected_ratio_at_config_epochs": round(projected, 3),
+                "ray_train_cpu_s": ray_cpu,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

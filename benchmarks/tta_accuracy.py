@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rayood.bundle_models import load_bundle
-from rayood.data.decode import decode_image
+from rayood.data.decode import decode_images
 from rayood.models.backbones import uint8_to_unit
 
 
@@ -52,10 +52,14 @@ def main() -> None:
     correct = np.zeros(3)
     for start in range(0, table.num_rows, 500):
         chunk = table.column("image").slice(start, 500).to_pylist()
-        images = uint8_to_unit(torch.from_numpy(np.stack([decode_image(b, size) for b in chunk])))
+        images = uint8_to_unit(torch.from_numpy(decode_images(chunk, size)))
         for level, logits in enumerate(level_logits(backbone, images)):
             correct[level] += int((logits.argmax(1).numpy() == labels[start : start + len(chunk)]).sum())
-    print(json.dumps({"images": table.num_rows, **{f"level_{i}": round(c / table.num_rows, 4) for i, c in enumerate(correct)}}))
+    print(
+        json.dumps(
+            {"images": table.num_rows, **{f"level_{i}": round(c / table.num_rows, 4) for i, c in enumerate(correct)}}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,15 @@ def child(method: str, path: str) -> None:
         repeats, _ = repeated_ids(batches, dataset.count_rows())
     seconds = time.perf_counter() - started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"repeats": repeats, "peak_above_imports_mib": round((peak_kb - base_kb) / 1024, 1), "seconds": round(seconds, 2)}))
+    print(
+        json.dumps(
+            {
+                "repeats": repeats,
+                "peak_above_imports_mib": round((peak_kb - base_kb) / 1024, 1),
+                "seconds": round(seconds, 2),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -65,7 +73,9 @@ def main() -> None:
         write_ids(path, args.rows)
         results = {}
         for method in ("column", "streamed"):
-            out = subprocess.run([sys.executable, __file__, "--child", method, str(path)], check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", method, str(path)], check=True, capture_output=True, text=True
+            )
             results[method] = json.loads(out.stdout)
         ratio = results["streamed"]["peak_above_imports_mib"] / max(results["column"]["peak_above_imports_mib"], 1e-9)
         print(json.dumps({"rows": args.rows, **results, "memory_ratio_streamed_to_column": round(ratio, 3)}, indent=2))

@@ -1,4 +1,6 @@
-"""Screen a corpus for OOD images: ``python jobs/screen.py [--config C] [--input URI ...] [--output URI] [--bundle URI]``.
+"""Screen a corpus for OOD images.
+
+    python jobs/screen.py [--config C] [--input URI ...] [--output URI] [--bundle URI]
 
 With no arguments it runs the embedded demo: builds the demo corpus, fits a bundle if none exists, screens.
 """
@@ -16,7 +18,10 @@ parser.add_argument("--input", action="append", help="corpus URI (repeatable): i
 parser.add_argument("--output", help="report URI (directory or s3:// prefix)")
 parser.add_argument("--bundle", help="model bundle URI")
 parser.add_argument(
-    "--filter-fdr", type=fdr_level, metavar="Q", help="also split the fresh report with Benjamini-Hochberg at FDR Q into OUTPUT/filter/"
+    "--filter-fdr",
+    type=fdr_level,
+    metavar="Q",
+    help="also split the fresh report with Benjamini-Hochberg at FDR Q into OUTPUT/filter/",
 )
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import platform
 import posixpath
 import uuid
 from datetime import datetime, timezone
+from importlib import metadata
 from typing import Annotated
 
 import numpy as np
@@ -53,8 +54,17 @@ MULTISCALE_INDEX_FILE = "multiscale_index.faiss"
 KNN_INDEX_FILE = "knn_index.faiss"
 
 BUNDLE_FILES = frozenset(
-    {MANIFEST, BACKBONE_FILE, LAYERWISE_FILE, CALIBRATION_FILE, BANK_FILE, DDPM_FILE, MAHALANOBIS_FILE,
-     MULTISCALE_INDEX_FILE, KNN_INDEX_FILE}
+    {
+        MANIFEST,
+        BACKBONE_FILE,
+        LAYERWISE_FILE,
+        CALIBRATION_FILE,
+        BANK_FILE,
+        DDPM_FILE,
+        MAHALANOBIS_FILE,
+        MULTISCALE_INDEX_FILE,
+        KNN_INDEX_FILE,
+    }
 )
 
 
@@ -72,7 +82,11 @@ def check_bundle_target(target: Location, overwrite: bool) -> None:
     kind = target.info().type
     if kind == pafs.FileType.File:
         raise BundleError(f"{target.uri} is a file, not a directory for a model bundle")
-    names = {posixpath.relpath(i.path, target.path) for i in target.list_files()} if kind == pafs.FileType.Directory else set()
+    names = (
+        {posixpath.relpath(i.path, target.path) for i in target.list_files()}
+        if kind == pafs.FileType.Directory
+        else set()
+    )
     foreign = sorted(names - BUNDLE_FILES)
     if foreign:
         raise BundleError(
@@ -104,27 +118,21 @@ def promote_bundle(staged: Location, target: Location) -> None:
     weights = sorted(name for name in BUNDLE_FILES - {MANIFEST} if staged.join(name).exists())
     for name in [*weights, MANIFEST]:
         pafs.copy_files(
-            staged.join(name).path, target.join(name).path,
-            source_filesystem=staged.fs, destination_filesystem=target.fs,
+            staged.join(name).path,
+            target.join(name).path,
+            source_filesystem=staged.fs,
+            destination_filesystem=target.fs,
         )
     clear_bundle(staged)
 
 
 def library_versions() -> dict[str, str]:
-    import ray
-    import torch
-    import torchvision
-
+    """The versions a bundle or report was made with, from the installed packages' metadata: importing torch
+    and Ray to ask them would cost a torch-free reader seconds and hundreds of MiB."""
     from rayood import __version__
 
-    return {
-        "rayood": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ray": ray.__version__,
-        "pyarrow": pa.__version__,
-        "python": platform.python_version(),
-    }
+    installed = {name: metadata.version(name) for name in ("torch", "torchvision", "ray", "pyarrow")}
+    return {"rayood": __version__, **installed, "python": platform.python_version()}
 
 
 def utc_now() -> str:
@@ -162,13 +170,21 @@ def fused_score(manifest: dict, calibration: dict[str, np.ndarray]) -> FusedScor
 
 
 def new_manifest(
-    settings: ModelSettings, class_names: list[str], stage_dims: list[int], feature_dim: int, scores: list[str],
-    bank_shape: tuple, data: dict | None = None, training: dict | None = None, bank_index: str = "exact",
+    settings: ModelSettings,
+    class_names: list[str],
+    stage_dims: list[int],
+    feature_dim: int,
+    scores: list[str],
+    bank_shape: tuple,
+    data: dict | None = None,
+    training: dict | None = None,
+    bank_index: str = "exact",
 ) -> dict:
     """A manifest for freshly fitted weights; ``calibration`` is filled in once calibration scores exist.
     ``bank_index``: how the bank is stored and searched, ``exact`` (an array) or ``ivf`` (two indexes)."""
     bank_files = (
-        {"multiscale_bank": BANK_FILE} if bank_index == "exact"
+        {"multiscale_bank": BANK_FILE}
+        if bank_index == "exact"
         else {"multiscale_index": MULTISCALE_INDEX_FILE, "knn_index": KNN_INDEX_FILE}
     )
     return {
@@ -181,8 +197,13 @@ def new_manifest(
         "stage_dims": stage_dims,
         "feature_dim": feature_dim,
         "scores": scores,
-        "files": {"backbone": BACKBONE_FILE, **({"layerwise": LAYERWISE_FILE} if settings.layerwise.enabled else {}),
-                  **bank_files, "mahalanobis": MAHALANOBIS_FILE, **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {})},
+        "files": {
+            "backbone": BACKBONE_FILE,
+            **({"layerwise": LAYERWISE_FILE} if settings.layerwise.enabled else {}),
+            **bank_files,
+            "mahalanobis": MAHALANOBIS_FILE,
+            **({"ddpm": DDPM_FILE} if settings.ddp.enabled else {}),
+        },
         "calibration": None,
         "fusion": _fusion(settings, scores),
         "multiscale": {"bank_rows": bank_shape[0], "regions": bank_shape[1]},

@@ -57,5 +57,6 @@ def load_bundle(
     for detector in detectors.values():
         detector.to(device)
     calibration = read_calibration(uri, s3, manifest) if manifest.get("calibration") or require_calibration else None
-    return Bundle(uri=uri, manifest=manifest, settings=settings, backbone=backbone, detectors=detectors,
-                  calibration=calibration)
+    return Bundle(
+        uri=uri, manifest=manifest, settings=settings, backbone=backbone, detectors=detectors, calibration=calibration
+    )

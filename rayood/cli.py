@@ -15,8 +15,8 @@ from pathlib import Path
 from rayood.bundle import BundleError
 from rayood.config import ConfigError, RayoodConfig, load_config, parse_config, with_overrides
 from rayood.data.sources import InputError
-from rayood.report.lease import LeaseError
 from rayood.report.guard import OutputError
+from rayood.report.lease import LeaseError
 from rayood.storage import StorageError
 
 USER_ERRORS = (ConfigError, InputError, BundleError, OutputError, LeaseError, StorageError)

@@ -17,7 +17,6 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rayood.detectors.registry import score_names
 from rayood.report.columns import COMPUTED_COLUMNS, COMPUTED_PREFIXES
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -44,7 +43,8 @@ class RaySettings(_Strict):
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1, description="only for a local cluster started in-process")
     object_store_memory: int | None = Field(
-        default=None, ge=OBJECT_STORE_MINIMUM_BYTES,
+        default=None,
+        ge=OBJECT_STORE_MINIMUM_BYTES,
         description="bytes of shared memory for Ray's object store, only for a local cluster started in-process "
         "(Ray's default: 30% of RAM). The scoring actor's resident memory grows by the store pages its input "
         "batches pass through, toward this bound, over a long run (BENCHMARKS.md)",
@@ -75,14 +75,18 @@ class S3Settings(_Strict):
     def _s3fs_options_need_s3fs(self) -> S3Settings:
         used = [name for name in ("profile", "requester_pays") if getattr(self, name)]
         if used and self.client != "s3fs":
-            raise ValueError(f"{' and '.join(used)} need client: s3fs (pyarrow's client takes a profile from AWS_PROFILE)")
+            raise ValueError(
+                f"{' and '.join(used)} need client: s3fs (pyarrow's client takes a profile from AWS_PROFILE)"
+            )
         return self
 
     @field_validator("endpoint_url")
     @classmethod
     def _no_credentials(cls, value: str | None) -> str | None:
         if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
-            raise ValueError("must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+            raise ValueError(
+                "must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            )
         return value
 
 
@@ -139,7 +143,9 @@ class BackboneSettings(_Strict):
     widths: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         default=(16, 32, 64, 128), description="cifar_resnet / cifar_fast stage widths"
     )
-    blocks: tuple[Annotated[int, Field(ge=1, le=64)], ...] = Field(default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)")
+    blocks: tuple[Annotated[int, Field(ge=1, le=64)], ...] = Field(
+        default=(1, 1, 1, 1), description="cifar_resnet blocks per stage (cifar_fast: one group per width)"
+    )
     cifar_stem: bool = Field(default=True, description="torchvision ResNets: 3x3 stride-1 stem, no max-pool")
     classifier_pool: Literal["avg", "max"] = Field(
         default="avg", description="global pooling of the last map into the penultimate vector the classifier reads"
@@ -217,7 +223,9 @@ class MultiscaleSettings(_Strict):
     centre: bool = Field(default=True, description="add the centre region")
     k: int = Field(default=10, ge=1, description="k of the multi-scale search (MODE: 10)")
     bank_fraction: float = Field(
-        default=1.0, gt=0, le=1,
+        default=1.0,
+        gt=0,
+        le=1,
         description="the share of training images in the KNN / multi-scale bank, chosen by a hash of each id "
         "(the KNN paper keeps 1% of ImageNet); bank memory and search time scale with it",
     )
@@ -256,7 +264,8 @@ class MahalanobisSettings(_Strict):
     normalise: bool = Field(
         default=True,
         description="fit and score L2-normalised penultimate features (Mueller & Hein 2025, Mahalanobis++): raw "
-        "features of OOD images have small norms that sit close to every class mean (CIFAR-10: far AUROC 41 raw, 80 normalised)",
+        "features of OOD images have small norms that sit close to every class mean (CIFAR-10: far AUROC 41 raw, "
+        "80 normalised)",
     )
 
 
@@ -351,36 +360,37 @@ class ModelSettings(_Strict):
             preprocess = preprocess.model_dump(exclude_unset=True)
         return {**data, "preprocess": {**_weights_preprocessing(weights), **preprocess}}
 
-    @model_validator(mode="after")
-    def _fused_scores_exist(self) -> ModelSettings:
-        if not self.fusion.scores:
-            return self
-        unknown = sorted(set(self.fusion.scores) - set(score_names(self)))
-        if unknown:
-            raise ValueError(f"fusion.scores {unknown} are not scores of this model: {score_names(self)}")
-        return self
-
 
 class OptimSettings(_Strict):
     epochs: int = Field(default=10, ge=0)
-    batch_size: int = Field(default=128, ge=1, description="the global batch: each of train.num_workers takes its share")
+    batch_size: int = Field(
+        default=128, ge=1, description="the global batch: each of train.num_workers takes its share"
+    )
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between checkpoints")
+
+
+class EmaOptimSettings(OptimSettings):
+    """A model fitted with AdamW whose exponential moving average is what the bundle keeps (the linear head on a
+    frozen encoder, the diffusion models)."""
+
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
 
 
 class BackboneOptimSettings(OptimSettings):
     """How the backbone is fitted. ``cross_entropy`` needs nothing else; ``rotation`` adds rotation prediction
-    (Hendrycks et al., 2019; OpenOOD's RotPred) and needs ``model.backbone.rotation_head``; the contrastive objectives train a
-    projection head and the ALPA heads alongside and a linear classifier on detached features (so the
+    (Hendrycks et al., 2019; OpenOOD's RotPred) and needs ``model.backbone.rotation_head``; the contrastive objectives
+    train a projection head and the ALPA heads alongside and a linear classifier on detached features (so the
     classifier baselines still have logits). ``alpa_finetune`` starts from ``model.backbone.init_weights``.
     ALPA aligns every pair of the batch's 2 x batch_size crops, token by token: its memory grows with the batch
     squared (cifar_fast's 3 x 3 map, alpa_dim 80: batch 512 took the worker to 19.6 GB, 128 to 2.1 GB)."""
 
     objective: Literal["cross_entropy", "rotation", "supcon", "alpa_train", "alpa_finetune"] = "cross_entropy"
     rotation_views: int = Field(
-        default=3, ge=1, le=3,
+        default=3,
+        ge=1,
+        le=3,
         description="rotation: turned copies of each image added to the batch (3: all of 90/180/270, the paper's, "
         "4x the cost of cross_entropy; 1: one turn drawn at random per image, 2x)",
     )
@@ -399,8 +409,18 @@ class BackboneOptimSettings(OptimSettings):
     lookahead: bool = Field(default=False, description="pull the weights to their running average every 5 steps")
     whitening_bias_epochs: int = Field(default=3, ge=0, description="cifar_fast: epochs the whitening bias trains")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moving_average(cls, data: object) -> object:
+        if isinstance(data, dict) and "ema_decay" in data:
+            raise ValueError(
+                "ema_decay: the backbone keeps no moving average of its weights (earlier versions accepted this key "
+                "and ignored it); remove it. Its weight averaging is lookahead"
+            )
+        return data
 
-class DiffusionOptimSettings(OptimSettings):
+
+class DiffusionOptimSettings(EmaOptimSettings):
     warmup_steps: int = Field(default=500, ge=0, description="linear learning-rate warm-up")
     grad_clip: float = Field(default=1.0, gt=0)
     timesteps: Literal["all", "levels"] = Field(
@@ -427,7 +447,8 @@ class TrainSettings(_Strict):
         "group restarts on the nodes left. STRICT_SPREAD cannot restart once fewer nodes than workers are left",
     )
     torch_threads: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="CPU threads per training worker (default: Ray's, the floor of cpus_per_worker). On a CPU-only "
         "machine, the core count lets one worker use every core while Ray Data keeps a CPU slot to feed it",
     )
@@ -443,12 +464,12 @@ class TrainSettings(_Strict):
         default=8 * 2**30, ge=1, description="decoded training pixels one worker may hold in memory (uint8)"
     )
     backbone: BackboneOptimSettings = BackboneOptimSettings(epochs=10, lr=0.05)
-    head: OptimSettings = Field(
-        default=OptimSettings(epochs=30, batch_size=256, lr=1e-3, checkpoint_every=10),
+    head: EmaOptimSettings = Field(
+        default=EmaOptimSettings(epochs=30, batch_size=256, lr=1e-3, checkpoint_every=10),
         description="backbone.epochs 0 (a frozen encoder): the linear classifier on its cached penultimate vectors, "
         "which gives the classifier scores and the held-out accuracy; epochs 0 keeps the loaded head",
     )
-    layerwise: OptimSettings = OptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
+    layerwise: EmaOptimSettings = EmaOptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
     ddpm: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
 
 
@@ -474,7 +495,8 @@ class ScreenSettings(_Strict):
     batch_size: int = Field(default=256, ge=1)
     decode_batch_size: int = Field(default=64, ge=1)
     min_actors: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description="scoring actors started first; min_actors x cpus_per_actor must leave a CPU for reading and "
         "decoding (a local cluster refuses a pool that would not, since it would wait for ever)",
     )
@@ -482,13 +504,16 @@ class ScreenSettings(_Strict):
     num_gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
     torch_threads: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="CPU threads per scoring actor (default: the floor of cpus_per_actor); on a CPU-only machine "
         "the core count lets the actor use the cores that decoding leaves idle",
     )
     passthrough_columns: tuple[str, ...] = ()
     max_bytes: int | None = Field(
-        default=None, ge=1, description="larger encoded files are error rows; default: the bundle's model.preprocess.max_bytes"
+        default=None,
+        ge=1,
+        description="larger encoded files are error rows; default: the bundle's model.preprocess.max_bytes",
     )
     max_pixels: int | None = Field(
         default=None, ge=1, description="larger images are error rows (decompression bombs); default: the bundle's"
@@ -534,8 +559,14 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
-SHARED_STAGE_INPUTS = ("corpus", "model.preprocess", "train.data", "train.seed", "train.calibration_fraction",
-                      "train.num_workers")
+SHARED_STAGE_INPUTS = (
+    "corpus",
+    "model.preprocess",
+    "train.data",
+    "train.seed",
+    "train.calibration_fraction",
+    "train.num_workers",
+)
 STAGE_INPUTS = {
     "backbone": ("model.backbone", "train.backbone", "train.augment"),
     "head": ("model.backbone", "train.head"),
@@ -582,8 +613,10 @@ class RayoodConfig(_Strict):
         if self.model.backbone.classifier:
             return self
         if self.train.backbone.epochs > 0:
-            raise ValueError("model.backbone.classifier false (unlabelled ID data) needs a frozen encoder: "
-                             "train.backbone.epochs 0 (training a backbone needs labels)")
+            raise ValueError(
+                "model.backbone.classifier false (unlabelled ID data) needs a frozen encoder: "
+                "train.backbone.epochs 0 (training a backbone needs labels)"
+            )
         if self.model.backbone.rotation_head:
             raise ValueError("model.backbone.classifier false leaves no trained rotation_head")
         if self.screen.predictions:

@@ -88,7 +88,13 @@ def _id_accuracy(config: RayoodConfig, report_rows, id_uri: str, classifier: boo
     return pc.sum(correct).as_py() / joined.num_rows
 
 
-REPORT, METRICS_CSV, METRICS_MD, EVALUATION_JSON, PLOTS = "report", "metrics.csv", "metrics.md", "evaluation.json", "plots"
+REPORT, METRICS_CSV, METRICS_MD, EVALUATION_JSON, PLOTS = (
+    "report",
+    "metrics.csv",
+    "metrics.md",
+    "evaluation.json",
+    "plots",
+)
 
 
 def prepare_output(location: Location, overwrite: bool) -> None:
@@ -96,14 +102,25 @@ def prepare_output(location: Location, overwrite: bool) -> None:
     overwrite its own ``metrics.csv``); a finished evaluation is replaced only with ``overwrite``. The report under
     it is left to the screening run, which resumes or refuses it by its own markers."""
     written = {REPORT, METRICS_CSV, METRICS_MD, EVALUATION_JSON, PLOTS}
-    claim_output(location, what="an evaluation", owns=lambda name: name.split("/")[0] in written,
-                 finished=lambda names: EVALUATION_JSON in names, overwrite=overwrite)
+    claim_output(
+        location,
+        what="an evaluation",
+        owns=lambda name: name.split("/")[0] in written,
+        finished=lambda names: EVALUATION_JSON in names,
+        overwrite=overwrite,
+    )
     if location.join(EVALUATION_JSON).exists():  # written last: it must not outlive a replacement that fails
         location.fs.delete_file(location.join(EVALUATION_JSON).path)
 
 
 def evaluate(
-    config: RayoodConfig, *, bundle: str, id_uri: str, oods: dict[str, str], near: set[str], output: str,
+    config: RayoodConfig,
+    *,
+    bundle: str,
+    id_uri: str,
+    oods: dict[str, str],
+    near: set[str],
+    output: str,
     overwrite: bool = False,
 ) -> tuple[list[dict], str]:
     """Screen, measure and plot; returns the rows of ``metrics.csv`` and the text of ``metrics.md``."""
@@ -120,10 +137,18 @@ def evaluate(
     classifier = ModelSettings.model_validate(manifest["model"]).backbone.classifier
     target = resolve(output, config.s3)
     prepare_output(target, overwrite)
-    screen_settings = config.screen.model_copy(update={
-        "inputs": tuple(uris), "output": target.join(REPORT).uri, "bundle": bundle, "overwrite": overwrite,
-        "passthrough_columns": (), "truth": None, "fit_if_missing": False, "predictions": classifier,
-    })
+    screen_settings = config.screen.model_copy(
+        update={
+            "inputs": tuple(uris),
+            "output": target.join(REPORT).uri,
+            "bundle": bundle,
+            "overwrite": overwrite,
+            "passthrough_columns": (),
+            "truth": None,
+            "fit_if_missing": False,
+            "predictions": classifier,
+        }
+    )
     summary, report_uri = screen(config.model_copy(update={"screen": screen_settings}))
     by_set = _scores_by_source(resolve(report_uri, config.s3).join("rows"), {"id": id_uri, **oods}, names)
     empty = [name for name, scores in by_set.items() if len(scores[names[0]]) == 0]
@@ -151,18 +176,34 @@ def evaluate(
         groups = {"ID": id_scores[name], **{ood: scores[name] for ood, scores in by_set.items()}}
         cut = threshold(calibration[name], config.screen.decision.alpha)
         target.join(PLOTS, f"hist_{name}.png").write_bytes(histogram_png(name, groups, cut))
-    target.join(EVALUATION_JSON).write_bytes(json.dumps(
-        {"bundle_id": manifest["bundle_id"], "id": id_uri, "ood": oods, "near": sorted(near),
-         "id_accuracy": accuracy, "heldout_accuracy": manifest.get("heldout_accuracy"),
-         "rows_per_s": summary["timings"]["rows_per_s"], "report": report_uri}, indent=2).encode())
+    target.join(EVALUATION_JSON).write_bytes(
+        json.dumps(
+            {
+                "bundle_id": manifest["bundle_id"],
+                "id": id_uri,
+                "ood": oods,
+                "near": sorted(near),
+                "id_accuracy": accuracy,
+                "heldout_accuracy": manifest.get("heldout_accuracy"),
+                "rows_per_s": summary["timings"]["rows_per_s"],
+                "report": report_uri,
+            },
+            indent=2,
+        ).encode()
+    )
     return rows, markdown
 
 
 def evaluate_job(args: argparse.Namespace) -> None:
     config = job_config(args, args.id)
     _, markdown = evaluate(
-        config, bundle=args.bundle, id_uri=args.id, oods=parse_named(args.ood), near=set(args.near or ()),
-        output=args.output, overwrite=bool(args.overwrite),
+        config,
+        bundle=args.bundle,
+        id_uri=args.id,
+        oods=parse_named(args.ood),
+        near=set(args.near or ()),
+        output=args.output,
+        overwrite=bool(args.overwrite),
     )
     print(markdown)
     print(f"written to {args.output}")

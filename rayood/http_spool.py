@@ -86,7 +86,9 @@ class RangeFallbackHandler(pafs.FSSpecHandler):
                     f"local spool (at most {SPOOL_MAX_BYTES} bytes, {free} free in {directory}); serve it from a "
                     "server that supports Range requests, or copy it to local disk or an object store"
                 )
-            log.warning("%s: the server does not serve byte ranges; reading it from a local copy (%d bytes)", path, size)
+            log.warning(
+                "%s: the server does not serve byte ranges; reading it from a local copy (%d bytes)", path, size
+            )
             handle, local = tempfile.mkstemp(prefix="rayood-spool-", dir=directory)
             try:
                 with os.fdopen(handle, "wb") as out, self.fs.open(path, mode="rb", block_size=0) as stream:

@@ -11,8 +11,8 @@ from rayood.config import RayoodConfig, with_overrides
 from rayood.data.demo import build_demo
 from rayood.pages.review_settings import GroupBy, ReviewSettings
 from rayood.report.reader import FinishedReport
-from rayood.report.target import PAGE
 from rayood.report.summary import render
+from rayood.report.target import PAGE
 from rayood.storage import Location, resolve
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,11 @@ def screen_job(args: argparse.Namespace) -> None:
     from rayood.screen.pipeline import screen
 
     config = with_overrides(
-        job_config(args, args.input, args.output, args.bundle), "screen",
-        inputs=tuple(args.input) if args.input else None, output=args.output, bundle=args.bundle,
+        job_config(args, args.input, args.output, args.bundle),
+        "screen",
+        inputs=tuple(args.input) if args.input else None,
+        output=args.output,
+        bundle=args.bundle,
         overwrite=args.overwrite,
     )
     _prepare_demo(config)
@@ -51,7 +54,9 @@ def screen_job(args: argparse.Namespace) -> None:
     print(render(summary, report))
     print(f"  page: {resolve(report, config.s3).join(PAGE).uri} (open it in a browser)")
     if args.filter_fdr is not None:
-        _filter(config, FinishedReport.open(report, config.s3), args.filter_fdr, resolve(report, config.s3).join("filter"))
+        _filter(
+            config, FinishedReport.open(report, config.s3), args.filter_fdr, resolve(report, config.s3).join("filter")
+        )
 
 
 def fdr_level(text: str) -> float:
@@ -66,10 +71,17 @@ def fdr_level(text: str) -> float:
 
 
 def _filter(
-    config: RayoodConfig, report: FinishedReport, q: float, output: Location, score: str | None = None,
-    overwrite: bool = False, shards: Location | None = None, review: ReviewSettings | None = ReviewSettings(),
+    config: RayoodConfig,
+    report: FinishedReport,
+    q: float,
+    output: Location,
+    score: str | None = None,
+    overwrite: bool = False,
+    shards: Location | None = None,
+    review: ReviewSettings | None = ReviewSettings(),
 ) -> None:
-    from rayood.decide.filter import filter_report, render as render_filter
+    from rayood.decide.filter import filter_report
+    from rayood.decide.filter import render as render_filter
 
     result = filter_report(report, q, output, score, overwrite, shards, config.corpus, config.s3, review)
     print(render_filter(result, output.uri))
@@ -106,14 +118,27 @@ def group_by(text: str) -> GroupBy:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _screening(config: RayoodConfig) -> tuple[dict, str]:
+    """A screening run for the audit's sides that are corpora (torch and Ray load only then)."""
+    from rayood.screen.pipeline import screen
+
+    return screen(config)
+
+
 def audit_job(args: argparse.Namespace) -> None:
     from rayood.audit.compare import MmdSettings
     from rayood.audit.job import AuditRequest, render_text, run_audit
 
     request = AuditRequest(
-        bundle=args.bundle, reference=args.reference, target=args.target, output=args.output, by=args.by,
-        overwrite=bool(args.overwrite), mmd=MmdSettings(args.permutations, args.mmd_max_rows, args.seed),
-        thumbnails=args.thumbnails, level=args.level,
+        bundle=args.bundle,
+        reference=args.reference,
+        target=args.target,
+        output=args.output,
+        by=args.by,
+        overwrite=bool(args.overwrite),
+        mmd=MmdSettings(args.permutations, args.mmd_max_rows, args.seed),
+        thumbnails=args.thumbnails,
+        level=args.level,
     )
-    result, output = run_audit(job_config(args, args.reference, args.target), request)
+    result, output = run_audit(job_config(args, args.reference, args.target), request, _screening)
     print(render_text(result, output))

@@ -30,8 +30,12 @@ def init_ray(settings: RaySettings) -> None:
         ray.init(address=address, **quiet)
         log.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=settings.num_cpus, object_store_memory=settings.object_store_memory,
-                 include_dashboard=False, **quiet)
+        ray.init(
+            num_cpus=settings.num_cpus,
+            object_store_memory=settings.object_store_memory,
+            include_dashboard=False,
+            **quiet,
+        )
         log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
     if not settings.verbose:
         logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -4,8 +4,9 @@ Everything goes through ``pyarrow.fs`` so that the same filesystem object serves
 writes, Ray Train checkpoints and bundle files. ``s3://`` uses pyarrow's native S3 client (its retries and
 the AWS credential chain), or s3fs where ``s3.client`` says so (profiles, requester-pays); any other scheme
 (``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``, ...) goes through fsspec, wrapped as
-``PyFileSystem(FSSpecHandler(...))`` so that the rest of rayood keeps one code path. The objects are built from the URI, config and environment only (no secret inside), so they
-pickle cheaply to every Ray task, and each process finds credentials the way that filesystem's package does.
+``PyFileSystem(FSSpecHandler(...))`` so that the rest of rayood keeps one code path. The objects are built
+from the URI, config and environment only (no secret inside), so they pickle cheaply to every Ray task, and
+each process finds credentials the way that filesystem's package does.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ class StorageError(RuntimeError):
 # gives up (pyarrow 26.0.1, measured against moto behind tests/faulty_proxy.py). Ray Data retries its own reads on
 # these messages (``DataContext.retried_io_errors``); rayood's own reads (bundles, leases, reports) retry here.
 TRANSIENT_ERRORS = (
-    "AWS Error INTERNAL_FAILURE", "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN",
-    "AWS Error SERVICE_UNAVAILABLE", "HTTP status 503",
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error SLOW_DOWN",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "HTTP status 503",
 )
 READ_ATTEMPTS = 5
 READ_CHUNK = 64 << 20
@@ -73,7 +77,9 @@ def _endpoint(settings: S3Settings) -> str | None:
         return None
     parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
     if parsed.username or parsed.password:
-        raise StorageError("the S3 endpoint URL holds credentials; give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        raise StorageError(
+            "the S3 endpoint URL holds credentials; give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        )
     return f"{parsed.scheme}://{parsed.netloc}"
 
 
@@ -85,8 +91,11 @@ def _s3fs(settings: S3Settings):  # -> s3fs.S3FileSystem (imported here: only s3
     import s3fs
 
     return s3fs.S3FileSystem(
-        anon=settings.anonymous, endpoint_url=_endpoint(settings), profile=settings.profile,
-        requester_pays=settings.requester_pays, use_listings_cache=False,
+        anon=settings.anonymous,
+        endpoint_url=_endpoint(settings),
+        profile=settings.profile,
+        requester_pays=settings.requester_pays,
+        use_listings_cache=False,
         client_kwargs={"region_name": _region(settings)},
         config_kwargs={"retries": {"max_attempts": settings.retries + 1, "mode": "standard"}},
     )
@@ -341,7 +350,9 @@ def _fsspec_location(uri: str) -> Location:
     except ImportError as error:  # a known scheme whose package is not installed (gcsfs, adlfs, huggingface_hub)
         raise StorageError(f"{uri}: {scheme}:// needs an extra package on every node: {error}") from None
     except ValueError as error:
-        raise StorageError(f"unsupported URI scheme in {uri!r} ({error}): use a local path, s3:// or an fsspec URI") from None
+        raise StorageError(
+            f"unsupported URI scheme in {uri!r} ({error}): use a local path, s3:// or an fsspec URI"
+        ) from None
     handler = RangeFallbackHandler(fs) if scheme in ("http", "https") else pafs.FSSpecHandler(fs)
     return Location(uri.rstrip("/"), pafs.PyFileSystem(handler), path.rstrip("/") or path)
 

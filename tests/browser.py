@@ -37,9 +37,18 @@ def browser_path() -> str | None:
 
 def _start(profile: str) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
-        [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            BROWSER,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     port_file = Path(profile) / "DevToolsActivePort"
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -88,7 +97,9 @@ async def _visit(port: int, url: str) -> PageVisit:
                 images: Array.from(document.images).map(i => ({src: i.src.slice(0, 30), naturalWidth: i.naturalWidth,
                                                                 complete: i.complete})),
                 scripts: document.scripts.length, text: document.body.innerText})"""
-            found = json.loads((await call("Runtime.evaluate", expression=script, returnByValue=True))["result"]["value"])
+            found = json.loads(
+                (await call("Runtime.evaluate", expression=script, returnByValue=True))["result"]["value"]
+            )
     requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     return PageVisit(requests, found["images"], found["scripts"], found["text"])
 

@@ -69,24 +69,43 @@ def _wait_for_dashboard(url: str, process: subprocess.Popen, timeout_s: float) -
 # node is found by the same health check either way, sooner. A killed raylet refuses the check at once, so
 # five failed checks a second apart find it in ~5 s; a live node busy on two loaded cores gets 10 s to answer
 # (with a 1 s timeout the head declared a healthy node dead mid-test).
-FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
-                   "RAY_health_check_timeout_ms": "10000", "RAY_health_check_failure_threshold": "5"}
+FAST_NODE_DEATH = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "10000",
+    "RAY_health_check_failure_threshold": "5",
+}
 
 
 @contextmanager
-def ray_head(temp_dir: Path, num_cpus: int = 2, timeout_s: float = 120, env: dict[str, str] | None = None) -> Iterator[Head]:
+def ray_head(
+    temp_dir: Path, num_cpus: int = 2, timeout_s: float = 120, env: dict[str, str] | None = None
+) -> Iterator[Head]:
     port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     # Ray's socket paths must stay short (AF_UNIX limit): a deep pytest tmp dir is too long.
     short = Path(f"/tmp/rh{port}")
     short.symlink_to(temp_dir, target_is_directory=True)
     log = open(temp_dir / "ray-start.log", "wb")
     process = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--temp-dir={short}", "--disable-usage-stats",
-         # the job agent's HTTP port (default 52365) is taken whenever another local cluster runs
-         f"--dashboard-agent-listen-port={agent_port}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--temp-dir={short}",
+            "--disable-usage-stats",
+            # the job agent's HTTP port (default 52365) is taken whenever another local cluster runs
+            f"--dashboard-agent-listen-port={agent_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         # no 30 s drain on SIGTERM (it lets Serve quiesce; a test cluster has nothing to drain)
         env={**_venv_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **(env or {})},
     )
@@ -126,9 +145,21 @@ def ray_worker_node(head: Head, name: str, num_cpus: int = 2, timeout_s: float =
     temp_dir = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
     log = open(head.temp_dir / f"ray-start-{name}.log", "wb")
     process = subprocess.Popen(
-        [RAY, "start", f"--address={head.address}", "--block", "--node-ip-address=127.0.0.1",
-         f"--num-cpus={num_cpus}", f"--resources={{\"{name}\": 1}}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=head.env(),
+        [
+            RAY,
+            "start",
+            f"--address={head.address}",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            f'--resources={{"{name}": 1}}',
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=head.env(),
     )
     node = WorkerNode(process, name)
     try:
@@ -145,8 +176,9 @@ def _wait_for_node(head: Head, name: str, process: subprocess.Popen, timeout_s: 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"ray start (node {name}) exited with {process.returncode}")
-        status = subprocess.run([RAY, "status", f"--address={head.address}"], capture_output=True, text=True,
-                                env=head.env(), timeout=60)
+        status = subprocess.run(
+            [RAY, "status", f"--address={head.address}"], capture_output=True, text=True, env=head.env(), timeout=60
+        )
         if f" {name}" in status.stdout or f"/{name}" in status.stdout:  # its resource is in the cluster's total
             return
         time.sleep(1)
@@ -191,7 +223,9 @@ def actor_restarts(class_name: str) -> dict[str, int]:
     cluster's actor table. Ray's public state API needs the dashboard, which the in-process cluster does not start."""
     from ray._private.state import actors
 
-    return {actor_id: info["NumRestarts"] for actor_id, info in actors().items() if class_name in info["ActorClassName"]}
+    return {
+        actor_id: info["NumRestarts"] for actor_id, info in actors().items() if class_name in info["ActorClassName"]
+    }
 
 
 def _stop(process: subprocess.Popen) -> None:

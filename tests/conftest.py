@@ -8,7 +8,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import pytest
 
 from rayood.config import RayoodConfig, parse_config
 from rayood.data.demo import build_demo
+from tests.cluster import free_port
 
 TINY_MODEL = {
     "preprocess": {"native_size": 32, "input_size": 32, "mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]},
@@ -25,7 +25,14 @@ TINY_MODEL = {
     "layerwise": {"num_blocks": 2, "hidden_multiplier": 1.0, "time_embed_dim": 32},
     # DDP is the slow score (a screen of the demo corpus takes ~45 s with it, ~7 s without): off in the shared
     # tiny bundle, on in exactly one test (test_multiworker.py, with WITH_DDP)
-    "ddp": {"enabled": False, "base_channels": 8, "channel_mults": [1, 2], "levels": [40, 80], "stride": 40, "draws": 1},
+    "ddp": {
+        "enabled": False,
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "levels": [40, 80],
+        "stride": 40,
+        "draws": 1,
+    },
     "fusion": {"synthetic_per_kind": 100},
 }
 WITH_DDP = {"ddp": {**TINY_MODEL["ddp"], "enabled": True}}
@@ -115,22 +122,24 @@ def tiny_bundle(ray_cluster, demo_data, fixture_cache, tmp_path_factory) -> str:
 
     def fit_into(folder: Path) -> None:
         bundle = str(folder / "tiny")
-        fit(tiny_config(train={"data": [str(demo_data[0])], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}))
+        fit(
+            tiny_config(
+                train={"data": [str(demo_data[0])], "bundle": bundle, "checkpoint_path": f"{bundle}-checkpoints"}
+            )
+        )
 
     copy = tmp_path_factory.mktemp("bundles") / "fitted"
     shutil.copytree(_built_once(fixture_cache / "bundle", fit_into), copy)
     return str(copy / "tiny")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # moto's credentials, in the environment before any Ray worker or job process starts: rayood never ships
 # S3 keys in task arguments, so every process must find them in its own environment, as on a real cluster.
-for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}.items():
     os.environ[_key] = _value
 
 
@@ -140,7 +149,7 @@ def s3_server():
     so in-process mocks would be invisible to them. Credentials go through the standard variables."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -164,5 +173,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         function = getattr(item, "function", None)
         calls = set(function.__code__.co_names) if function is not None else set()
-        if item.get_closest_marker("smoke") is None and (CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls):
+        if item.get_closest_marker("smoke") is None and (
+            CLUSTER_FIXTURES & set(item.fixturenames) or CLUSTER_CALLS & calls
+        ):
             item.add_marker(pytest.mark.cluster)

@@ -18,7 +18,10 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
-INTERNAL = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>'
+INTERNAL = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+    b"<Message>We encountered an internal error.</Message></Error>"
+)
 # not forwarded: the proxy reads the whole body (``Expect: 100-continue`` is answered here) and sends its length
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "expect"}
 
@@ -27,8 +30,9 @@ class FaultyProxy:
     """``every``: fault kind -> (period, phase): request n (counted from 0) gets that fault when
     n % period == phase. Requests beyond ``max_requests`` are forwarded untouched (bounded disturbance)."""
 
-    def __init__(self, upstream_port: int, every: dict[str, tuple[int, int]], stall_s: float = 1.0,
-                 max_requests: int = 100_000) -> None:
+    def __init__(
+        self, upstream_port: int, every: dict[str, tuple[int, int]], stall_s: float = 1.0, max_requests: int = 100_000
+    ) -> None:
         self.upstream_port, self.every, self.stall_s, self.max_requests = upstream_port, every, stall_s, max_requests
         self.faults: Counter[str] = Counter()
         self.requests = 0

@@ -50,9 +50,9 @@ def test_a_killed_scoring_actor_is_restarted_and_every_row_comes_out_once(tiny_b
     killer = threading.Thread(target=kill_a_score_actor_once_it_wrote, args=(output, killed, stop), daemon=True)
     killer.start()
     try:
-        summary, _ = screen(tiny_config(
-            screen={"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle, **SMALL_BATCHES}
-        ))
+        summary, _ = screen(
+            tiny_config(screen={"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle, **SMALL_BATCHES})
+        )
     finally:
         stop.set()
         killer.join(30)

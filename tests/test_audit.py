@@ -14,12 +14,12 @@ from scipy.stats import binomtest
 
 from rayood.audit.compare import audit, groups_of, values_of
 from rayood.audit.report_html import histogram_uri, render_html
-from rayood.pages.thumbnails import attach_thumbnails, most_ood
 from rayood.audit.two_sample import flagged_test, ks_test, mmd_test
 from rayood.audit.verdict import drift_verdict, holm_adjusted, verdict_line
 from rayood.config import CorpusSettings, DecisionSettings
-from rayood.report.reader import FinishedReport
 from rayood.detectors.calibrate import ConformalReference
+from rayood.pages.thumbnails import attach_thumbnails, most_ood
+from rayood.report.reader import FinishedReport
 from rayood.report.summary import summarize
 from rayood.report.target import ROWS, SUCCESS, SUMMARY
 from tests.conftest import tiny_config
@@ -56,7 +56,10 @@ def test_mmd_holds_its_level_and_rejects_a_shift():
 
     same = rejection_rate(draw(0.0), 3)
     shifted = rejection_rate(draw(0.6), 4)
-    print(f"MMD (120 vs 120, 16-d, 200 permutations): rejection rate {same:.3f} on ID vs ID, {shifted:.3f} on a 0.6 sd shift in one dimension")
+    print(
+        f"MMD (120 vs 120, 16-d, 200 permutations): rejection rate {same:.3f} on ID vs ID, "
+        f"{shifted:.3f} on a 0.6 sd shift in one dimension"
+    )
     assert abs(same - LEVEL) <= TOLERANCE
     assert shifted > LEVEL + TOLERANCE
 
@@ -78,7 +81,10 @@ def test_flag_rate_test_holds_its_level_where_a_binomial_test_does_not():
         result = flagged_test(pvalues, LEVEL, 200)
         exact.append(result["pvalue"] < LEVEL)
         binomial.append(binomtest(result["flagged"], 1000, LEVEL, alternative="greater").pvalue < LEVEL)
-    print(f"flag rate (1000 vs 200 calibration): rejection rate {np.mean(exact):.3f} beta-binomial, {np.mean(binomial):.3f} binomial")
+    print(
+        f"flag rate (1000 vs 200 calibration): rejection rate {np.mean(exact):.3f} beta-binomial, "
+        f"{np.mean(binomial):.3f} binomial"
+    )
     assert np.mean(exact) <= LEVEL + TOLERANCE
     assert np.mean(binomial) > LEVEL + TOLERANCE
     with_ood = ConformalReference(rng.standard_normal(200)).pvalues(
@@ -142,22 +148,33 @@ def write_report(directory, corpus, shift: float, groups: list[str], seed: int, 
     scores[-1] = np.nan
     ok = ~np.isnan(scores)
     vectors = (rng.standard_normal((n, 8)) + shift).astype(np.float16)
-    table = pa.table({
-        "id": ids, "source": [str(corpus)] * n, "status": np.where(ok, "ok", "error").tolist(),
-        "error": [None if good else "not an image: test" for good in ok],
-        "score_mfsim": pa.array(scores, from_pandas=True),
-        "pvalue_mfsim": pa.array(ConformalReference(calibration["mfsim"]).pvalues(scores), from_pandas=True),
-        "is_ood": pa.array(ConformalReference(calibration["mfsim"]).pvalues(scores) <= 0.05, mask=~ok),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float16()), 8, mask=pa.array(~ok)),
-        "group": [groups[i % len(groups)] for i in range(n)],
-    })
+    table = pa.table(
+        {
+            "id": ids,
+            "source": [str(corpus)] * n,
+            "status": np.where(ok, "ok", "error").tolist(),
+            "error": [None if good else "not an image: test" for good in ok],
+            "score_mfsim": pa.array(scores, from_pandas=True),
+            "pvalue_mfsim": pa.array(ConformalReference(calibration["mfsim"]).pvalues(scores), from_pandas=True),
+            "is_ood": pa.array(ConformalReference(calibration["mfsim"]).pvalues(scores) <= 0.05, mask=~ok),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.reshape(-1), pa.float16()), 8, mask=pa.array(~ok)
+            ),
+            "group": [groups[i % len(groups)] for i in range(n)],
+        }
+    )
     if not embedding:
         table = table.drop_columns(["embedding"])
     (directory / ROWS).mkdir(parents=True)
     pq.write_table(table, directory / ROWS / "part-0.parquet")
     summary = summarize(
-        table, score_names=["mfsim"], calibration=calibration, decision=DecisionSettings(score="mfsim"),
-        expected_rows=n, elapsed_s=1.0, bundle_id="simulated",
+        table,
+        score_names=["mfsim"],
+        calibration=calibration,
+        decision=DecisionSettings(score="mfsim"),
+        expected_rows=n,
+        elapsed_s=1.0,
+        bundle_id="simulated",
     )
     (directory / SUMMARY).write_text(json.dumps(summary))
     (directory / SUCCESS).write_bytes(b"")
@@ -183,10 +200,17 @@ def test_html_page_from_reports_written_by_hand(demo_data, tmp_path):
     corpus = corpus_and_reference(demo_data, tmp_path, 90)
     result, reference_rows, target_rows = audit_by_hand(tmp_path, corpus, "target", 1.0, ["b&<x>", "a"], seed=2)
     assert result["mmd"]["pvalue"] < 0.05 and result["scores"]["mfsim"]["ks"]["pvalue"] < 1e-3
-    assert result["target"]["scored_rows"] == 89 and result["groups"]["a"]["rows"] + result["groups"]["b&<x>"]["rows"] == 89
+    assert (
+        result["target"]["scored_rows"] == 89
+        and result["groups"]["a"]["rows"] + result["groups"]["b&<x>"]["rows"] == 89
+    )
     rows = attach_thumbnails(most_ood(target_rows, "mfsim", 5), CorpusSettings(), None, size=32)
     assert all(row["thumbnail"] for row in rows)
-    histograms = {"mfsim": histogram_uri("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), {})}
+    histograms = {
+        "mfsim": histogram_uri(
+            "mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), {}
+        )
+    }
     page = parse(render_html(result, histograms, rows))
     assert_self_contained(page, thumbnails=5, histograms=1)
     group_table = max(index for index, _ in page.rows)
@@ -205,7 +229,11 @@ def test_values_from_reports_are_escaped_and_plotted_as_plain_text(demo_data, tm
     corpus = corpus_and_reference(demo_data, tmp_path, 60)
     result, reference_rows, target_rows = audit_by_hand(tmp_path, corpus, "target", 1.0, ["$\\foo$", "a"], seed=2)
     groups = {g: values_of(target_rows, "score_mfsim", groups_of(target_rows, "group") == g) for g in result["groups"]}
-    histograms = {"mfsim": histogram_uri("mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), groups)}
+    histograms = {
+        "mfsim": histogram_uri(
+            "mfsim", values_of(reference_rows, "score_mfsim"), values_of(target_rows, "score_mfsim"), groups
+        )
+    }
     result["reference"]["errors"] = "<script>alert(1)</script>"
     html = render_html(result, histograms, [])
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -253,9 +281,24 @@ def audited(ray_cluster, tiny_bundle, corpora):
     output = root / "audit"
     env = {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     result = run_job(
-        "audit.py", "--config", config, "--bundle", tiny_bundle, "--reference", str(root / "reference.parquet"),
-        "--target", str(root / "target.parquet"), "--by", "group", "--output", str(output), "--permutations", "200",
-        "--thumbnails", "6", env=env,
+        "audit.py",
+        "--config",
+        config,
+        "--bundle",
+        tiny_bundle,
+        "--reference",
+        str(root / "reference.parquet"),
+        "--target",
+        str(root / "target.parquet"),
+        "--by",
+        "group",
+        "--output",
+        str(output),
+        "--permutations",
+        "200",
+        "--thumbnails",
+        "6",
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result
@@ -299,17 +342,43 @@ def test_audit_job_reuses_finished_reports_without_ray(audited, tiny_bundle, cor
     root, config = corpora
     again = root / "again"
     result = run_job(
-        "audit.py", "--config", config, "--bundle", tiny_bundle, "--reference", str(output / "reference"),
-        "--target", str(output / "target"), "--by", "group", "--output", str(again), "--permutations", "200",
-        "--thumbnails", "6", env={"RAY_ADDRESS": ""}, timeout=300,
+        "audit.py",
+        "--config",
+        config,
+        "--bundle",
+        tiny_bundle,
+        "--reference",
+        str(output / "reference"),
+        "--target",
+        str(output / "target"),
+        "--by",
+        "group",
+        "--output",
+        str(again),
+        "--permutations",
+        "200",
+        "--thumbnails",
+        "6",
+        env={"RAY_ADDRESS": ""},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Started a local Ray" not in result.stderr + result.stdout and not (again / "target").exists()
     first, second = json.loads((output / "audit.json").read_text()), json.loads((again / "audit.json").read_text())
     assert second["scores"] == first["scores"] and second["groups"] == first["groups"]
     refused = run_job(
-        "audit.py", "--config", config, "--bundle", tiny_bundle, "--reference", str(output / "reference"),
-        "--target", str(output / "target"), "--output", str(again), timeout=300,
+        "audit.py",
+        "--config",
+        config,
+        "--bundle",
+        tiny_bundle,
+        "--reference",
+        str(output / "reference"),
+        "--target",
+        str(output / "target"),
+        "--output",
+        str(again),
+        timeout=300,
     )
     assert refused.returncode == 2 and "already holds an audit" in refused.stderr
 
@@ -317,13 +386,45 @@ def test_audit_job_reuses_finished_reports_without_ray(audited, tiny_bundle, cor
 def test_audit_job_checks_arguments_before_screening(tiny_bundle, corpora, tmp_path):
     root, config = corpora
     common = ["--config", config, "--bundle", tiny_bundle, "--reference", str(root / "reference.parquet")]
-    missing = run_job("audit.py", *common, "--target", str(root / "target.parquet"), "--by", "colour", "--output", str(tmp_path / "a"), timeout=300)
+    missing = run_job(
+        "audit.py",
+        *common,
+        "--target",
+        str(root / "target.parquet"),
+        "--by",
+        "colour",
+        "--output",
+        str(tmp_path / "a"),
+        timeout=300,
+    )
     assert missing.returncode == 2 and "colour" in missing.stderr
-    assert not (tmp_path / "a" / "reference").exists(), "the reference must not be screened before the target is checked"
-    bad = run_job("audit.py", *common, "--target", str(root / "target.parquet"), "--permutations", "0", "--output", str(tmp_path / "b"), timeout=300)
+    assert not (tmp_path / "a" / "reference").exists(), (
+        "the reference must not be screened before the target is checked"
+    )
+    bad = run_job(
+        "audit.py",
+        *common,
+        "--target",
+        str(root / "target.parquet"),
+        "--permutations",
+        "0",
+        "--output",
+        str(tmp_path / "b"),
+        timeout=300,
+    )
     assert bad.returncode == 2 and "--permutations" in bad.stderr
     no_bundle = run_job(
-        "audit.py", "--config", config, "--bundle", str(tmp_path / "none"), "--reference", str(root / "reference.parquet"),
-        "--target", str(root / "target.parquet"), "--output", str(tmp_path / "c"), timeout=300,
+        "audit.py",
+        "--config",
+        config,
+        "--bundle",
+        str(tmp_path / "none"),
+        "--reference",
+        str(root / "reference.parquet"),
+        "--target",
+        str(root / "target.parquet"),
+        "--output",
+        str(tmp_path / "c"),
+        timeout=300,
     )
     assert no_bundle.returncode == 2 and "bundle" in no_bundle.stderr

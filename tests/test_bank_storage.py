@@ -25,8 +25,15 @@ def _bank() -> np.ndarray:
 def _write(uri: str, search: MultiscaleSettings) -> tuple:
     bundle = resolve(uri)
     kind = write_bank(bundle, _bank(), search, seed=0)
-    manifest = new_manifest(ModelSettings(multiscale=search), ["a", "b"], [8, DIM], DIM, ["knn", "multiscale"],
-                            (ROWS, REGIONS, DIM), bank_index=kind)
+    manifest = new_manifest(
+        ModelSettings(multiscale=search),
+        ["a", "b"],
+        [8, DIM],
+        DIM,
+        ["knn", "multiscale"],
+        (ROWS, REGIONS, DIM),
+        bank_index=kind,
+    )
     return bundle, manifest
 
 

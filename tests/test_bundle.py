@@ -7,15 +7,24 @@ import pytest
 import torch
 
 from rayood.bundle import (
-    BACKBONE_FILE, DDPM_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE, MANIFEST, BundleError, check_bundle_target,
-    clear_bundle, new_manifest, write_calibration, write_file, write_manifest,
+    BACKBONE_FILE,
+    DDPM_FILE,
+    LAYERWISE_FILE,
+    MAHALANOBIS_FILE,
+    MANIFEST,
+    BundleError,
+    check_bundle_target,
+    clear_bundle,
+    new_manifest,
+    write_calibration,
+    write_file,
+    write_manifest,
 )
 from rayood.bundle_files import state_dict_bytes
 from rayood.bundle_models import load_bundle
+from rayood.config import ConfigError, ModelSettings
 from rayood.detectors import mahalanobis
 from rayood.detectors.multiscale import write_bank
-from rayood.config import ConfigError
-from rayood.config import ModelSettings
 from rayood.models.backbones import build_backbone
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
@@ -23,7 +32,8 @@ from rayood.storage import resolve
 
 SETTINGS = ModelSettings.model_validate(
     {
-        "backbone": {"widths": [4, 8], "blocks": [1, 1]}, "layerwise": {"num_blocks": 1, "time_embed_dim": 8},
+        "backbone": {"widths": [4, 8], "blocks": [1, 1]},
+        "layerwise": {"num_blocks": 1, "time_embed_dim": 8},
         "ddp": {"base_channels": 8, "channel_mults": [1, 2]},
     }
 )
@@ -53,7 +63,7 @@ def test_round_trip(tmp_path):
     bundle = load_bundle(str(tmp_path))
     assert bundle.bundle_id == manifest["bundle_id"] and bundle.score_names == SCORES
     np.testing.assert_array_equal(bundle.calibration["msp"], np.arange(5.0))
-    assert bundle.manifest["versions"]["torch"] == torch.__version__
+    assert torch.__version__.startswith(bundle.manifest["versions"]["torch"])  # the wheel's version, no build tag
 
 
 def test_missing_bundle_is_a_clear_error(tmp_path):
@@ -71,7 +81,9 @@ def test_uncalibrated_bundle_is_refused_for_screening(tmp_path):
 def test_weights_that_do_not_match_the_manifest_are_refused(tmp_path):
     location, manifest = make_bundle(tmp_path)
     other = ModelSettings.model_validate({**SETTINGS.model_dump(), "backbone": {"widths": [4, 16], "blocks": [1, 1]}})
-    write_file(location, BACKBONE_FILE, state_dict_bytes(build_backbone(other.backbone, other.preprocess, 3).state_dict()))
+    write_file(
+        location, BACKBONE_FILE, state_dict_bytes(build_backbone(other.backbone, other.preprocess, 3).state_dict())
+    )
     with pytest.raises(BundleError, match="does not match"):
         load_bundle(str(tmp_path))
 
@@ -114,7 +126,10 @@ def test_format_version_is_checked(tmp_path):
 
 DAMAGED_MANIFESTS = {
     "missing key": lambda m: {k: v for k, v in m.items() if k != "stage_dims"},
-    "zero channel multiplier": lambda m: {**m, "model": {**m["model"], "ddp": {**m["model"]["ddp"], "channel_mults": [0, -1]}}},
+    "zero channel multiplier": lambda m: {
+        **m,
+        "model": {**m["model"], "ddp": {**m["model"]["ddp"], "channel_mults": [0, -1]}},
+    },
     "huge widths": lambda m: {**m, "model": {**m["model"], "backbone": {**m["model"]["backbone"], "widths": [10**7]}}},
     "class names that do not match": lambda m: {**m, "class_names": ["a"]},
     "unknown model field": lambda m: {**m, "model": {**m["model"], "surprise": 1}},
@@ -179,7 +194,9 @@ def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_
     from rayood.scoring.scorer import Scorer
 
     small_k = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
-    flipped = ModelSettings.model_validate({**small_k.model_dump(), "backbone": {**small_k.backbone.model_dump(), "flip_tta": True}})
+    flipped = ModelSettings.model_validate(
+        {**small_k.model_dump(), "backbone": {**small_k.backbone.model_dump(), "flip_tta": True}}
+    )
     make_bundle(tmp_path, flipped)
     bundle = load_bundle(str(tmp_path))
     plain = Scorer(dataclasses.replace(load_bundle(str(tmp_path)), settings=small_k), torch.device("cpu"))
@@ -207,10 +224,14 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     from rayood.train.references import FeatureRows
 
     plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
-    averaged = ModelSettings.model_validate({**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}})
+    averaged = ModelSettings.model_validate(
+        {**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}}
+    )
     location, manifest = make_bundle(tmp_path, averaged, scores=["msp", "knn", "multiscale"])
     bank = np.random.default_rng(0).normal(size=(12, 6, manifest["stage_dims"][-1])).astype(np.float32)
-    write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), averaged.multiscale, seed=0)  # unit rows, as fitted
+    write_bank(
+        location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), averaged.multiscale, seed=0
+    )  # unit rows, as fitted
     bundle = load_bundle(str(tmp_path))
     pixels = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     pixels = np.concatenate([pixels, pixels[:, :, ::-1]])  # each image, then its mirror
@@ -222,14 +243,22 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     unaveraged_bundle.detectors["multiscale"].settings = plain.multiscale  # the same bank, searched without the mirror
     unaveraged = Scorer(unaveraged_bundle, torch.device("cpu")).score(pixels, ids)
     assert not np.allclose(unaveraged.scores["knn"][:3], unaveraged.scores["knn"][3:], rtol=1e-5)
-    np.testing.assert_allclose(scored.scores["msp"], unaveraged.scores["msp"], rtol=1e-5)  # the classifier sees the image alone
+    np.testing.assert_allclose(
+        scored.scores["msp"], unaveraged.scores["msp"], rtol=1e-5
+    )  # the classifier sees the image alone
 
     batch = pa.table({"pixels": pixels_to_column(pixels), "label": ["a", "b", "c"] * 2, "id": ids})
     backbone_file = str(tmp_path / BACKBONE_FILE)
-    regions = {name: FeatureRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", backbone_file, None, "cpu")(batch)["multiscale/regions"]
-               for name, settings in (("averaged", averaged), ("plain", plain))}
+    regions = {
+        name: FeatureRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", backbone_file, None, "cpu")(
+            batch
+        )["multiscale/regions"]
+        for name, settings in (("averaged", averaged), ("plain", plain))
+    }
     np.testing.assert_allclose(regions["averaged"][:3, 0], regions["averaged"][3:, 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6
+    )
     assert not np.allclose(regions["plain"][:3, 0], regions["plain"][3:, 0], rtol=1e-5)
 
 

@@ -1,8 +1,17 @@
+import ast
 from pathlib import Path
 
 import pytest
 
-from rayood.config import ConfigError, load_config, parse_config, with_overrides
+from rayood.config import (
+    BackboneOptimSettings,
+    ConfigError,
+    DiffusionOptimSettings,
+    EmaOptimSettings,
+    load_config,
+    parse_config,
+    with_overrides,
+)
 
 
 def write(tmp_path, text):
@@ -26,9 +35,15 @@ def test_every_shipped_config_is_valid_and_its_decision_score_exists(name):
     assert config.screen.decision.score in scores
 
 
-def test_fusion_scores_must_be_scores_of_the_model():
-    with pytest.raises(ConfigError, match=r"model: .*fusion\.scores \['knnn'\]"):
-        parse_config({"model": {"fusion": {"scores": ["knn", "knnn"]}}})
+def test_fusion_scores_must_be_scores_of_the_model(tmp_path):
+    """The fit checks them first, before it plans its data or starts Ray (the settings sit below the detector
+    registry that knows the scores)."""
+    from rayood.train.fit import fit
+
+    settings = {"model": {"fusion": {"scores": ["knn", "knnn"]}}}
+    config = parse_config({**settings, "train": {"data": [str(tmp_path / "absent")], "bundle": str(tmp_path / "b")}})
+    with pytest.raises(ConfigError, match=r"model\.fusion\.scores \['knnn'\] are not scores of this model"):
+        fit(config)
 
 
 def test_unknown_key_names_the_field_and_the_file(tmp_path):
@@ -84,9 +99,21 @@ def test_fingerprint_changes_with_settings():
     a = parse_config({})
     b = parse_config({"train": {"seed": 1}})
     assert a.stage_fingerprint("backbone") != b.stage_fingerprint("backbone")
-    elsewhere = parse_config({"train": {"bundle": "s3://b/x", "checkpoint_path": "/tmp/c", "overwrite": True,
-                                        "max_failures": 1, "torch_threads": 2, "cache_max_bytes": 10}})
-    assert a.stage_fingerprint("backbone") == elsewhere.stage_fingerprint("backbone"), "the destination does not change the fit"
+    elsewhere = parse_config(
+        {
+            "train": {
+                "bundle": "s3://b/x",
+                "checkpoint_path": "/tmp/c",
+                "overwrite": True,
+                "max_failures": 1,
+                "torch_threads": 2,
+                "cache_max_bytes": 10,
+            }
+        }
+    )
+    assert a.stage_fingerprint("backbone") == elsewhere.stage_fingerprint("backbone"), (
+        "the destination does not change the fit"
+    )
 
 
 def test_stage_fingerprints_follow_what_each_stage_reads():
@@ -97,8 +124,9 @@ def test_stage_fingerprints_follow_what_each_stage_reads():
     backbone = parse_config({"model": {"backbone": {"widths": [8, 8, 8, 8]}}})
     assert base.stage_fingerprint("layerwise") != backbone.stage_fingerprint("layerwise"), "it reads the backbone"
     assert base.stage_fingerprint("ddpm") == backbone.stage_fingerprint("ddpm")
-    test_time = parse_config({"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5},
-                                        "backbone": {"flip_tta": True}}})
+    test_time = parse_config(
+        {"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5}, "backbone": {"flip_tta": True}}}
+    )
     assert all(base.stage_fingerprint(s) == test_time.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
     data = parse_config({"train": {"data": ["other.parquet"]}})
     assert all(base.stage_fingerprint(s) != data.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
@@ -124,3 +152,48 @@ def test_an_object_store_below_rays_minimum_names_the_field():
     with pytest.raises(ConfigError, match=r"ray\.object_store_memory"):
         parse_config({"ray": {"object_store_memory": 10 * 2**20}})
     assert parse_config({"ray": {"object_store_memory": 2**30}}).ray.object_store_memory == 2**30
+
+
+def _attributes_read(path: str, definitions: set[str] | None = None) -> set[str]:
+    """Every ``x.name`` read in ``path``'s functions and classes named ``definitions`` (all of it when None)."""
+    tree = ast.parse(Path(path).read_text())
+    roots = (
+        [tree]
+        if definitions is None
+        else [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in definitions
+        ]
+    )
+    return {node.attr for root in roots for node in ast.walk(root) if isinstance(node, ast.Attribute)}
+
+
+BACKBONE_CODE = [
+    ("rayood/train/loops.py", {"backbone_loop"}),
+    ("rayood/train/steps.py", {"BackboneEpoch", "new_backbone_objective"}),
+    ("rayood/train/recipe.py", None),
+    ("rayood/train/objectives.py", None),
+]
+EMA_CODE = [("rayood/train/harness.py", {"EmaRun"})]
+
+
+@pytest.mark.parametrize(
+    "settings, code",
+    [
+        (BackboneOptimSettings, BACKBONE_CODE),
+        (EmaOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"head_loop"})]),
+        (EmaOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"layerwise_loop"})]),
+        (DiffusionOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"ddpm_loop"})]),
+    ],
+)
+def test_every_optimiser_setting_is_read_by_the_loop_it_configures(settings, code):
+    """A setting that validates and enters the stage fingerprint but that nothing reads is a silent no-op
+    (``train.backbone.ema_decay`` was one)."""
+    read = set().union(*(_attributes_read(path, definitions) for path, definitions in code))
+    assert sorted(set(settings.model_fields) - read) == []
+
+
+def test_the_backbone_setting_that_was_never_read_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"train\.backbone: .*ema_decay: the backbone keeps no moving average"):
+        parse_config({"train": {"backbone": {"ema_decay": 0.99}}})

@@ -21,7 +21,14 @@ def test_unet_shapes_and_null_label(attention):
 
 def test_paper_unet_builds_at_cifar_size():
     settings = ModelSettings.model_validate(
-        {"ddp": {"base_channels": 128, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 2, "attention_resolutions": [16]}}
+        {
+            "ddp": {
+                "base_channels": 128,
+                "channel_mults": [1, 2, 2, 2],
+                "num_res_blocks": 2,
+                "attention_resolutions": [16],
+            }
+        }
     )
     unet = build_unet(settings, 10)
     params = sum(p.numel() for p in unet.parameters())
@@ -53,8 +60,16 @@ def test_guided_ddim_recovers_clean_images_with_a_perfect_model():
     x0 = torch.rand(3, 3, 4, 4) * 2 - 1
     oracle = _Oracle(x0)
     levels = torch.tensor([60, 60, 60])
-    recon = guided_ddim(oracle, x0, levels, torch.randn_like(x0), torch.zeros(3, dtype=torch.long),
-                        oracle.schedule, stride=20, guidance=2.0)
+    recon = guided_ddim(
+        oracle,
+        x0,
+        levels,
+        torch.randn_like(x0),
+        torch.zeros(3, dtype=torch.long),
+        oracle.schedule,
+        stride=20,
+        guidance=2.0,
+    )
     torch.testing.assert_close(recon, x0, atol=1e-4, rtol=0)
 
 

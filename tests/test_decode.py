@@ -4,7 +4,13 @@ import pytest
 from PIL import Image
 
 from rayood.data.decode import (
-    BatchDecoder, DecodeError, DecodeLimits, decode_image, formats_for, pixels_from_column, pixels_to_column,
+    BatchDecoder,
+    DecodeError,
+    DecodeLimits,
+    decode_image,
+    formats_for,
+    pixels_from_column,
+    pixels_to_column,
 )
 from tests.images import bad_images, encode, good_images
 
@@ -110,7 +116,9 @@ def test_batch_decoder_keeps_every_row_and_marks_errors():
     images = [good["rgb.png"], bad["empty.jpg"][0], good["cmyk.jpg"], bad["truncated.jpg"][0], None, good["rgb.png"]]
     ids = names[:-1] + [None]
     batch = pa.table({"img": pa.array(images, pa.binary()), "key": ids, "label": [1, 2, 3, 4, 5, 6]})
-    decoder = BatchDecoder(image_column="img", id_column="key", source="src", size=16, limits=DecodeLimits(), passthrough=("label",))
+    decoder = BatchDecoder(
+        image_column="img", id_column="key", source="src", size=16, limits=DecodeLimits(), passthrough=("label",)
+    )
     out = decoder(batch)
     assert out.num_rows == 6
     assert out.column("status").to_pylist() == ["ok", "error", "ok", "error", "error", "error"]
@@ -123,8 +131,12 @@ def test_batch_decoder_keeps_every_row_and_marks_errors():
 
 def test_batch_decoder_takes_known_errors_from_the_error_column_without_decoding():
     good = good_images()["rgb.png"]
-    batch = pa.table({"img": pa.array([good, good], pa.binary()), "key": ["a", "b"], "why": [None, "shard is truncated"]})
-    decoder = BatchDecoder(image_column="img", id_column="key", source="s", size=8, limits=DecodeLimits(), error_column="why")
+    batch = pa.table(
+        {"img": pa.array([good, good], pa.binary()), "key": ["a", "b"], "why": [None, "shard is truncated"]}
+    )
+    decoder = BatchDecoder(
+        image_column="img", id_column="key", source="s", size=8, limits=DecodeLimits(), error_column="why"
+    )
     out = decoder(batch)
     assert out.column("status").to_pylist() == ["ok", "error"]
     assert out.column("error").to_pylist() == [None, "shard is truncated"]

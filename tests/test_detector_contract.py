@@ -16,12 +16,17 @@ from rayood.scoring.scorer import Scorer
 from tests.test_bundle import SETTINGS, make_bundle
 
 _SMALL_K = {**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}}
-WITH_DDP = ModelSettings.model_validate({  # every family on: DDP, and the rotation head for the rotation score
-    **_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": True},
-    "backbone": {**SETTINGS.backbone.model_dump(), "rotation_head": True},
-})
+WITH_DDP = ModelSettings.model_validate(
+    {  # every family on: DDP, and the rotation head for the rotation score
+        **_SMALL_K,
+        "ddp": {**SETTINGS.ddp.model_dump(), "enabled": True},
+        "backbone": {**SETTINGS.backbone.model_dump(), "rotation_head": True},
+    }
+)
 SMALL_K = ModelSettings.model_validate({**_SMALL_K, "ddp": {**SETTINGS.ddp.model_dump(), "enabled": False}})
-NO_LAYERWISE = ModelSettings.model_validate({**SMALL_K.model_dump(), "layerwise": {**SETTINGS.layerwise.model_dump(), "enabled": False}})
+NO_LAYERWISE = ModelSettings.model_validate(
+    {**SMALL_K.model_dump(), "layerwise": {**SETTINGS.layerwise.model_dump(), "enabled": False}}
+)
 
 
 def _pixels(n: int) -> np.ndarray:
@@ -49,7 +54,9 @@ def test_a_family_the_settings_disable_is_neither_loaded_nor_named(tmp_path, set
     assert family not in bundle.detectors and family not in bundle.manifest["files"]
     assert not any(name.startswith(family) for name in registry.score_names(settings))
     view = ScoringView.of(bundle.backbone, torch.rand(2, 3, 32, 32), ["a", "b"], bundle.settings)
-    assert {name for detector in bundle.detectors.values() for name in detector.score(view)} == set(bundle.manifest["scores"])
+    assert {name for detector in bundle.detectors.values() for name in detector.score(view)} == set(
+        bundle.manifest["scores"]
+    )
 
 
 class FeatureNorm:

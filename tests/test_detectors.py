@@ -6,8 +6,8 @@ from rayood.config import LayerwiseSettings
 from rayood.detectors.baselines import classifier_scores
 from rayood.detectors.calibrate import conformal_pvalues, threshold
 from rayood.detectors.layerwise import LayerwiseDetector, layer_features, mfsim_score, mse_score
-from rayood.models.diffusion import FeatureDenoiser
 from rayood.evaluation.metrics import auroc, detection_metrics, fpr_at_95_tpr
+from rayood.models.diffusion import FeatureDenoiser
 
 
 def test_layer_features_are_z_scored_per_sample_and_block():
@@ -62,9 +62,7 @@ def test_threshold_agrees_with_pvalues():
 
 def test_flagging_rate_on_exchangeable_id_data_is_at_most_alpha():
     rng = np.random.default_rng(1)
-    rates = [
-        (conformal_pvalues(rng.normal(size=500), rng.normal(size=300)) <= 0.1).mean() for _ in range(40)
-    ]
+    rates = [(conformal_pvalues(rng.normal(size=500), rng.normal(size=300)) <= 0.1).mean() for _ in range(40)]
     assert np.mean(rates) <= 0.1 + 0.01
 
 

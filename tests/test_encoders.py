@@ -22,7 +22,9 @@ SMALL_INPUT = {"native_size": 32, "input_size": 64, "mean": [0.485, 0.456, 0.406
 
 
 def _backbone(arch: str, size: int = 224, taps: tuple[str, ...] = ()):
-    return build_backbone(BackboneSettings(arch=arch, taps=taps), PreprocessSettings(native_size=32, input_size=size), 10)
+    return build_backbone(
+        BackboneSettings(arch=arch, taps=taps), PreprocessSettings(native_size=32, input_size=size), 10
+    )
 
 
 def test_default_taps_are_the_stage_ends_dlsr_reads():
@@ -33,7 +35,9 @@ def test_default_taps_are_the_stage_ends_dlsr_reads():
     assert b4.stage_dims() == [24, 32, 56, 160, 448] and b4.fc.in_features == 1792
     assert _backbone("mobilenet_v2").stage_dims() == [16, 24, 32, 96, 320]
     resnet = _backbone("resnet34")
-    assert resnet.encoder.taps == ["relu", "layer1", "layer2", "layer3", "layer4"] and resnet.encoder.last_node == "layer4"
+    assert (
+        resnet.encoder.taps == ["relu", "layer1", "layer2", "layer3", "layer4"] and resnet.encoder.last_node == "layer4"
+    )
 
 
 def test_taps_from_the_config_and_the_maps_are_the_models_own():
@@ -55,8 +59,14 @@ def test_named_torchvision_weights_bring_their_preprocessing_unless_the_config_s
     weights = "MobileNet_V2_Weights.IMAGENET1K_V2"
     config = parse_config({"model": {"backbone": {"arch": "mobilenet_v2", "init_weights": weights}}})
     assert (config.model.preprocess.input_size, config.model.preprocess.mean) == (224, (0.485, 0.456, 0.406))
-    own = parse_config({"model": {"backbone": {"arch": "mobilenet_v2", "init_weights": weights},
-                                  "preprocess": {"input_size": 96, "std": [0.5, 0.5, 0.5]}}})
+    own = parse_config(
+        {
+            "model": {
+                "backbone": {"arch": "mobilenet_v2", "init_weights": weights},
+                "preprocess": {"input_size": 96, "std": [0.5, 0.5, 0.5]},
+            }
+        }
+    )
     assert (own.model.preprocess.input_size, own.model.preprocess.std) == (96, (0.5, 0.5, 0.5))
     assert own.model.preprocess.mean == (0.485, 0.456, 0.406)
 
@@ -80,8 +90,10 @@ def no_cluster(monkeypatch):
 def test_an_unknown_model_or_node_is_a_config_error_before_any_cluster_work(
     no_cluster, demo_data, tmp_path, backbone, field, message
 ):
-    config = tiny_config(model={"backbone": backbone, "preprocess": SMALL_INPUT},
-                         train={"data": [str(demo_data[0])], "bundle": str(tmp_path / "bundle")})
+    config = tiny_config(
+        model={"backbone": backbone, "preprocess": SMALL_INPUT},
+        train={"data": [str(demo_data[0])], "bundle": str(tmp_path / "bundle")},
+    )
     with pytest.raises(ConfigError, match=rf"{field}: .*{message}"):
         fit(config)
 
@@ -93,7 +105,9 @@ def test_weights_of_another_architecture_are_a_config_error_before_any_cluster_w
         model={"backbone": {"arch": "mobilenet_v2", "init_weights": str(weights)}, "preprocess": SMALL_INPUT},
         train={"data": [str(demo_data[0])], "bundle": str(tmp_path / "bundle")},
     )
-    with pytest.raises(ConfigError, match=r"model\.backbone\.init_weights: the weights do not fit mobilenet_v2: 312 of"):
+    with pytest.raises(
+        ConfigError, match=r"model\.backbone\.init_weights: the weights do not fit mobilenet_v2: 312 of"
+    ):
         fit(config)
 
 
@@ -122,10 +136,18 @@ def test_a_frozen_mobilenet_fits_from_one_feature_pass_and_screens(ray_cluster, 
     bundle = str(tmp_path / "frozen")
     config = tiny_config(
         model={"backbone": {"arch": "mobilenet_v2", "init_weights": str(weights)}, "preprocess": SMALL_INPUT},
-        train={"data": [str(fit_path)], "bundle": bundle, "backbone": {"epochs": 0},
-               "head": {"epochs": 10, "batch_size": 64, "lr": 0.01, "checkpoint_every": 5}},
-        screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
-                "decision": {"score": "layerwise_mfsim", "alpha": 0.05}},
+        train={
+            "data": [str(fit_path)],
+            "bundle": bundle,
+            "backbone": {"epochs": 0},
+            "head": {"epochs": 10, "batch_size": 64, "lr": 0.01, "checkpoint_every": 5},
+        },
+        screen={
+            "inputs": [str(corpus)],
+            "output": str(tmp_path / "report"),
+            "bundle": bundle,
+            "decision": {"score": "layerwise_mfsim", "alpha": 0.05},
+        },
     )
     fit(config)
     manifest = json.load(open(f"{bundle}/manifest.json"))
@@ -164,11 +186,18 @@ def test_a_frozen_encoder_fits_unlabelled_id_data_without_the_classifier_scores(
     torch.save(_self_made_mobilenet().state_dict(), weights)
     bundle = str(tmp_path / "unlabelled-bundle")
     config = tiny_config(
-        model={"backbone": {"arch": "mobilenet_v2", "init_weights": str(weights), "classifier": False},
-               "preprocess": SMALL_INPUT, **NO_LAYERWISE},
+        model={
+            "backbone": {"arch": "mobilenet_v2", "init_weights": str(weights), "classifier": False},
+            "preprocess": SMALL_INPUT,
+            **NO_LAYERWISE,
+        },
         train={"data": [str(unlabelled)], "bundle": bundle, "backbone": {"epochs": 0}},
-        screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
-                "decision": {"score": "knn", "alpha": 0.05}},
+        screen={
+            "inputs": [str(corpus)],
+            "output": str(tmp_path / "report"),
+            "bundle": bundle,
+            "decision": {"score": "knn", "alpha": 0.05},
+        },
     )
     fit(config)
     manifest = json.load(open(f"{bundle}/manifest.json"))

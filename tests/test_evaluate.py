@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rayood.evaluation.table import OODSet, evaluate_scores, to_markdown
 from rayood.evaluation.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr
+from rayood.evaluation.table import OODSet, evaluate_scores, to_markdown
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -64,11 +64,25 @@ def evaluation_sets(demo_data, tmp_path_factory):
 
 def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeypatch, capsys):
     output = tmp_path / "evaluation"
-    monkeypatch.setattr(sys, "argv", [
-        "evaluate.py", "--bundle", tiny_bundle, "--id", str(evaluation_sets["id"]),
-        "--ood", f"digits59={evaluation_sets['near_ood']}", "--ood", f"photos={evaluation_sets['far_ood']}",
-        "--near", "digits59", "--output", str(output),
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "evaluate.py",
+            "--bundle",
+            tiny_bundle,
+            "--id",
+            str(evaluation_sets["id"]),
+            "--ood",
+            f"digits59={evaluation_sets['near_ood']}",
+            "--ood",
+            f"photos={evaluation_sets['far_ood']}",
+            "--near",
+            "digits59",
+            "--output",
+            str(output),
+        ],
+    )
     runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
 
     rows = list(csv.DictReader(io.StringIO((output / "metrics.csv").read_text())))
@@ -81,7 +95,8 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
         if row["ood_set"] == "photos":  # recomputed from the report's rows of each source
             values = {
                 name: ok.filter(pc.equal(ok.column("source"), str(evaluation_sets[group])))
-                .column(f"score_{row['score']}").to_numpy()
+                .column(f"score_{row['score']}")
+                .to_numpy()
                 for name, group in (("id", "id"), ("photos", "far_ood"))
             }
             assert float(row["auroc"]) == pytest.approx(auroc(values["id"], values["photos"]), abs=1e-6)
@@ -91,7 +106,9 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
     # the classifier's accuracy on the labelled ID set, recomputed from the report's predicted_class
     evaluation = json.loads((output / "evaluation.json").read_text())
     id_rows = ok.filter(pc.equal(ok.column("source"), str(evaluation_sets["id"])))
-    labels = dict(zip(*(pq.read_table(evaluation_sets["id"]).column(c).cast("string").to_pylist() for c in ("id", "label"))))
+    labels = dict(
+        zip(*(pq.read_table(evaluation_sets["id"]).column(c).cast("string").to_pylist() for c in ("id", "label")))
+    )
     predicted = id_rows.column("predicted_class").to_pylist()
     expected = np.mean([p == labels[i] for i, p in zip(id_rows.column("id").to_pylist(), predicted)])
     assert evaluation["id_accuracy"] == pytest.approx(expected) and expected > 0.5  # 5 classes: chance is 0.2
@@ -110,10 +127,21 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
 
 
 def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation_sets, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [
-        "evaluate.py", "--bundle", tiny_bundle, "--id", str(evaluation_sets["id"]), "--ood", "no-equals-sign",
-        "--output", str(tmp_path / "out"),
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "evaluate.py",
+            "--bundle",
+            tiny_bundle,
+            "--id",
+            str(evaluation_sets["id"]),
+            "--ood",
+            "no-equals-sign",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
     assert exit_info.value.code == 2 and "expected NAME=URI" in capsys.readouterr().err
@@ -123,10 +151,21 @@ def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation
     project.mkdir()
     (project / "metrics.csv").write_text("the user's own")
     (project / "notes.txt").write_text("keep me")
-    monkeypatch.setattr(sys, "argv", [
-        "evaluate.py", "--bundle", tiny_bundle, "--id", str(evaluation_sets["id"]),
-        "--ood", f"photos={evaluation_sets['far_ood']}", "--output", str(project),
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "evaluate.py",
+            "--bundle",
+            tiny_bundle,
+            "--id",
+            str(evaluation_sets["id"]),
+            "--ood",
+            f"photos={evaluation_sets['far_ood']}",
+            "--output",
+            str(project),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
     assert exit_info.value.code == 2 and "files rayood did not write (notes.txt)" in capsys.readouterr().err

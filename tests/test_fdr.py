@@ -15,8 +15,8 @@ from PIL import Image
 from scipy.stats import false_discovery_control
 
 from rayood.config import CorpusSettings, DecisionSettings
-from rayood.data.webdataset import WebSample, read_samples, sample_id, write_shards
 from rayood.data.originals import iter_originals
+from rayood.data.webdataset import WebSample, read_samples, sample_id, write_shards
 from rayood.decide.fdr import BenjaminiHochberg
 from rayood.decide.filter import filter_report
 from rayood.detectors.calibrate import ConformalReference
@@ -122,8 +122,13 @@ def test_bad_inputs_are_refused():
         BenjaminiHochberg.fit(np.array([0.1, 0.2]), 0.1).qvalues(np.array([0.15]))
 
 
-def write_report(directory, seed=0, ids: list[str] | None = None, source: str = "s3://bucket/corpus",
-                 extra: dict[str, list] | None = None) -> pa.Table:
+def write_report(
+    directory,
+    seed=0,
+    ids: list[str] | None = None,
+    source: str = "s3://bucket/corpus",
+    extra: dict[str, list] | None = None,
+) -> pa.Table:
     """A finished report in the real layout, its summary from the real summary code: two row files, error rows,
     two scores; ``extra``: passthrough columns, one value per row."""
     rng = np.random.default_rng(seed)
@@ -144,7 +149,9 @@ def write_report(directory, seed=0, ids: list[str] | None = None, source: str = 
         columns[f"score_{name}"] = pa.array(values, from_pandas=True)
         columns[f"pvalue_{name}"] = pa.array(ConformalReference(calibration[name]).pvalues(values), from_pandas=True)
     decision = DecisionSettings(score="mfsim", alpha=0.05)
-    columns["is_ood"] = pa.array([p <= decision.alpha if good else None for p, good in zip(columns["pvalue_mfsim"].to_pylist(), ok)])
+    columns["is_ood"] = pa.array(
+        [p <= decision.alpha if good else None for p, good in zip(columns["pvalue_mfsim"].to_pylist(), ok)]
+    )
     columns["group"] = pa.array(["id"] * n_id + ["ood"] * n_ood + [None] * n_err)
     columns.update({name: pa.array(values) for name, values in (extra or {}).items()})
     table = pa.table(columns)
@@ -154,8 +161,13 @@ def write_report(directory, seed=0, ids: list[str] | None = None, source: str = 
     pq.write_table(table.take(order[:200]), rows / "part-0.parquet")
     pq.write_table(table.take(order[200:]), rows / "part-1.parquet")
     summary = summarize(
-        table, score_names=list(scores), calibration=calibration, decision=decision,
-        expected_rows=table.num_rows, elapsed_s=1.0, bundle_id="simulated",
+        table,
+        score_names=list(scores),
+        calibration=calibration,
+        decision=decision,
+        expected_rows=table.num_rows,
+        elapsed_s=1.0,
+        bundle_id="simulated",
     )
     (directory / SUMMARY).write_text(json.dumps(summary))
     (directory / SUCCESS).write_bytes(b"")
@@ -188,17 +200,30 @@ def test_filter_job_end_to_end_on_a_finished_report(tmp_path):
     assert (keep["pvalue_mfsim"] > bh.threshold).all()
     np.testing.assert_allclose(reject["pvalue_mfsim"], ok.loc[reject.index, "pvalue_mfsim"])
     np.testing.assert_allclose(
-        reject["qvalue_mfsim"], false_discovery_control(ok["pvalue_mfsim"].to_numpy())[ok.index.get_indexer(reject.index)]
+        reject["qvalue_mfsim"],
+        false_discovery_control(ok["pvalue_mfsim"].to_numpy())[ok.index.get_indexer(reject.index)],
     )
     assert set(errors.index) == set(table.index[table["status"] == "error"])
     assert (errors["error"].str.contains("not an image")).all()
     truth_of_rejected = table.loc[reject.index, "group"]
     print(f"filter job: rejected {len(reject)}, of which ID {(truth_of_rejected == 'id').sum()}")
 
-    again = run_job("filter.py", "--report", str(report), "--fdr", "0.1", "--output", str(out), "--score", "knn", timeout=120)
+    again = run_job(
+        "filter.py", "--report", str(report), "--fdr", "0.1", "--output", str(out), "--score", "knn", timeout=120
+    )
     assert again.returncode == 2 and "already holds a filter result" in again.stderr
     other = run_job(
-        "filter.py", "--report", str(report), "--fdr", "0.1", "--output", str(out), "--score", "knn", "--overwrite", timeout=120
+        "filter.py",
+        "--report",
+        str(report),
+        "--fdr",
+        "0.1",
+        "--output",
+        str(out),
+        "--score",
+        "knn",
+        "--overwrite",
+        timeout=120,
     )
     assert other.returncode == 0, other.stderr[-3000:]
     assert json.loads((out / "filter.json").read_text())["score"] == "knn"
@@ -216,13 +241,17 @@ def test_filter_job_refuses_unfinished_reports_and_bad_arguments(tmp_path):
     for bad in ("1.5", "0", "ten"):  # the type of --fdr and --filter-fdr: argparse names the flag and exits with 2
         with pytest.raises(argparse.ArgumentTypeError, match="\\(0, 1\\)"):
             fdr_level(bad)
-    bad_score = run_job("filter.py", "--report", str(report), "--fdr", "0.1", "--output", out, "--score", "ddp", timeout=120)
+    bad_score = run_job(
+        "filter.py", "--report", str(report), "--fdr", "0.1", "--output", out, "--score", "ddp", timeout=120
+    )
     assert bad_score.returncode == 2 and "--score 'ddp'" in bad_score.stderr and "mfsim" in bad_score.stderr
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
     refused = run_job("filter.py", "--report", str(report), "--fdr", "0.1", "--output", str(foreign), timeout=120)
-    assert refused.returncode == 2 and "files rayood did not write (precious.txt); nothing was deleted" in refused.stderr
+    assert (
+        refused.returncode == 2 and "files rayood did not write (precious.txt); nothing was deleted" in refused.stderr
+    )
     assert (foreign / "precious.txt").read_text() == "keep me"
 
 
@@ -261,8 +290,16 @@ def test_filter_job_writes_the_kept_samples_as_webdataset_shards(demo_data, tmp_
     write_report(tmp_path / "report", ids=corpus.column("id").to_pylist(), source=str(corpus_path))
     out, shards = tmp_path / "filtered", tmp_path / "shards"
     result = run_job(
-        "filter.py", "--report", str(tmp_path / "report"), "--fdr", "0.1", "--output", str(out),
-        "--write-shards", str(shards), timeout=120,
+        "filter.py",
+        "--report",
+        str(tmp_path / "report"),
+        "--fdr",
+        "0.1",
+        "--output",
+        str(out),
+        "--write-shards",
+        str(shards),
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "filter.json").read_text())
@@ -308,7 +345,8 @@ def test_originals_come_back_by_id_from_webdataset_shards_and_image_files(tmp_pa
     png = encode(Image.fromarray(gradient()), "PNG")
     shards = write_shards(
         [WebSample(f"part/{i:04d}", {"jpg": png, "txt": f"caption {i}".encode()}) for i in range(5)],
-        resolve(str(tmp_path / "wds")), max_samples=3,
+        resolve(str(tmp_path / "wds")),
+        max_samples=3,
     )
     wanted = {sample_id(shards[0], "part/0001"), sample_id(shards[1], "part/0004"), sample_id(shards[1], "part/0009")}
     found = dict(iter_originals(str(tmp_path / "wds"), wanted, CorpusSettings()))
@@ -343,13 +381,24 @@ def test_too_few_calibration_rows_give_a_null_threshold_and_a_warning_in_strict_
     holding Infinity, which strict JSON readers reject (issue 12, item 16)."""
     from rayood.report.target import ReportTarget
 
-    table = pa.table({
-        "id": ["a", "b"], "source": ["s", "s"], "status": ["ok", "ok"], "error": [None, None],
-        "is_ood": [False, False], "score_mfsim": [0.1, float("nan")],
-    })
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "source": ["s", "s"],
+            "status": ["ok", "ok"],
+            "error": [None, None],
+            "is_ood": [False, False],
+            "score_mfsim": [0.1, float("nan")],
+        }
+    )
     summary = summarize(
-        table, score_names=["mfsim"], calibration={"mfsim": np.arange(10.0)}, decision=DecisionSettings(score="mfsim", alpha=0.05),
-        expected_rows=2, elapsed_s=1.0, bundle_id="simulated",
+        table,
+        score_names=["mfsim"],
+        calibration={"mfsim": np.arange(10.0)},
+        decision=DecisionSettings(score="mfsim", alpha=0.05),
+        expected_rows=2,
+        elapsed_s=1.0,
+        bundle_id="simulated",
     )
     assert summary["decision"]["threshold"] is None and summary["scores"]["mfsim"]["threshold"] is None
     assert summary["warnings"] and "10 calibration rows" in summary["warnings"][0] and "19" in summary["warnings"][0]

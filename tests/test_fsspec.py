@@ -34,7 +34,8 @@ def test_an_fsspec_uri_reads_writes_and_lists_like_a_local_path():
     location.join("two.bin").write_bytes(b"22")
     files = location.list_files()
     assert [(location.uri_of(f.path), f.size) for f in files] == [
-        ("memory:///rayood-test/store/a/one.bin", 1), ("memory:///rayood-test/store/two.bin", 2),
+        ("memory:///rayood-test/store/a/one.bin", 1),
+        ("memory:///rayood-test/store/two.bin", 2),
     ]
     assert resolve(location.uri_of(files[1].path)).read_bytes() == b"22"
 
@@ -60,7 +61,9 @@ def test_unknown_schemes_and_missing_filesystem_packages_are_clear_errors():
 
 def test_reports_record_urls_without_their_secrets():
     assert redacted({"bundle": "https://user:pw@host.example/b?sig=abc", "n": 3, "inputs": ["s3://b/k", "/local"]}) == {
-        "bundle": "https://host.example/b?redacted", "n": 3, "inputs": ["s3://b/k", "/local"],
+        "bundle": "https://host.example/b?redacted",
+        "n": 3,
+        "inputs": ["s3://b/k", "/local"],
     }
 
 
@@ -100,23 +103,29 @@ def test_a_folder_of_images_over_http_is_screened_like_the_same_folder_on_disk(t
     assert over_http.num_rows == on_disk.num_rows == expected
     ids = over_http.column("id").to_pylist()
     assert all(i.startswith(url) for i in ids) and len(set(ids)) == expected
-    assert [i[len(url):] for i in ids] == [i[len(str(local)) + 1:] for i in on_disk.column("id").to_pylist()]
+    assert [i[len(url) :] for i in ids] == [i[len(str(local)) + 1 :] for i in on_disk.column("id").to_pylist()]
     assert over_http.column("status").to_pylist() == on_disk.column("status").to_pylist()
     assert over_http.column("status").to_pylist().count("ok") == len(good_images())
     for score in FEATURE_SCORES:
         np.testing.assert_allclose(
             over_http.column(f"score_{score}").to_numpy(zero_copy_only=False),
-            on_disk.column(f"score_{score}").to_numpy(zero_copy_only=False), rtol=1e-5, equal_nan=True,
+            on_disk.column(f"score_{score}").to_numpy(zero_copy_only=False),
+            rtol=1e-5,
+            equal_nan=True,
         )
 
 
-def test_parquet_on_a_server_without_range_support_is_screened_from_one_local_copy(tiny_bundle, http_images, tmp_path, caplog):
+def test_parquet_on_a_server_without_range_support_is_screened_from_one_local_copy(
+    tiny_bundle, http_images, tmp_path, caplog
+):
     url, local = http_images
     remote, on_disk = url.replace("/images/", "/images.parquet"), str(local.parent / "images.parquet")
     reports = {}
     with caplog.at_level(logging.WARNING, logger="rayood.http_spool"):
         for name, source in (("http", remote), ("local", on_disk)):
-            summary, _ = screen(tiny_config(screen={"inputs": [source], "output": str(tmp_path / name), "bundle": tiny_bundle}))
+            summary, _ = screen(
+                tiny_config(screen={"inputs": [source], "output": str(tmp_path / name), "bundle": tiny_bundle})
+            )
             reports[name] = pads.dataset(f"{tmp_path / name}/rows").to_table().sort_by("id")
     assert f"{remote}: the server does not serve byte ranges; reading it from a local copy" in caplog.text
     over_http, from_disk = reports["http"], reports["local"]
@@ -126,7 +135,9 @@ def test_parquet_on_a_server_without_range_support_is_screened_from_one_local_co
     for score in FEATURE_SCORES:
         np.testing.assert_allclose(
             over_http.column(f"score_{score}").to_numpy(zero_copy_only=False),
-            from_disk.column(f"score_{score}").to_numpy(zero_copy_only=False), rtol=1e-5, equal_nan=True,
+            from_disk.column(f"score_{score}").to_numpy(zero_copy_only=False),
+            rtol=1e-5,
+            equal_nan=True,
         )
 
 

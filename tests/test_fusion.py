@@ -16,7 +16,9 @@ def test_rules_on_hand_computed_pvalues():
         combine(pvalues, "max")
 
 
-def _scores(rng: np.random.Generator, n: int, shift: tuple[float, float, float], shared: float) -> dict[str, np.ndarray]:
+def _scores(
+    rng: np.random.Generator, n: int, shift: tuple[float, float, float], shared: float
+) -> dict[str, np.ndarray]:
     """Three detectors whose noise shares a common part (``shared``), as detectors on one backbone do."""
     common = rng.normal(size=n)
     return {
@@ -79,9 +81,11 @@ def test_synthetic_outliers_keep_what_each_kind_promises():
     for image in outliers[kinds == "rotate"]:
         assert any(np.array_equal(np.rot90(image, -k, axes=(0, 1)), o) for o in images for k in (1, 2, 3))
     for image in outliers[kinds == "patch_shuffle"]:  # the same 16 patches of 8 x 8
-        patches = sorted(image[y:y + 8, x:x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8))
-        assert any(patches == sorted(o[y:y + 8, x:x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8))
-                   for o in images)
+        patches = sorted(image[y : y + 8, x : x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8))
+        assert any(
+            patches == sorted(o[y : y + 8, x : x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8))
+            for o in images
+        )
     blurred = outliers[kinds == "blur"].astype(float)
     assert np.abs(np.diff(blurred, axis=1)).mean() < 0.2 * np.abs(np.diff(images.astype(float), axis=1)).mean()
 

@@ -28,14 +28,30 @@ def head(tmp_path_factory) -> Head:
 
 def ray_cli(head: Head, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [RAY, *args], capture_output=True, text=True, timeout=timeout, env={**head.env(), **ONLY_RAYIGNORE}, cwd=REPO,
+        [RAY, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**head.env(), **ONLY_RAYIGNORE},
+        cwd=REPO,
     )
 
 
 def submit(head: Head, submission_id: str, *entrypoint: str) -> subprocess.CompletedProcess:
     return ray_cli(
-        head, "job", "submit", "--address", head.dashboard, "--submission-id", submission_id,
-        "--working-dir", str(REPO), "--", "python", *entrypoint, timeout=300,
+        head,
+        "job",
+        "submit",
+        "--address",
+        head.dashboard,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        *entrypoint,
+        timeout=300,
     )
 
 
@@ -61,12 +77,23 @@ def test_submitted_screen_job_joins_the_cluster_and_writes_a_complete_report(hea
     output = tmp_path / "report"
 
     result = submit(
-        head, "rayood-screen-ok", "jobs/screen.py", "--config", config, "--input", str(images),
-        "--output", str(output), "--bundle", tiny_bundle,
+        head,
+        "rayood-screen-ok",
+        "jobs/screen.py",
+        "--config",
+        config,
+        "--input",
+        str(images),
+        "--output",
+        str(output),
+        "--bundle",
+        tiny_bundle,
     )
     logs = result.stdout + result.stderr
     assert result.returncode == 0, logs[-4000:]
-    assert "joined the Ray cluster" in logs and "started a local Ray cluster" not in logs, "the job did not join the cluster it was submitted to"
+    assert "joined the Ray cluster" in logs and "started a local Ray cluster" not in logs, (
+        "the job did not join the cluster it was submitted to"
+    )
     assert f"rows {len(names)} (expected {len(names)}): ok {len(names) - 1}, errors 1" in logs, logs[-4000:]
 
     assert (output / "_SUCCESS").is_file(), "the report has no _SUCCESS marker"
@@ -80,12 +107,20 @@ def test_submitted_screen_job_joins_the_cluster_and_writes_a_complete_report(hea
     assert packages, "no unpacked working_dir package on the head"
     for package in packages:
         assert (package / "jobs" / "screen.py").is_file() and (package / "configs" / "demo.yaml").is_file()
-        present = [name for name in (".venv", ".git", ".whl", ".whl2", "rayood-demo", "rayood-bench", "rayood.egg-info") if (package / name).exists()]
+        present = [
+            name
+            for name in (".venv", ".git", ".whl", ".whl2", "rayood-demo", "rayood-bench", "rayood.egg-info")
+            if (package / name).exists()
+        ]
         assert not present, f"the upload carried {present}: .rayignore must exclude them"
-        data = [str(path.relative_to(package)) for path in package.rglob("*") if path.suffix in (".parquet", ".pt", ".npy")]
+        data = [
+            str(path.relative_to(package)) for path in package.rglob("*") if path.suffix in (".parquet", ".pt", ".npy")
+        ]
         assert not data, f"the upload carried data files {data[:5]}"
         size = sum(path.stat().st_size for path in package.rglob("*") if path.is_file())
-        assert size < 5 * 2**20, f"the uploaded working dir is {size / 2**20:.1f} MiB: something large slipped past .rayignore"
+        assert size < 5 * 2**20, (
+            f"the uploaded working dir is {size / 2**20:.1f} MiB: something large slipped past .rayignore"
+        )
 
 
 def test_config_error_fails_the_submitted_job_and_names_the_field(head, tmp_path):
@@ -99,4 +134,6 @@ def test_config_error_fails_the_submitted_job_and_names_the_field(head, tmp_path
         f"expected a FAILED job that exited 2 (a user error), got: {(status.stdout + status.stderr)[-2000:]}"
     )
     logs = ray_cli(head, "job", "logs", "--address", head.dashboard, "rayood-screen-bad-config")
-    assert "screen.colour" in logs.stdout and config in logs.stdout, f"the job's logs should name the field and file: {logs.stdout[-2000:]}"
+    assert "screen.colour" in logs.stdout and config in logs.stdout, (
+        f"the job's logs should name the field and file: {logs.stdout[-2000:]}"
+    )

@@ -15,7 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 def run_job(script, *args, env=None, timeout=600):
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / script), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )
 
 
@@ -33,7 +37,9 @@ def test_bad_config_names_field_and_file(tmp_path):
 
 
 def test_missing_bundle_and_missing_input_fail_before_ray(tmp_path, demo_data):
-    config = write_config(tmp_path / "c.yaml", {"screen": {"inputs": [str(demo_data[1])], "output": str(tmp_path / "o")}})
+    config = write_config(
+        tmp_path / "c.yaml", {"screen": {"inputs": [str(demo_data[1])], "output": str(tmp_path / "o")}}
+    )
     result = run_job("screen.py", "--config", config, "--bundle", str(tmp_path / "no-bundle"), timeout=120)
     assert result.returncode == 2 and "no model bundle" in result.stderr
 
@@ -47,8 +53,11 @@ def test_demo_flow_builds_data_fits_and_screens(ray_cluster, tmp_path):
             "model": TINY_MODEL,
             "train": {**TINY_TRAIN, "data": [str(root / "id_fit.parquet")], "bundle": str(root / "bundle")},
             "screen": {
-                "inputs": [str(root / "corpus")], "output": str(root / "report"), "bundle": str(root / "bundle"),
-                "fit_if_missing": True, "passthrough_columns": ["label", "group"],
+                "inputs": [str(root / "corpus")],
+                "output": str(root / "report"),
+                "bundle": str(root / "bundle"),
+                "fit_if_missing": True,
+                "passthrough_columns": ["label", "group"],
                 "truth": {"column": "group", "id_values": ["id"]},
             },
         },
@@ -89,7 +98,14 @@ def test_screening_a_plain_image_folder_needs_no_config(ray_cluster, tiny_bundle
         (tmp_path / "my_images" / name).write_bytes(data)
     env = {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     result = run_job(
-        "screen.py", "--bundle", tiny_bundle, "--input", str(tmp_path / "my_images"), "--output", str(tmp_path / "out"), env=env,
+        "screen.py",
+        "--bundle",
+        tiny_bundle,
+        "--input",
+        str(tmp_path / "my_images"),
+        "--output",
+        str(tmp_path / "out"),
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "_SUCCESS").exists() and f"rows {len(good_images())}" in result.stdout
@@ -100,7 +116,15 @@ def test_screening_a_plain_image_folder_needs_no_config(ray_cluster, tiny_bundle
     logs = [line.split("Ray's own logs: ")[1].split(" ")[0] for line in console if "Ray's own logs: " in line]
     assert len(logs) == 1 and Path(logs[0]).is_dir(), console
     verbose = run_job(
-        "screen.py", "--bundle", tiny_bundle, "--input", str(tmp_path / "my_images"), "--output", str(tmp_path / "out"),
-        "--overwrite", "--verbose", env=env,
+        "screen.py",
+        "--bundle",
+        tiny_bundle,
+        "--input",
+        str(tmp_path / "my_images"),
+        "--output",
+        str(tmp_path / "out"),
+        "--overwrite",
+        "--verbose",
+        env=env,
     )
     assert verbose.returncode == 0 and "logging_progress" in verbose.stdout + verbose.stderr

@@ -94,7 +94,9 @@ def test_the_lease_works_on_s3(s3_server, monkeypatch):
     assert not output.join(LEASE).exists()
     second.acquire()
     second.release()
-    client.put_object(Bucket="rayood-lease", Key=f"report/{LEASE}", Body=holder("elsewhere", 1, lease_module.EXPIRY_S + 5))
+    client.put_object(
+        Bucket="rayood-lease", Key=f"report/{LEASE}", Body=holder("elsewhere", 1, lease_module.EXPIRY_S + 5)
+    )
     third = OutputLease(output, "third")
     third.acquire()  # an expired holder's lease is taken over
     assert json.loads(output.join(LEASE).read_bytes())["run_id"] == "third"
@@ -109,7 +111,9 @@ def _race(output, names: list[str]) -> dict[str, str]:
 
     def run(name: str) -> None:
         lease = OutputLease(output, name)
-        lease._store_mode = lambda: (setattr(lease, "_conditional", S3ConditionalObject(lease.location)), CONDITIONAL)[1]
+        lease._store_mode = lambda: (setattr(lease, "_conditional", S3ConditionalObject(lease.location)), CONDITIONAL)[
+            1
+        ]
         start.wait()  # the probe is skipped above, so both requests leave together
         try:
             lease.acquire()
@@ -134,7 +138,9 @@ def test_of_two_runs_starting_at_the_same_instant_on_s3_exactly_one_holds_the_le
     for attempt in range(25):
         output = resolve(f"s3://{bucket}/report-{attempt}", S3Settings(endpoint_url=s3_server))
         if expired_holder:
-            client.put_object(Bucket=bucket, Key=f"report-{attempt}/{LEASE}", Body=holder("elsewhere", 1, lease_module.EXPIRY_S + 5))
+            client.put_object(
+                Bucket=bucket, Key=f"report-{attempt}/{LEASE}", Body=holder("elsewhere", 1, lease_module.EXPIRY_S + 5)
+            )
         outcome = _race(output, ["a", "b"])
         winners = [name for name, result in outcome.items() if result == "held"]
         assert len(winners) == 1, (attempt, outcome)
@@ -149,7 +155,9 @@ def test_a_takeover_fails_when_another_run_takes_the_lease_between_its_read_and_
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket="rayood-interleaved")
     output = resolve("s3://rayood-interleaved/report", S3Settings(endpoint_url=s3_server))
-    client.put_object(Bucket="rayood-interleaved", Key=f"report/{LEASE}", Body=holder("elsewhere", 1, lease_module.EXPIRY_S + 5))
+    client.put_object(
+        Bucket="rayood-interleaved", Key=f"report/{LEASE}", Body=holder("elsewhere", 1, lease_module.EXPIRY_S + 5)
+    )
     a, b = OutputLease(output, "a"), OutputLease(output, "b")
     read, interleaved = S3ConditionalObject.read, []
 

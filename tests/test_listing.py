@@ -17,12 +17,12 @@ def test_links_undecodable_and_hidden_names_are_left_out_and_counted(tmp_path):
     for name in ("a.png", "b.png", "sub/c.png"):
         (root / name).write_bytes(png)
     (tmp_path / "secret.png").write_bytes(png)
-    (root / "loop").symlink_to("..")                          # would repeat the tree (and its parent) forever
+    (root / "loop").symlink_to("..")  # would repeat the tree (and its parent) forever
     for name in ("self1", "self2", "self3"):
-        (root / name).symlink_to(name)                        # self-links: a planner that follows them hangs
+        (root / name).symlink_to(name)  # self-links: a planner that follows them hangs
     (root / "passwd.png").symlink_to(tmp_path / "secret.png")  # a file link out of the input root
     (root / "dangling.png").symlink_to(root / "gone.png")
-    (root / "alias.png").symlink_to(root / "sub" / "c.png")     # a file link inside: read, like a file
+    (root / "alias.png").symlink_to(root / "sub" / "c.png")  # a file link inside: read, like a file
     os.close(os.open(os.fsencode(root) + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))  # Latin-1 name
     (root / ".hidden.png").write_bytes(png)
 

@@ -24,11 +24,16 @@ def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_p
     config = tiny_config(
         model={"multiscale": {"index": "ivf", "ivf_lists": 4, "ivf_probe": 4, "flip_average": True}, **NO_LAYERWISE},
         train={
-            "data": [str(fit_path)], "bundle": bundle,
+            "data": [str(fit_path)],
+            "bundle": bundle,
             "backbone": {"objective": "alpa_train", "epochs": 2, "batch_size": 32, "lr": 0.01, "alpa_dim": 16},
         },
-        screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
-                "decision": {"score": "multiscale", "alpha": 0.05}},
+        screen={
+            "inputs": [str(corpus)],
+            "output": str(tmp_path / "report"),
+            "bundle": bundle,
+            "decision": {"score": "multiscale", "alpha": 0.05},
+        },
     )
     with caplog.at_level(logging.INFO, logger="rayood.train.progress"):
         fit(config)

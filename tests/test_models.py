@@ -4,7 +4,12 @@ import torch
 from rayood.config import BackboneSettings, PreprocessSettings
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.models.diffusion import (
-    FeatureDenoiser, NoiseSchedule, ddim_reconstruct_x0, ddim_timesteps, noise_for_ids, timestep_embedding,
+    FeatureDenoiser,
+    NoiseSchedule,
+    ddim_reconstruct_x0,
+    ddim_timesteps,
+    noise_for_ids,
+    timestep_embedding,
 )
 
 

@@ -61,15 +61,23 @@ def kill_the_node_once_its_actors_wrote(node: WorkerNode, output: Path, seen: di
         time.sleep(0.1)
 
 
-def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(head, tiny_bundle, demo_data, s3_server, tmp_path):
+def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(
+    head, tiny_bundle, demo_data, s3_server, tmp_path
+):
     corpus = pq.read_table(demo_data[1] / "corpus.parquet").slice(0, CORPUS_ROWS)
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    for part, (start, stop) in enumerate(((0, CORPUS_ROWS // 2), (CORPUS_ROWS // 2, CORPUS_ROWS))):  # two files: two sources' read tasks
+    for part, (start, stop) in enumerate(
+        ((0, CORPUS_ROWS // 2), (CORPUS_ROWS // 2, CORPUS_ROWS))
+    ):  # two files: two sources' read tasks
         with s3_fs(s3_server).open_output_stream(f"{BUCKET}/corpus/part-{part}.parquet") as sink:
             pq.write_table(corpus.slice(start, stop - start), sink)
     inputs = [f"s3://{BUCKET}/corpus/"]
     undisturbed = tmp_path / "undisturbed"
-    screen(tiny_config(s3={"endpoint_url": s3_server}, screen={"inputs": inputs, "output": str(undisturbed), "bundle": tiny_bundle}))
+    screen(
+        tiny_config(
+            s3={"endpoint_url": s3_server}, screen={"inputs": inputs, "output": str(undisturbed), "bundle": tiny_bundle}
+        )
+    )
 
     seen: dict = {}
     with ray_worker_node(head, "node2") as node:
@@ -81,12 +89,16 @@ def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(head, 
         # node while rows were written (both on the head, or the second one too late). Such a run kills nothing
         # (the node is only killed while it holds an actor), so the screening runs again, into a new report.
         for attempt in range(PLACEMENT_ATTEMPTS):
-            output, job, text = _screen_killing_the_node(node, head, inputs, tiny_bundle, s3_server, tmp_path / f"run{attempt}", seen)
+            output, job, text = _screen_killing_the_node(
+                node, head, inputs, tiny_bundle, s3_server, tmp_path / f"run{attempt}", seen
+            )
             assert job.returncode == 0, text[-4000:]
             if seen:
                 print(f"the second node was lost in run {attempt + 1}")
                 break
-    assert seen, f"no scoring actor ran on the second node while the report was being written, in {PLACEMENT_ATTEMPTS} runs"
+    assert seen, (
+        f"no scoring actor ran on the second node while the report was being written, in {PLACEMENT_ATTEMPTS} runs"
+    )
     assert seen["files"] < len(list((output / "rows").glob("*.parquet"))), "the node must be lost part-way"
 
     reference, report = read_rows(undisturbed), read_rows(output)
@@ -96,26 +108,43 @@ def test_screening_on_two_nodes_loses_one_and_still_writes_every_row_once(head, 
         np.testing.assert_allclose(report[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def _screen_killing_the_node(node: WorkerNode, head: Head, inputs: list[str], bundle: str, s3_server: str, workdir: Path,
-                             seen: dict) -> tuple[Path, subprocess.CompletedProcess, str]:
+def _screen_killing_the_node(
+    node: WorkerNode, head: Head, inputs: list[str], bundle: str, s3_server: str, workdir: Path, seen: dict
+) -> tuple[Path, subprocess.CompletedProcess, str]:
     """``jobs/screen.py`` joined to ``head``, with the second node's raylet killed once one of its scoring actors
     runs and a row file exists (``seen`` says when); returns the report, the finished job and its console."""
     workdir.mkdir()
     output, log, config = workdir / "report", workdir / "screen.log", workdir / "screen.yaml"
-    config.write_text(yaml.safe_dump({
-        "s3": {"endpoint_url": s3_server},
-        # up to one actor per node (Ray Data spreads its actors), each holding one of a node's two CPUs; a floor
-        # of one, so that after the loss Ray Data can give back the CPU a restarted actor takes from decoding
-        "screen": {"inputs": inputs, "output": str(output), "bundle": bundle, "min_actors": 1, "max_actors": 2,
-                   **SMALL_BATCHES},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "s3": {"endpoint_url": s3_server},
+                # up to one actor per node (Ray Data spreads its actors), each holding one of a node's two CPUs; a floor
+                # of one, so that after the loss Ray Data can give back the CPU a restarted actor takes from decoding
+                "screen": {
+                    "inputs": inputs,
+                    "output": str(output),
+                    "bundle": bundle,
+                    "min_actors": 1,
+                    "max_actors": 2,
+                    **SMALL_BATCHES,
+                },
+            }
+        )
+    )
     stop = threading.Event()
     killer = threading.Thread(target=kill_the_node_once_its_actors_wrote, args=(node, output, seen, stop), daemon=True)
     killer.start()
     try:
         with open(log, "wb") as console:
-            job = subprocess.run([sys.executable, str(REPO / "jobs" / "screen.py"), "--config", str(config)],
-                                 stdout=console, stderr=subprocess.STDOUT, env=head.env(), cwd=REPO, timeout=400)
+            job = subprocess.run(
+                [sys.executable, str(REPO / "jobs" / "screen.py"), "--config", str(config)],
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env=head.env(),
+                cwd=REPO,
+                timeout=400,
+            )
     finally:
         stop.set()
         killer.join(30)
@@ -126,12 +155,15 @@ def _screen_killing_the_node(node: WorkerNode, head: Head, inputs: list[str], bu
 def _pool_warnings(head: Head, min_actors: int) -> list[str]:
     """What ``check_room_for_decoding`` warns, from a client of the two-node cluster, for a fixed pool of
     ``min_actors`` one-CPU actors."""
-    code = (
+    code = (  # RAY_ADDRESS: a joined cluster
         "import logging, ray; logging.basicConfig(level=logging.WARNING); ray.init(logging_level=logging.ERROR)\n"
-        "from rayood.config import RaySettings, ScreenSettings; from rayood.scoring.pool import check_room_for_decoding\n"
-        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), RaySettings())"  # RAY_ADDRESS: a joined cluster
+        "from rayood.config import RaySettings, ScreenSettings\n"
+        "from rayood.scoring.pool import check_room_for_decoding\n"
+        f"check_room_for_decoding(ScreenSettings(min_actors={min_actors}, max_actors=2), RaySettings())"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=head.env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=head.env(), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return [line for line in result.stderr.splitlines() if "rayood.scoring.pool" in line]
 
@@ -140,7 +172,6 @@ def s3_fs(endpoint: str):
     from pyarrow.fs import S3FileSystem
 
     return S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1")
-
 
 
 EPOCHS = 12
@@ -170,7 +201,11 @@ def start_fit(config: Path, log: Path, head: Head, *flags: str) -> subprocess.Po
     with open(log, "wb") as output:
         return subprocess.Popen(
             [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), *flags],
-            stdout=output, stderr=subprocess.STDOUT, env=head.env(), cwd=REPO, start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=head.env(),
+            cwd=REPO,
+            start_new_session=True,
         )
 
 
@@ -178,15 +213,25 @@ def test_a_fit_on_two_nodes_loses_one_and_resumes_from_the_last_checkpoint(head,
     """Then a refit with ``--overwrite`` killed while its new bundle is half written: the old bundle still loads."""
     bundle, checkpoints = tmp_path / "bundle", tmp_path / "checkpoints"
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {**TINY_MODEL, **NO_LAYERWISE},
-        "train": {
-            **TINY_TRAIN, "data": [str(demo_data[0])], "bundle": str(bundle), "checkpoint_path": str(checkpoints),
-            # half a CPU each: once one node is gone both workers fit on the head, beside the data feeding them
-            "num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1, "placement_strategy": "SPREAD",
-            "backbone": {**TINY_TRAIN["backbone"], "epochs": EPOCHS, "checkpoint_every": 2},
-        },
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {**TINY_MODEL, **NO_LAYERWISE},
+                "train": {
+                    **TINY_TRAIN,
+                    "data": [str(demo_data[0])],
+                    "bundle": str(bundle),
+                    "checkpoint_path": str(checkpoints),
+                    # half a CPU each: once one node is gone both workers fit on the head, beside the data feeding them
+                    "num_workers": 2,
+                    "cpus_per_worker": 0.5,
+                    "torch_threads": 1,
+                    "placement_strategy": "SPREAD",
+                    "backbone": {**TINY_TRAIN["backbone"], "epochs": EPOCHS, "checkpoint_every": 2},
+                },
+            }
+        )
+    )
     log = tmp_path / "train.log"
     with ray_worker_node(head, "node2") as node:
         # --verbose: the assertions read the workers' epoch lines, which the quiet console keeps in Ray's logs

@@ -2,13 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from rayood.config import MultiscaleSettings
+from rayood.config import BackboneSettings, MultiscaleSettings, PreprocessSettings
 from rayood.detectors.knn import kth_neighbour_distance, normalise
 from rayood.detectors.multiscale import MultiscaleDetector, global_vector, region_count, region_vectors, search_vectors
 from rayood.models.alpa import LocalPropagation
-from rayood.train.objectives import BackboneObjective, supervised_contrastive_loss
-from rayood.config import BackboneSettings, PreprocessSettings
 from rayood.models.backbones import Features, build_backbone
+from rayood.train.objectives import BackboneObjective, supervised_contrastive_loss
 
 
 def brute_force_kth(queries, bank, k):
@@ -42,8 +41,10 @@ def test_region_vectors_on_a_4x4_map_are_global_quadrants_centre():
     assert vectors.shape == (2, region_count(MultiscaleSettings()), 3) == (2, 6, 3)
     expected = [
         feature_map.mean((2, 3)),
-        feature_map[:, :, :2, :2].mean((2, 3)), feature_map[:, :, :2, 2:].mean((2, 3)),
-        feature_map[:, :, 2:, :2].mean((2, 3)), feature_map[:, :, 2:, 2:].mean((2, 3)),
+        feature_map[:, :, :2, :2].mean((2, 3)),
+        feature_map[:, :, :2, 2:].mean((2, 3)),
+        feature_map[:, :, 2:, :2].mean((2, 3)),
+        feature_map[:, :, 2:, 2:].mean((2, 3)),
         feature_map[:, :, 1:3, 1:3].mean((2, 3)),
     ]
     torch.testing.assert_close(vectors, normalise(torch.stack(expected, dim=1)))
@@ -67,7 +68,9 @@ def test_region_vectors_on_odd_maps(size):
 
 
 def _features(feature_map: torch.Tensor, pooled: torch.Tensor) -> Features:
-    return Features(logits=torch.zeros(len(feature_map), 2), stage_maps=[feature_map], last_map=feature_map, penultimate=pooled)
+    return Features(
+        logits=torch.zeros(len(feature_map), 2), stage_maps=[feature_map], last_map=feature_map, penultimate=pooled
+    )
 
 
 def test_the_global_vector_is_what_the_classifier_reads_unless_a_bank_says_mean():

@@ -13,10 +13,16 @@ STRONG_SCORES = ("mahalanobis", "layerwise_mse", "knn", "multiscale")  # the one
 
 
 def _demo_aurocs(bundle: str, corpus, output) -> dict[str, float]:
-    config = tiny_config(screen={
-        "inputs": [str(corpus)], "output": str(output), "bundle": bundle, "batch_size": 128,
-        "passthrough_columns": ["group"], "truth": {"column": "group", "id_values": ["id"]},
-    })
+    config = tiny_config(
+        screen={
+            "inputs": [str(corpus)],
+            "output": str(output),
+            "bundle": bundle,
+            "batch_size": 128,
+            "passthrough_columns": ["group"],
+            "truth": {"column": "group", "id_values": ["id"]},
+        }
+    )
     summary, _ = screen(config)
     return {name: scores["auroc"] for name, scores in summary["evaluation"]["scores"].items()}
 
@@ -24,9 +30,18 @@ def _demo_aurocs(bundle: str, corpus, output) -> dict[str, float]:
 def test_two_workers_split_every_stage_and_fit_a_bundle_as_good_as_one(ray_cluster, tiny_bundle, demo_data, tmp_path):
     fit_path, corpus = demo_data
     bundle = str(tmp_path / "two-workers")
-    fit(tiny_config(model=WITH_DDP, train={
-        "data": [str(fit_path)], "bundle": bundle, "num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1,
-    }))
+    fit(
+        tiny_config(
+            model=WITH_DDP,
+            train={
+                "data": [str(fit_path)],
+                "bundle": bundle,
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "torch_threads": 1,
+            },
+        )
+    )
     manifest = json.load(open(f"{bundle}/manifest.json"))
     train_rows = manifest["data"]["train_rows"]
     for stage in ("backbone", "layerwise", "ddpm"):

@@ -43,7 +43,7 @@ def hostile_corpus(directory: Path, rows: int) -> list[str]:
     directory.mkdir(parents=True)
     ids = []
     for i in range(rows):
-        pixels = (gradient((24, 24)) // 2 + np.array([i * 37 % 128, i * 59 % 128, i * 83 % 128], dtype=np.uint8))
+        pixels = gradient((24, 24)) // 2 + np.array([i * 37 % 128, i * 59 % 128, i * 83 % 128], dtype=np.uint8)
         (directory / hostile_name(i)).write_bytes(encode(Image.fromarray(pixels.astype(np.uint8)), "PNG"))
         ids.append(str(directory / hostile_name(i)))
     return ids
@@ -65,7 +65,9 @@ def test_review_page_opens_offline_shows_hostile_names_as_text_and_reads_only_th
 
     monkeypatch.setattr(thumbnails_module, "iter_originals", counting)
     settings = ReviewSettings(by=GroupBy.parse("origin"), gallery=5)
-    result = filter_report(FinishedReport.open(str(tmp_path / "report")), 0.1, resolve(str(tmp_path / "out")), review=settings)
+    result = filter_report(
+        FinishedReport.open(str(tmp_path / "report")), 0.1, resolve(str(tmp_path / "out")), review=settings
+    )
     html = (tmp_path / "out" / "review.html").read_text()
     assert result["files"]["review"] == "review.html"
     assert "<script" not in html.lower() and "onerror=alert" not in html.replace("onerror=alert(1)&gt;", "")
@@ -81,10 +83,15 @@ def test_review_page_opens_offline_shows_hostile_names_as_text_and_reads_only_th
 
 def test_the_review_counts_rejections_per_group_and_reduces_urls_to_domains(tmp_path):
     ids = [f"img/{i}" for i in range(60)]
-    urls = [f"https://{['a.example', 'B.example', 'c.example'][i % 3]}/{i}.jpg" if i % 10 else "not a url" for i in range(60)]
+    urls = [
+        f"https://{['a.example', 'B.example', 'c.example'][i % 3]}/{i}.jpg" if i % 10 else "not a url"
+        for i in range(60)
+    ]
     write_report(tmp_path / "report", ids=ids, extra={"url": urls})
     settings = ReviewSettings(by=GroupBy.parse("url:domain"), gallery=0)
-    result = filter_report(FinishedReport.open(str(tmp_path / "report")), 0.2, resolve(str(tmp_path / "out")), review=settings)
+    result = filter_report(
+        FinishedReport.open(str(tmp_path / "report")), 0.2, resolve(str(tmp_path / "out")), review=settings
+    )
     html = (tmp_path / "out" / "review.html").read_text()
     rejected = set(pq.read_table(tmp_path / "out" / "reject.parquet").column("id").to_pylist())
     domain = {i: (u.split("/")[2].lower() if "://" in u else "(no domain)") for i, u in zip(ids, urls)}
@@ -129,7 +136,9 @@ def test_review_settings_are_checked_before_anything_is_written(tmp_path):
         result = run_job("filter.py", "--report", str(tmp_path / "report"), "--fdr", "0.1", "--output", str(out), *args)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert not out.exists()
-    result = run_job("filter.py", "--report", str(tmp_path / "report"), "--fdr", "0.1", "--output", str(out), "--no-review")
+    result = run_job(
+        "filter.py", "--report", str(tmp_path / "report"), "--fdr", "0.1", "--output", str(out), "--no-review"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (out / "review.html").exists() and "review" not in json.loads((out / "filter.json").read_text())["files"]
 
@@ -140,9 +149,9 @@ def test_extremes_and_the_row_sample_choose_from_the_whole_stream_in_batches():
     values[rng.choice(5_000, 50, replace=False)] = np.nan
     highest, lowest, sample = Extremes(7, highest=True), Extremes(7, highest=False), RowSample(300, seed=1)
     for start in range(0, 5_000, 777):
-        batch = pa.table({"i": np.arange(start, min(start + 777, 5_000)), "v": values[start:start + 777]})
-        highest.add(values[start:start + 777], batch)
-        lowest.add(values[start:start + 777], batch)
+        batch = pa.table({"i": np.arange(start, min(start + 777, 5_000)), "v": values[start : start + 777]})
+        highest.add(values[start : start + 777], batch)
+        lowest.add(values[start : start + 777], batch)
         sample.add(batch)
     finite = np.sort(values[~np.isnan(values)])
     assert [row["v"] for row in highest.rows] == finite[::-1][:7].tolist()
@@ -160,8 +169,9 @@ def test_group_counts_stay_bounded_and_pool_the_rest():
 
 def test_page_parts_escape_every_value():
     hostile = HOSTILE[0]
-    html = table([hostile], [[hostile]]) + gallery([{"id": hostile, "thumbnail": None, "missing": hostile}],
-                                                   lambda row: [row["id"]], "none")
+    html = table([hostile], [[hostile]]) + gallery(
+        [{"id": hostile, "thumbnail": None, "missing": hostile}], lambda row: [row["id"]], "none"
+    )
     assert "<script>" not in html and html.count("&lt;script&gt;") == 4
     assert re.search(r"<img", html) is None
 
@@ -174,8 +184,15 @@ def test_the_screening_page_shows_the_summary_histograms_and_the_most_ood_images
     for batch in report.dataset().to_batches(batch_size=7):
         rows.add(batch)
     calibration = {"mfsim": np.random.default_rng(0).standard_normal(500), "knn": np.zeros(3)}
-    write_report_page(rows, report.summary, calibration, resolve(str(tmp_path / "report")), CorpusSettings(), None,
-                      recorded_limits(report.summary))
+    write_report_page(
+        rows,
+        report.summary,
+        calibration,
+        resolve(str(tmp_path / "report")),
+        CorpusSettings(),
+        None,
+        recorded_limits(report.summary),
+    )
     table = report.dataset().to_table().to_pandas()
     top = table[table.status == "ok"].nlargest(6, "score_mfsim")
     html = (tmp_path / "report" / PAGE).read_text()

@@ -24,7 +24,10 @@ def write(path, **columns):
     [
         ({"image": pa.array([PNG])}, r"b\.parquet lacks column\(s\) \['id'\]"),
         ({"id": ["x"], "image": ["not bytes"]}, r"b\.parquet column 'image' has type string"),
-        ({"id": ["x"], "image": pa.array([{"path": "x.png"}])}, r"b\.parquet column 'image' is a struct .* without a binary 'bytes'"),
+        (
+            {"id": ["x"], "image": pa.array([{"path": "x.png"}])},
+            r"b\.parquet column 'image' is a struct .* without a binary 'bytes'",
+        ),
         ({"id": pa.array([[1]]), "image": pa.array([PNG])}, r"b\.parquet column 'id' has type list"),
     ],
 )
@@ -73,6 +76,9 @@ def test_a_resumed_run_skips_exactly_the_ids_its_report_holds_as_text():
     from rayood.data.decode import ids_as_text, text_ids
     from rayood.data.reader import unwritten
 
-    for column in (pa.chunked_array([pa.array([7, 8, None, 70])]), pa.chunked_array([pa.array([b"7", b"8", None, b"70"])])):
+    for column in (
+        pa.chunked_array([pa.array([7, 8, None, 70])]),
+        pa.chunked_array([pa.array([b"7", b"8", None, b"70"])]),
+    ):
         assert text_ids(column).to_pylist() == ids_as_text(column)[0]
         assert unwritten(text_ids(column), pa.array(["7", "9"])).to_pylist() == [False, True, True, True]

@@ -7,8 +7,8 @@ import pytest
 import ray.data
 
 from rayood.config import CorpusSettings
-from rayood.data.parquet_ranges import ParquetRowRanges, split_rows
 from rayood.data.decode import DecodeLimits, formats_for
+from rayood.data.parquet_ranges import ParquetRowRanges, split_rows
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, plan_source
 from rayood.storage import resolve
@@ -31,7 +31,9 @@ def _corpus(tmp_path):
     ids = [f"r{i:03}" for i in range(130)]
     tables = [ids[:100], ids[100:], []]
     for index, chunk in enumerate(tables):
-        table = pa.table({"id": pa.array(chunk, pa.string()), "image": pa.array([i.encode() for i in chunk], pa.binary())})
+        table = pa.table(
+            {"id": pa.array(chunk, pa.string()), "image": pa.array([i.encode() for i in chunk], pa.binary())}
+        )
         pq.write_table(table, tmp_path / "corpus" / f"part-{index}.parquet", row_group_size=[30, 1000, 10][index])
     return str(tmp_path / "corpus"), ids
 
@@ -46,7 +48,12 @@ def test_a_read_over_row_ranges_yields_every_row_once_in_bounded_tasks(ray_clust
     uri, ids = _corpus(tmp_path)
     plan = plan_source(uri, CorpusSettings())
     source = ParquetRowRanges(
-        resolve(uri).fs, list(zip(plan.paths, plan.row_groups)), ["id"], rows_per_task=16, batch_rows=8, bytes_per_row=10
+        resolve(uri).fs,
+        list(zip(plan.paths, plan.row_groups)),
+        ["id"],
+        rows_per_task=16,
+        batch_rows=8,
+        bytes_per_row=10,
     )
     dataset = ray.data.read_datasource(source)
     blocks = [ray.get(ref).column("id").to_pylist() for ref in dataset.get_internal_block_refs()]
@@ -69,8 +76,10 @@ def test_a_synthetic_corpus_is_planned_without_storage_and_refuses_bad_counts():
 def test_a_synthetic_corpus_decodes_to_the_same_rows_every_time(ray_cluster):
     plan = plan_source("synthetic://300", CorpusSettings())
     limits = DecodeLimits(10**6, 10**6, formats_for(("jpg",)))
-    rows = [read_decoded([plan], image_column="image", id_column="id", size=16, limits=limits, batch_size=8)
-            .to_arrow_refs() for _ in range(2)]
+    rows = [
+        read_decoded([plan], image_column="image", id_column="id", size=16, limits=limits, batch_size=8).to_arrow_refs()
+        for _ in range(2)
+    ]
     first, second = (pa.concat_tables(ray.get(refs)).sort_by("id") for refs in rows)
     assert first.num_rows == 300 and set(first.column("status").to_pylist()) == {"ok"}
     assert first.column("id").to_pylist() == sorted(f"synthetic-{i}" for i in range(300))

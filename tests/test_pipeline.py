@@ -22,7 +22,14 @@ from tests.conftest import tiny_config
 from tests.images import bad_images, good_images
 
 SCORES = [
-    "msp", "energy", "maxlogit", "mahalanobis", "layerwise_mse", "layerwise_mfsim", "knn", "multiscale",
+    "msp",
+    "energy",
+    "maxlogit",
+    "mahalanobis",
+    "layerwise_mse",
+    "layerwise_mfsim",
+    "knn",
+    "multiscale",
 ]
 
 
@@ -32,8 +39,13 @@ def read_report(output):
 
 def corpus_config(bundle, inputs, output, **screen):
     settings = {
-        "inputs": [str(i) for i in inputs], "output": str(output), "bundle": bundle, "batch_size": 128,
-        "passthrough_columns": ["label", "group"], "truth": {"column": "group", "id_values": ["id"]}, **screen,
+        "inputs": [str(i) for i in inputs],
+        "output": str(output),
+        "bundle": bundle,
+        "batch_size": 128,
+        "passthrough_columns": ["label", "group"],
+        "truth": {"column": "group", "id_values": ["id"]},
+        **screen,
     }
     return tiny_config(screen=settings)
 
@@ -86,8 +98,9 @@ def test_embedding_column_holds_the_penultimate_features(tiny_bundle, tmp_path):
     for name, data in good_images().items():
         (corpus / name).write_bytes(data)
     (corpus / "broken.png").write_bytes(b"\x89PNG not really")
-    config = tiny_config(screen={"inputs": [str(corpus)], "output": str(tmp_path / "out"), "bundle": tiny_bundle,
-                                 "embedding": True})
+    config = tiny_config(
+        screen={"inputs": [str(corpus)], "output": str(tmp_path / "out"), "bundle": tiny_bundle, "embedding": True}
+    )
     screen(config)
     report = read_report(tmp_path / "out")
     bundle = load_bundle(tiny_bundle)
@@ -100,7 +113,9 @@ def test_embedding_column_holds_the_penultimate_features(tiny_bundle, tmp_path):
             continue
         pixels = decode_image(open(row["id"], "rb").read(), 32)
         expected = bundle.backbone.features(uint8_to_unit(torch.from_numpy(pixels[None]))).penultimate[0]
-        assert np.asarray(row["embedding"], dtype=np.float32) == pytest.approx(expected.detach().numpy(), rel=2e-3, abs=2e-3)
+        assert np.asarray(row["embedding"], dtype=np.float32) == pytest.approx(
+            expected.detach().numpy(), rel=2e-3, abs=2e-3
+        )
     assert sum(row["status"] != "ok" for row in rows) == 1
 
 
@@ -111,8 +126,13 @@ def test_ood_scores_higher_than_id(parquet_report):
     # DLSR and Mahalanobis separate the tiny bundle's digits almost perfectly; the neighbour scores depend more
     # on how its 4-epoch backbone happened to train (0.71-0.85 seen across runs), so they must only be clearly
     # better than chance (AUROC's standard error here is about 0.02)
-    for name, floor in (("mahalanobis", 0.8), ("layerwise_mse", 0.8), ("layerwise_mfsim", 0.8), ("knn", 0.65),
-                        ("multiscale", 0.65)):
+    for name, floor in (
+        ("mahalanobis", 0.8),
+        ("layerwise_mse", 0.8),
+        ("layerwise_mfsim", 0.8),
+        ("knn", 0.65),
+        ("multiscale", 0.65),
+    ):
         values = report[f"score_{name}"].to_numpy()
         assert auroc(values[is_id], values[~is_id]) > floor, name
         assert summary["evaluation"]["scores"][name]["auroc"] == pytest.approx(auroc(values[is_id], values[~is_id]))
@@ -140,7 +160,9 @@ def test_image_files_good_and_bad_each_give_one_row(tiny_bundle, tmp_path):
     assert summary["output_lease"] == EXCLUSIVE
     provenance = summary["provenance"]
     assert provenance["bundle_uri"] == tiny_bundle and provenance["bundle_id"] == summary["bundle_id"]
-    assert {"rayood", "ray", "torch"} <= set(provenance["versions"]) and provenance["config"]["screen"]["inputs"] == [str(corpus)]
+    assert {"rayood", "ray", "torch"} <= set(provenance["versions"]) and provenance["config"]["screen"]["inputs"] == [
+        str(corpus)
+    ]
     for name, (_, cause) in bad_images().items():
         row = report.loc[str(corpus / name)]
         assert row["status"] == "error" and cause in row["error"]
@@ -208,14 +230,19 @@ def test_fitting_again_resumes_from_the_finished_checkpoints(tiny_bundle, demo_d
     from rayood.train.fit import fit
 
     again = str(tmp_path / "again")
-    config = tiny_config(train={"data": [str(demo_data[0])], "bundle": again, "checkpoint_path": f"{tiny_bundle}-checkpoints"})
+    config = tiny_config(
+        train={"data": [str(demo_data[0])], "bundle": again, "checkpoint_path": f"{tiny_bundle}-checkpoints"}
+    )
     fit(config)
     for name in ("backbone.pt", "layerwise_denoiser.pt"):  # bank and statistics follow from these
         before = torch.load(f"{tiny_bundle}/{name}", weights_only=True)
         after = torch.load(f"{again}/{name}", weights_only=True)
         assert all(torch.equal(before[k], after[k]) for k in before), name
     first, second = json.load(open(f"{tiny_bundle}/manifest.json")), json.load(open(f"{again}/manifest.json"))
-    assert first["bundle_id"] != second["bundle_id"] and first["data"] == {**second["data"], "uris": first["data"]["uris"]}
+    assert first["bundle_id"] != second["bundle_id"] and first["data"] == {
+        **second["data"],
+        "uris": first["data"]["uris"],
+    }
 
 
 def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tiny_bundle):
@@ -225,7 +252,9 @@ def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tin
     from rayood.scoring.actor import ScoreActor
 
     planned = json.load(open(f"{tiny_bundle}/manifest.json"))["bundle_id"]
-    assert ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.manifest["bundle_id"] == planned
+    assert (
+        ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.manifest["bundle_id"] == planned
+    )
     with pytest.raises(BundleError, match=f"is now {planned}, but this run screens with 0123abcd"):
         ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id="0123abcd")
 
@@ -233,10 +262,15 @@ def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tin
 def test_a_synthetic_corpus_is_screened_with_progress_lines(tiny_bundle, tmp_path, caplog):
     """synthetic://N end to end (issue 15, item 5): every row once, and the driver logs progress meanwhile."""
     output = tmp_path / "report"
-    config = tiny_config(screen={
-        "inputs": ["synthetic://3000"], "output": str(output), "bundle": tiny_bundle, "batch_size": 64,
-        "progress_every_s": 0.2,
-    })
+    config = tiny_config(
+        screen={
+            "inputs": ["synthetic://3000"],
+            "output": str(output),
+            "bundle": tiny_bundle,
+            "batch_size": 64,
+            "progress_every_s": 0.2,
+        }
+    )
     with caplog.at_level(logging.INFO, logger="rayood.screen.progress"):
         summary, _ = screen(config)
     assert summary["rows"] == summary["ok"] == 3000 and summary["per_source"] == {"synthetic://3000": 3000}

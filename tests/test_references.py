@@ -29,12 +29,19 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     labels = ["a", "b", "c", "a"] * 10
     ids = [f"row-{i}" for i in range(40)]
     (tmp_path / BACKBONE_FILE).write_bytes(state_dict_bytes(backbone.state_dict()))
-    actor = FeatureRows(SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", str(tmp_path / BACKBONE_FILE), None, "cpu")
+    actor = FeatureRows(
+        SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", str(tmp_path / BACKBONE_FILE), None, "cpu"
+    )
     fits = {family: make(SETTINGS, 0, 3, str(tmp_path)) for family, make in STREAMING.items()}
     in_bank = []
     for start in (0, 16, 32):  # uneven batches, as Ray Data hands them over
-        batch = pa.table({"pixels": pixels_to_column(pixels[start:start + 16]), "label": labels[start:start + 16],
-                          "id": ids[start:start + 16]})
+        batch = pa.table(
+            {
+                "pixels": pixels_to_column(pixels[start : start + 16]),
+                "label": labels[start : start + 16],
+                "id": ids[start : start + 16],
+            }
+        )
         rows = actor(batch)
         in_bank.append(rows["multiscale/in_bank"])
         for family, fit in fits.items():
@@ -48,9 +55,13 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     assert 0 < kept.sum() < 40  # bank_fraction 0.5 kept some rows, not all
     assert facts["multiscale"] == {"bank_shape": (int(kept.sum()), 6, 8), "bank_index": "exact"}
     bank = np.load(tmp_path / "bundle" / BANK_FILE)
-    np.testing.assert_allclose(bank, search_vectors(features, None, SETTINGS.multiscale).numpy()[kept], rtol=1e-5, atol=1e-6)
-    whole = GaussianStatistics(3, 8).partial_fit(mahalanobis_features(features.penultimate.numpy(), True),
-                                                 np.array([{"a": 0, "b": 1, "c": 2}[x] for x in labels]))
+    np.testing.assert_allclose(
+        bank, search_vectors(features, None, SETTINGS.multiscale).numpy()[kept], rtol=1e-5, atol=1e-6
+    )
+    whole = GaussianStatistics(3, 8).partial_fit(
+        mahalanobis_features(features.penultimate.numpy(), True),
+        np.array([{"a": 0, "b": 1, "c": 2}[x] for x in labels]),
+    )
     stored = np.load(tmp_path / "bundle" / MAHALANOBIS_FILE)
     np.testing.assert_allclose(stored["means"], whole.means(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored["precision"], whole.precision(), rtol=1e-3, atol=1e-3)

@@ -55,21 +55,27 @@ def test_overwrite_replaces_a_report_made_only_of_rayood_files(tmp_path):
 
 def _prepare_filter(location, overwrite):
     from rayood.decide.filter import prepare_output
+
     prepare_output(location, overwrite)
 
 
 def _prepare_audit(location, overwrite):
     from rayood.audit.job import prepare_output
+
     prepare_output(location, overwrite)
 
 
 def _prepare_shards(location, overwrite):
     from rayood.decide.shards import prepare_shard_output
+
     prepare_shard_output(location, overwrite)
 
 
-JOBS = {"filter": (_prepare_filter, "filter.json"), "audit": (_prepare_audit, "audit.json"),
-        "shards": (_prepare_shards, "kept-000000.tar")}
+JOBS = {
+    "filter": (_prepare_filter, "filter.json"),
+    "audit": (_prepare_audit, "audit.json"),
+    "shards": (_prepare_shards, "kept-000000.tar"),
+}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

@@ -76,10 +76,14 @@ def test_a_killed_screening_resumes_without_losing_repeating_or_recomputing_rows
 
     output = tmp_path / "report"
     config = tmp_path / "screen.yaml"
-    config.write_text(yaml.safe_dump({
-        "ray": {"num_cpus": 2},
-        "screen": {"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle, **SMALL_BATCHES},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ray": {"num_cpus": 2},
+                "screen": {"inputs": [str(corpus)], "output": str(output), "bundle": tiny_bundle, **SMALL_BATCHES},
+            }
+        )
+    )
     command = [sys.executable, str(REPO / "jobs" / "screen.py"), "--config", str(config)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the job starts its own local cluster
 
@@ -100,8 +104,12 @@ def test_a_killed_screening_resumes_without_losing_repeating_or_recomputing_rows
     assert not session_processes(job.pid), "processes of the killed job outlived it"
     assert not (output / "_SUCCESS").exists()
     kept = complete_files(output / "rows")
-    reused_ids = set(pads.dataset(list(map(str, (output / "rows" / n for n in kept))), format="parquet")
-                     .to_table(columns=["id"]).column("id").to_pylist())
+    reused_ids = set(
+        pads.dataset(list(map(str, (output / "rows" / n for n in kept))), format="parquet")
+        .to_table(columns=["id"])
+        .column("id")
+        .to_pylist()
+    )
     assert 0 < len(reused_ids) < CORPUS_ROWS, "the kill must land part-way"
 
     again = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
@@ -114,8 +122,12 @@ def test_a_killed_screening_resumes_without_losing_repeating_or_recomputing_rows
     assert {name: files.get(name) for name in kept} == kept, "reused row files were rewritten or removed"
     attempts = {name.split("_", 1)[0] for name in files}
     assert len(attempts) == 2, "row files are named after the attempt that wrote them"
-    new_ids = set(pads.dataset([str(output / "rows" / n) for n in files if n not in kept], format="parquet")
-                  .to_table(columns=["id"]).column("id").to_pylist())
+    new_ids = set(
+        pads.dataset([str(output / "rows" / n) for n in files if n not in kept], format="parquet")
+        .to_table(columns=["id"])
+        .column("id")
+        .to_pylist()
+    )
     assert not new_ids & reused_ids, "the second attempt scored rows the first had written"
 
     report = read_rows(output)
@@ -133,12 +145,22 @@ def test_a_row_file_cut_short_is_redone_and_a_changed_run_is_refused(tiny_bundle
     small = tmp_path / "small.parquet"
     pq.write_table(pq.read_table(corpus).slice(0, 60), small)
     output = tmp_path / "report"
-    config = tiny_config(screen={"inputs": [str(small)], "output": str(output), "bundle": tiny_bundle,
-                                 "batch_size": 2, "decode_batch_size": 8})  # about 8 row files
+    config = tiny_config(
+        screen={
+            "inputs": [str(small)],
+            "output": str(output),
+            "bundle": tiny_bundle,
+            "batch_size": 2,
+            "decode_batch_size": 8,
+        }
+    )  # about 8 row files
     screen(config)
     cut, *kept = sorted((output / "rows").glob("*.parquet"))
     assert kept, "the report needs more than one row file"
-    kept_rows, kept_mtimes = sum(pq.read_metadata(path).num_rows for path in kept), [path.stat().st_mtime_ns for path in kept]
+    kept_rows, kept_mtimes = (
+        sum(pq.read_metadata(path).num_rows for path in kept),
+        [path.stat().st_mtime_ns for path in kept],
+    )
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # as a kill mid-write leaves it
     (output / "_SUCCESS").unlink()
 
@@ -149,7 +171,10 @@ def test_a_row_file_cut_short_is_redone_and_a_changed_run_is_refused(tiny_bundle
 
     caplog.set_level(logging.INFO, logger="rayood.report.target")
     summary, _ = screen(config)
-    assert f"reusing {kept_rows} rows from {len(kept)} files" in caplog.text and "deleting the unreadable row file" in caplog.text
+    assert (
+        f"reusing {kept_rows} rows from {len(kept)} files" in caplog.text
+        and "deleting the unreadable row file" in caplog.text
+    )
     assert not cut.exists() and [path.stat().st_mtime_ns for path in kept] == kept_mtimes
     report = read_rows(output)
     assert report.index.is_unique and len(report) == summary["rows"] == 60 and summary["reused_rows"] == kept_rows

@@ -63,6 +63,7 @@ def test_a_backbone_fitted_with_rotation_prediction_scores_turned_images_as_out_
     backbone.eval()
     held_out, _ = _digits(slice(1200, 1500))
     with torch.no_grad():
+
         def score(batch: torch.Tensor) -> np.ndarray:
             features = backbone.features(batch)
             return rotation_score(backbone, batch, features.penultimate, features.logits).numpy()
@@ -94,10 +95,17 @@ def test_a_rotation_bundle_fits_with_ray_train_and_screens_the_rotation_score(ra
     bundle = str(tmp_path / "rotation")
     config = tiny_config(
         model={**ROTATION_MODEL, **NO_LAYERWISE},
-        train={"data": [str(fit_path)], "bundle": bundle,
-               "backbone": {"objective": "rotation", "rotation_views": 1, "epochs": 2, "batch_size": 64, "lr": 0.05}},
-        screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": bundle,
-                "decision": {"score": "rotation", "alpha": 0.05}},
+        train={
+            "data": [str(fit_path)],
+            "bundle": bundle,
+            "backbone": {"objective": "rotation", "rotation_views": 1, "epochs": 2, "batch_size": 64, "lr": 0.05},
+        },
+        screen={
+            "inputs": [str(corpus)],
+            "output": str(tmp_path / "report"),
+            "bundle": bundle,
+            "decision": {"score": "rotation", "alpha": 0.05},
+        },
     )
     fit(config)
     manifest = json.load(open(f"{bundle}/manifest.json"))

@@ -20,7 +20,13 @@ BUCKET = "rayood-clients"
 
 def read_report(uri: str, s3: S3Settings):
     rows = resolve(uri, s3).join("rows")
-    return pads.dataset(rows.path, filesystem=rows.fs, format="parquet").to_table().to_pandas().set_index("id").sort_index()
+    return (
+        pads.dataset(rows.path, filesystem=rows.fs, format="parquet")
+        .to_table()
+        .to_pandas()
+        .set_index("id")
+        .sort_index()
+    )
 
 
 def test_both_clients_screen_an_s3_prefix_of_images_into_an_s3_report_alike(ray_cluster, s3_server, tiny_bundle):
@@ -33,15 +39,26 @@ def test_both_clients_screen_an_s3_prefix_of_images_into_an_s3_report_alike(ray_
     reports = {}
     for name in ("pyarrow", "s3fs"):
         s3 = {"endpoint_url": s3_server, "client": name}
-        summary, uri = screen(tiny_config(s3=s3, screen={
-            "inputs": [f"s3://{BUCKET}/images"], "output": f"s3://{BUCKET}/report-{name}", "bundle": tiny_bundle,
-        }))
+        summary, uri = screen(
+            tiny_config(
+                s3=s3,
+                screen={
+                    "inputs": [f"s3://{BUCKET}/images"],
+                    "output": f"s3://{BUCKET}/report-{name}",
+                    "bundle": tiny_bundle,
+                },
+            )
+        )
         assert summary["rows"] == summary["expected_rows"] == len(good_images()) + len(bad_images())
         reports[name] = read_report(uri, S3Settings(**s3))
     pyarrow, s3fs = reports["pyarrow"], reports["s3fs"]
-    assert list(s3fs.index) == list(pyarrow.index) and all(uri.startswith(f"s3://{BUCKET}/images/") for uri in s3fs.index)
+    assert list(s3fs.index) == list(pyarrow.index) and all(
+        uri.startswith(f"s3://{BUCKET}/images/") for uri in s3fs.index
+    )
     errors = {"pyarrow": pyarrow["error"].fillna(""), "s3fs": s3fs["error"].fillna("")}
-    assert (s3fs["status"] == pyarrow["status"]).all() and (errors["s3fs"] == errors["pyarrow"]).all(), [(a, b) for a, b in zip(errors["pyarrow"], errors["s3fs"]) if a != b]
+    assert (s3fs["status"] == pyarrow["status"]).all() and (errors["s3fs"] == errors["pyarrow"]).all(), [
+        (a, b) for a, b in zip(errors["pyarrow"], errors["s3fs"]) if a != b
+    ]
     for column in (c for c in pyarrow.columns if c.startswith("score_")):
         np.testing.assert_allclose(s3fs[column], pyarrow[column], rtol=1e-5, err_msg=column)
 
@@ -56,7 +73,9 @@ def test_s3fs_signs_with_a_named_profile_of_the_aws_config_files(s3_server, tmp_
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     S3FileSystem.clear_instance_cache()  # fsspec reuses a filesystem made with the same arguments, and its keys
 
-    with_profile = resolve("s3://rayood-profile/note.txt", S3Settings(endpoint_url=s3_server, client="s3fs", profile="rayood-reader"))
+    with_profile = resolve(
+        "s3://rayood-profile/note.txt", S3Settings(endpoint_url=s3_server, client="s3fs", profile="rayood-reader")
+    )
     with_profile.write_bytes(b"signed with the profile's key")
     assert with_profile.read_bytes() == b"signed with the profile's key"
     without = resolve("s3://rayood-profile/note.txt", S3Settings(endpoint_url=s3_server, client="s3fs", retries=0))

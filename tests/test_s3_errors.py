@@ -15,19 +15,29 @@ PLANNED = "rayood-planned"
 
 @pytest.mark.parametrize("client", ["pyarrow", "s3fs"])
 def test_a_missing_bucket_a_missing_prefix_and_an_unreachable_endpoint_fail_planning(s3_server, client):
-    config = tiny_config(s3={"endpoint_url": s3_server, "retries": 0, "client": client}, screen={"inputs": ["s3://rayood-no-such-bucket/images"]})
+    config = tiny_config(
+        s3={"endpoint_url": s3_server, "retries": 0, "client": client},
+        screen={"inputs": ["s3://rayood-no-such-bucket/images"]},
+    )
     with pytest.raises(InputError, match="s3://rayood-no-such-bucket/images"):
         plan_sources(config.screen.inputs, config.corpus, config.s3)
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=PLANNED)
-    missing = tiny_config(s3={"endpoint_url": s3_server, "client": client}, screen={"inputs": [f"s3://{PLANNED}/missing"]})
+    missing = tiny_config(
+        s3={"endpoint_url": s3_server, "client": client}, screen={"inputs": [f"s3://{PLANNED}/missing"]}
+    )
     with pytest.raises(InputError, match="input not found"):
         plan_sources(missing.screen.inputs, missing.corpus, missing.s3)
-    dead = tiny_config(s3={"endpoint_url": "http://127.0.0.1:9", "retries": 0, "client": client}, screen={"inputs": [f"s3://{PLANNED}/corpus"]})
+    dead = tiny_config(
+        s3={"endpoint_url": "http://127.0.0.1:9", "retries": 0, "client": client},
+        screen={"inputs": [f"s3://{PLANNED}/corpus"]},
+    )
     with pytest.raises(InputError, match="cannot reach"):
         plan_sources(dead.screen.inputs, dead.corpus, dead.s3)
 
 
-def test_an_object_deleted_after_planning_fails_the_job_naming_it(ray_cluster, s3_server, tiny_bundle, tmp_path, monkeypatch):
+def test_an_object_deleted_after_planning_fails_the_job_naming_it(
+    ray_cluster, s3_server, tiny_bundle, tmp_path, monkeypatch
+):
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket=BUCKET)
     for name, data in good_images().items():

@@ -55,11 +55,20 @@ def test_a_fit_to_s3_and_a_screening_through_transient_faults_match_an_undisturb
 
     with FaultyProxy(port, FAULTS, stall_s=0.2) as proxy:  # a fit makes ~2,000 requests, one in 17 stalls
         config = tiny_config(
-            s3={"endpoint_url": proxy.url}, model=NO_LAYERWISE,  # one Ray Train stage is enough here
-            train={"data": [f"s3://{BUCKET}/id/fit.parquet"], "bundle": bundle, "checkpoint_path": f"s3://{BUCKET}/checkpoints",
-                   "backbone": {"epochs": 2, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1}},
-            screen={"inputs": [f"s3://{BUCKET}/corpus", f"s3://{BUCKET}/images"],
-                    "output": f"s3://{BUCKET}/reports/disturbed", "bundle": bundle, "decision": {"score": "knn"}},
+            s3={"endpoint_url": proxy.url},
+            model=NO_LAYERWISE,  # one Ray Train stage is enough here
+            train={
+                "data": [f"s3://{BUCKET}/id/fit.parquet"],
+                "bundle": bundle,
+                "checkpoint_path": f"s3://{BUCKET}/checkpoints",
+                "backbone": {"epochs": 2, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
+            },
+            screen={
+                "inputs": [f"s3://{BUCKET}/corpus", f"s3://{BUCKET}/images"],
+                "output": f"s3://{BUCKET}/reports/disturbed",
+                "bundle": bundle,
+                "decision": {"score": "knn"},
+            },
         )
         assert fit(config) == bundle
         disturbed_summary, disturbed_uri = screen(config)
@@ -68,13 +77,18 @@ def test_a_fit_to_s3_and_a_screening_through_transient_faults_match_an_undisturb
 
     calm_s3 = config.s3.model_copy(update={"endpoint_url": s3_server})
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="bundles/tiny/")["Contents"]}
-    assert {f"bundles/tiny/{n}" for n in ("manifest.json", "backbone.pt", "multiscale_bank.npy", "calibration.parquet")} <= keys
+    assert {
+        f"bundles/tiny/{n}" for n in ("manifest.json", "backbone.pt", "multiscale_bank.npy", "calibration.parquet")
+    } <= keys
     assert client.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/")["KeyCount"] > 0, "Ray Train checkpoints on S3"
     assert load_bundle(bundle, calm_s3).calibration is not None
 
-    calm = config.model_copy(update={
-        "s3": calm_s3, "screen": config.screen.model_copy(update={"output": f"s3://{BUCKET}/reports/undisturbed"}),
-    })
+    calm = config.model_copy(
+        update={
+            "s3": calm_s3,
+            "screen": config.screen.model_copy(update={"output": f"s3://{BUCKET}/reports/undisturbed"}),
+        }
+    )
     calm_summary, calm_uri = screen(calm)
     expected = CORPUS_ROWS + len(good_images()) + len(bad_images())
     for summary in (disturbed_summary, calm_summary):
@@ -85,7 +99,10 @@ def test_a_fit_to_s3_and_a_screening_through_transient_faults_match_an_undisturb
     assert (disturbed["status"] == undisturbed["status"]).all()
     for column in (c for c in disturbed.columns if c.startswith("score_")):
         np.testing.assert_allclose(disturbed[column], undisturbed[column], rtol=1e-5, err_msg=column)
-    assert json.loads(client.get_object(Bucket=BUCKET, Key="reports/disturbed/summary.json")["Body"].read())["rows"] == expected
+    assert (
+        json.loads(client.get_object(Bucket=BUCKET, Key="reports/disturbed/summary.json")["Body"].read())["rows"]
+        == expected
+    )
     client.head_object(Bucket=BUCKET, Key="reports/disturbed/_SUCCESS")
 
 

@@ -18,7 +18,9 @@ ROWS = 96
 def test_a_small_screen_on_the_tiny_bundle_scores_every_row_once(ray_cluster, tiny_bundle, demo_data, tmp_path):
     corpus = tmp_path / "corpus.parquet"
     pq.write_table(pq.read_table(demo_data[1] / "corpus.parquet").slice(0, ROWS), corpus)
-    summary, uri = screen(tiny_config(screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": tiny_bundle}))
+    summary, uri = screen(
+        tiny_config(screen={"inputs": [str(corpus)], "output": str(tmp_path / "report"), "bundle": tiny_bundle})
+    )
     assert summary["rows"] == summary["ok"] == summary["expected_rows"] == ROWS
 
     report = FinishedReport.open(uri)

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
-
 import torch
+from PIL import Image
 
 from rayood.data.decode import pixels_to_column
 from rayood.data.sources import plan_sources
@@ -30,11 +29,16 @@ def _png(value: int) -> bytes:
 def test_batches_from_a_class_sorted_corpus_hold_many_classes(ray_cluster, tmp_path):
     labels = [c for c in range(CLASSES) for _ in range(PER_CLASS)]
     path = tmp_path / "sorted.parquet"
-    pq.write_table(pa.table({
-        "image": [_png(20 * c + i % 7) for i, c in enumerate(labels)],
-        "label": pa.array(labels, pa.int32()),
-        "id": [f"c{c}/{i:05d}" for i, c in enumerate(labels)],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "image": [_png(20 * c + i % 7) for i, c in enumerate(labels)],
+                "label": pa.array(labels, pa.int32()),
+                "id": [f"c{c}/{i:05d}" for i, c in enumerate(labels)],
+            }
+        ),
+        path,
+    )
     config = tiny_config(train={"data": [str(path)], "calibration_fraction": 0.1})
     corpus = _read_id_corpus(config, plan_sources(config.train.data, config.corpus, extra_columns=("label",)))
     # what a training worker sees: Ray Train's streaming split, read once into the cache
@@ -91,7 +95,12 @@ def test_a_second_fit_of_one_config_gives_the_same_backbone_and_a_bank_fraction_
     from rayood.train.fit import fit
 
     bundle = tmp_path / "again"
-    fit(tiny_config(model={"multiscale": {"bank_fraction": 0.5}, **NO_LAYERWISE}, train={"data": [str(demo_data[0])], "bundle": str(bundle)}))
+    fit(
+        tiny_config(
+            model={"multiscale": {"bank_fraction": 0.5}, **NO_LAYERWISE},
+            train={"data": [str(demo_data[0])], "bundle": str(bundle)},
+        )
+    )
     first, second = (torch.load(Path(b) / "backbone.pt", weights_only=True) for b in (tiny_bundle, bundle))
     assert first.keys() == second.keys()
     for name in first:

@@ -13,7 +13,9 @@ from rayood.train.recipe import Lookahead, build_optimizer, lr_factor, set_learn
 def test_warmup_linear_rises_to_the_peak_then_falls_and_cosine_decays():
     optim = BackboneOptimSettings(schedule="warmup_linear", warmup_fraction=0.25)
     factors = [lr_factor(step, 100, optim) for step in range(101)]
-    assert factors[0] == pytest.approx(0.2) and factors[25] == pytest.approx(1.0) and factors[100] == pytest.approx(0.07)
+    assert (
+        factors[0] == pytest.approx(0.2) and factors[25] == pytest.approx(1.0) and factors[100] == pytest.approx(0.07)
+    )
     assert max(factors) == factors[25] and np.all(np.diff(factors[:26]) > 0) and np.all(np.diff(factors[25:]) < 0)
     cosine = BackboneOptimSettings(schedule="cosine")
     assert lr_factor(0, 10, cosine) == pytest.approx(1.0) and lr_factor(10, 10, cosine) == pytest.approx(0.0)
@@ -58,7 +60,12 @@ def test_random_crop_takes_a_window_of_the_reflect_padded_image():
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
     offsets = set()
     for i in range(16):
-        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(padded[i, :, dy:dy + 8, dx:dx + 8], out[i])]
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], out[i])
+        ]
         assert matches, f"image {i} is not a window of its padded copy"
         offsets.add(matches[0])
     assert len(offsets) > 3, "offsets differ between images"
@@ -95,8 +102,9 @@ def test_whitening_is_fitted_on_a_sample_of_every_part_of_a_class_sorted_shard()
     objective, _ = new_backbone_objective(settings, BackboneOptimSettings(), 2, data, None)
     whitening = objective.backbone.whitening
     with torch.no_grad():
-        out = torch.nn.functional.conv2d(objective.backbone.prepare(data.images(torch.arange(2 * half), torch.device("cpu"))),
-                                         whitening.weight[:12])
+        out = torch.nn.functional.conv2d(
+            objective.backbone.prepare(data.images(torch.arange(2 * half), torch.device("cpu"))), whitening.weight[:12]
+        )
     variance = out.permute(0, 2, 3, 1).reshape(-1, 12).var(dim=0)
     # fitted on the dark half alone, the dark/bright contrast would blow the top components' variance up ~100x
     assert variance.max() < 2.0, variance

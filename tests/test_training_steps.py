@@ -24,17 +24,23 @@ def _denoiser_losses(seed: int) -> list[float]:
     z0 = torch.randn(32, 24, generator=torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(seed)
     schedule = schedule_for(SETTINGS.layerwise)
-    return [denoiser_step(denoiser, schedule, optimizer, z0, SETTINGS.layerwise.timesteps, generator) for _ in range(STEPS)]
+    return [
+        denoiser_step(denoiser, schedule, optimizer, z0, SETTINGS.layerwise.timesteps, generator) for _ in range(STEPS)
+    ]
 
 
 def _ddpm_losses(seed: int) -> list[float]:
     torch.manual_seed(0)
     unet = build_unet(SETTINGS, 3)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=0.005)
-    x0 = (torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1).expand(8, 3, 32, 32)  # flat colours
+    x0 = (torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1).expand(
+        8, 3, 32, 32
+    )  # flat colours
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # 3 is the null class of 3 classes
     generator = torch.Generator().manual_seed(seed)
-    return [ddpm_step(unet, ddp_schedule(SETTINGS.ddp), optimizer, x0, labels, 80, 1.0, generator) for _ in range(STEPS)]
+    return [
+        ddpm_step(unet, ddp_schedule(SETTINGS.ddp), optimizer, x0, labels, 80, 1.0, generator) for _ in range(STEPS)
+    ]
 
 
 def test_the_denoiser_step_fits_a_batch_and_repeats_with_its_generator():

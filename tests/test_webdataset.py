@@ -17,9 +17,19 @@ from rayood.data.decode import DecodeLimits
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, plan_sources
 from rayood.data.webdataset import (
-    MEMBER_HIDDEN, MEMBER_NO_EXTENSION, PROBLEM_FIELD, BrokenSample, ShardReader, WebSample, count_samples,
-    read_samples, sample_id, sample_row,
-    split_member_name, split_sample_id, write_shards,
+    MEMBER_HIDDEN,
+    MEMBER_NO_EXTENSION,
+    PROBLEM_FIELD,
+    BrokenSample,
+    ShardReader,
+    WebSample,
+    count_samples,
+    read_samples,
+    sample_id,
+    sample_row,
+    split_member_name,
+    split_sample_id,
+    write_shards,
 )
 from rayood.screen.pipeline import screen
 from rayood.storage import resolve
@@ -137,7 +147,10 @@ def test_planning_counts_samples_from_headers_and_skips_sidecars(corpus, caplog)
     (plan,) = plan_sources([str(root)], CorpusSettings())
     assert plan.kind == "webdataset" and plan.rows == len(expected)
     shard = str(root / "00001.tar")
-    assert sorted(plan.left_out) == [(MEMBER_HIDDEN, f"{shard}#._000010004.jpg"), (MEMBER_NO_EXTENSION, f"{shard}#README")]
+    assert sorted(plan.left_out) == [
+        (MEMBER_HIDDEN, f"{shard}#._000010004.jpg"),
+        (MEMBER_NO_EXTENSION, f"{shard}#README"),
+    ]
     assert "left out 1 entries (shard member without an extension)" in caplog.text
     assert [p.rsplit("/", 1)[1] for p in plan.paths] == ["00000.tar", "00001.tar", "00002.tar"]
     assert plan.skipped_files == (str(root / "00000_stats.json"),)
@@ -194,10 +207,19 @@ def test_a_broken_shard_keeps_what_precedes_the_break_and_counts_what_it_reads(t
 def test_split_samples_and_repeated_members_are_error_rows_not_merges(tmp_path):
     path = tmp_path / "shard.tar"
     image = good_images()["rgb.jpg"]
-    make_shard(path, [
-        ("a.jpg", image), ("b.jpg", image), ("a.txt", b"late"), ("c.jpg", image), ("c.jpg", image),
-        ("._d.jpg", b"AppleDouble"), ("d", b"no extension"), ("d.png", good_images()["rgb.png"]),
-    ])
+    make_shard(
+        path,
+        [
+            ("a.jpg", image),
+            ("b.jpg", image),
+            ("a.txt", b"late"),
+            ("c.jpg", image),
+            ("c.jpg", image),
+            ("._d.jpg", b"AppleDouble"),
+            ("d", b"no extension"),
+            ("d.png", good_images()["rgb.png"]),
+        ],
+    )
     samples = list(read_samples(LOCAL, str(path), "shard.tar"))
     assert count_samples(LOCAL, str(path), "shard.tar").rows == len(samples) == 5
     assert [isinstance(s, WebSample) for s in samples] == [True, True, False, False, True]
@@ -226,8 +248,11 @@ def test_hard_links_read_their_targets_data_and_symbolic_links_are_error_rows(tm
         info = tarfile.TarInfo("a.jpg")
         info.size = len(image)
         archive.addfile(info, io.BytesIO(image))
-        for name, kind, target in [("b.jpg", tarfile.LNKTYPE, "a.jpg"), ("c.jpg", tarfile.SYMTYPE, "/etc/passwd"),
-                                   ("d.jpg", tarfile.LNKTYPE, "missing.jpg")]:
+        for name, kind, target in [
+            ("b.jpg", tarfile.LNKTYPE, "a.jpg"),
+            ("c.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+            ("d.jpg", tarfile.LNKTYPE, "missing.jpg"),
+        ]:
             link = tarfile.TarInfo(name)
             link.type, link.linkname = kind, target
             archive.addfile(link)
@@ -259,7 +284,10 @@ def test_a_member_over_max_bytes_is_an_error_row_without_being_read(tmp_path):
     data = path.read_bytes()
     handle = CountingReader(data)
     samples = list(_walk(handle, len(data), "shard.tar", with_data=True, max_member_bytes=1 << 20))
-    assert isinstance(samples[0], BrokenSample) and "big.png has 4194304 bytes > max_bytes 1048576 (not read)" in samples[0].error
+    assert (
+        isinstance(samples[0], BrokenSample)
+        and "big.png has 4194304 bytes > max_bytes 1048576 (not read)" in samples[0].error
+    )
     assert samples[1] == WebSample("small", {"jpg": image})
     assert handle.bytes_read < 1 << 20
 
@@ -271,11 +299,19 @@ def test_an_image_file_over_max_bytes_is_an_error_row_without_being_read(ray_clu
     with open(tmp_path / "corpus" / "huge.png", "wb") as huge:
         huge.truncate(4 << 30)
     plans = plan_sources([str(tmp_path / "corpus")], CorpusSettings())
-    rows = read_decoded(plans, image_column="image", id_column="id", size=32, limits=DecodeLimits()).drop_columns(["pixels"]).take_all()
+    rows = (
+        read_decoded(plans, image_column="image", id_column="id", size=32, limits=DecodeLimits())
+        .drop_columns(["pixels"])
+        .take_all()
+    )
     by_id = {row["id"]: row for row in rows}
     assert by_id[str(tmp_path / "corpus" / "small.jpg")]["status"] == "ok"
     huge_row = by_id[str(tmp_path / "corpus" / "huge.png")]
-    assert huge_row["status"] == "error" and f"{4 << 30} bytes > max_bytes" in huge_row["error"] and "(not read)" in huge_row["error"]
+    assert (
+        huge_row["status"] == "error"
+        and f"{4 << 30} bytes > max_bytes" in huge_row["error"]
+        and "(not read)" in huge_row["error"]
+    )
 
 
 def test_a_shard_streams_out_in_bounded_blocks(corpus):
@@ -292,8 +328,13 @@ def test_read_decoded_yields_every_sample_once_with_shard_key_and_metadata(ray_c
     root, expected = corpus
     plans = plan_sources([str(root)], CorpusSettings(), extra_columns=("url", "caption", "txt"))
     decoded = read_decoded(
-        plans, image_column="image", id_column="id", size=32, limits=DecodeLimits(),
-        passthrough=("url", "caption", "txt"), batch_size=4,
+        plans,
+        image_column="image",
+        id_column="id",
+        size=32,
+        limits=DecodeLimits(),
+        passthrough=("url", "caption", "txt"),
+        batch_size=4,
     )
     rows = decoded.drop_columns(["pixels"]).take_all()
     assert len(rows) == plans[0].rows
@@ -311,8 +352,12 @@ def test_screening_local_and_s3_shards_reports_the_planned_rows(tiny_bundle, s3_
     output = tmp_path / "report"
     config = tiny_config(
         s3={"endpoint_url": s3_server},
-        screen={"inputs": [str(root), prefix], "output": str(output), "bundle": tiny_bundle,
-                "passthrough_columns": ["shard", "key", "url"]},
+        screen={
+            "inputs": [str(root), prefix],
+            "output": str(output),
+            "bundle": tiny_bundle,
+            "passthrough_columns": ["shard", "key", "url"],
+        },
     )
     summary, _ = screen(config)
     assert summary["rows"] == summary["expected_rows"] == 2 * len(expected)
@@ -352,12 +397,15 @@ def test_written_shards_read_back_with_tarfile_and_the_reader(s3_server, s3_corp
     assert list(read_samples(remote.fs, f"{BUCKET}/kept/00000.tar", uri)) == samples
 
 
-@pytest.mark.parametrize("key, files, match", [
-    ("a.b", {"jpg": b"x"}, "no dot"),
-    ("", {"jpg": b"x"}, "no dot"),
-    ("a", {}, "no files"),
-    ("a", {"": b"x"}, "invalid extension"),
-])
+@pytest.mark.parametrize(
+    "key, files, match",
+    [
+        ("a.b", {"jpg": b"x"}, "no dot"),
+        ("", {"jpg": b"x"}, "no dot"),
+        ("a", {}, "no files"),
+        ("a", {"": b"x"}, "invalid extension"),
+    ],
+)
 def test_the_writer_refuses_samples_that_would_not_read_back(tmp_path, key, files, match):
     with pytest.raises(ValueError, match=match):
         write_shards([WebSample(key, files)], resolve(str(tmp_path)))

@@ -41,7 +41,9 @@ def embeddings(table: pa.Table) -> np.ndarray | None:
     if EMBEDDING not in table.column_names:
         return None
     column = table.column(EMBEDDING).combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), column.type.list_size)
+    return (
+        column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), column.type.list_size)
+    )
 
 
 def groups_of(table: pa.Table, by: str) -> np.ndarray:
@@ -56,8 +58,14 @@ def values_of(table: pa.Table, column: str, rows: np.ndarray | None = None) -> n
 
 
 def _compare(
-    reference: pa.Table, target: pa.Table, rows: np.ndarray | None, scores: list[str], alpha: float,
-    calibration_rows: dict[str, int], reference_embeddings: np.ndarray | None, target_embeddings: np.ndarray | None,
+    reference: pa.Table,
+    target: pa.Table,
+    rows: np.ndarray | None,
+    scores: list[str],
+    alpha: float,
+    calibration_rows: dict[str, int],
+    reference_embeddings: np.ndarray | None,
+    target_embeddings: np.ndarray | None,
     mmd: MmdSettings,
 ) -> dict:
     """Reference against the target rows selected by ``rows`` (all when None)."""
@@ -78,7 +86,11 @@ def _compare(
 
 
 def audit(
-    reference: FinishedReport, target: FinishedReport, *, calibration_rows: dict[str, int], by: str | None = None,
+    reference: FinishedReport,
+    target: FinishedReport,
+    *,
+    calibration_rows: dict[str, int],
+    by: str | None = None,
     mmd: MmdSettings = MmdSettings(),
 ) -> tuple[dict, pa.Table, pa.Table]:
     """The audit (audit.json's content) and the scored rows of both sides it was computed from."""
@@ -89,18 +101,25 @@ def audit(
     reference_embeddings, target_embeddings = embeddings(reference_rows), embeddings(target_rows)
     args = (scores, alpha, calibration_rows, reference_embeddings, target_embeddings, mmd)
     result: dict = {
-        "reference": {"report": reference.uri, "scored_rows": reference_rows.num_rows, "errors": reference.summary["errors"]},
+        "reference": {
+            "report": reference.uri,
+            "scored_rows": reference_rows.num_rows,
+            "errors": reference.summary["errors"],
+        },
         "target": {"report": target.uri, "scored_rows": target_rows.num_rows, "errors": target.summary["errors"]},
         "bundle_id": target.summary.get("bundle_id"),
         "alpha": alpha,
         "decision_score": target.summary["decision"]["score"],
         "reference_flagged": {
-            name: flagged_test(values_of(reference_rows, pvalue_col(name)), alpha, calibration_rows[name]) for name in scores
+            name: flagged_test(values_of(reference_rows, pvalue_col(name)), alpha, calibration_rows[name])
+            for name in scores
         },
         **_compare(reference_rows, target_rows, None, *args),
     }
     if by:
         labels = groups_of(target_rows, by)
         result["by"] = by
-        result["groups"] = {group: _compare(reference_rows, target_rows, labels == group, *args) for group in sorted(set(labels))}
+        result["groups"] = {
+            group: _compare(reference_rows, target_rows, labels == group, *args) for group in sorted(set(labels))
+        }
     return result, reference_rows, target_rows

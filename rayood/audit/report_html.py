@@ -33,8 +33,17 @@ def _score_table(audit: dict) -> Markup:
     rows = []
     for name, result in audit["scores"].items():
         ks, flagged, reference = result["ks"], result["flagged"], audit["reference_flagged"][name]
-        rows.append([name, number(ks.get("statistic")), _p_cell(ks), number(reference.get("fraction")),
-                     number(flagged.get("fraction")), number(flagged.get("expected")), _p_cell(flagged)])
+        rows.append(
+            [
+                name,
+                number(ks.get("statistic")),
+                _p_cell(ks),
+                number(reference.get("fraction")),
+                number(flagged.get("fraction")),
+                number(flagged.get("expected")),
+                _p_cell(flagged),
+            ]
+        )
     header = ["score", "KS D", "KS p", "reference flagged", "target flagged", "expected", "flag-rate p"]
     return table(header, rows)
 
@@ -54,8 +63,18 @@ def _group_table(audit: dict) -> Markup:
     rows = []
     for group, result in audit["groups"].items():
         ks, flagged, mmd = result["scores"][score]["ks"], result["scores"][score]["flagged"], result["mmd"]
-        rows.append([group, result["rows"], number(ks.get("statistic")), _p_cell(ks), number(flagged.get("fraction")),
-                     _p_cell(flagged), number(mmd.get("statistic")), _p_cell(mmd)])
+        rows.append(
+            [
+                group,
+                result["rows"],
+                number(ks.get("statistic")),
+                _p_cell(ks),
+                number(flagged.get("fraction")),
+                _p_cell(flagged),
+                number(mmd.get("statistic")),
+                _p_cell(mmd),
+            ]
+        )
     header = [audit["by"], "rows", f"KS D ({score})", "KS p", "flagged", "flag-rate p", "MMD\u00b2", "MMD p"]
     return table(header, rows)
 
@@ -84,12 +103,19 @@ def render_html(audit: dict, histograms: dict[str, str], thumbnails: list[dict])
         Markup(f"<h2>Backbone embeddings</h2><p>{text(_mmd_text(audit['mmd']))}</p>"),
     ]
     if "groups" in audit:
-        parts += [Markup(f"<h2>Per group of {text(audit['by'])}</h2><p>Each target group against the whole reference.</p>"),
-                  _group_table(audit)]
+        parts += [
+            Markup(f"<h2>Per group of {text(audit['by'])}</h2><p>Each target group against the whole reference.</p>"),
+            _group_table(audit),
+        ]
     parts.append(Markup('<h2>Score distributions</h2><div class="grid hist">'))
     parts += [image(uri, f"histogram of score_{name}") for name, uri in histograms.items()]
-    parts += [Markup("</div><h2>Most OOD target images</h2>"),
-              Markup(f"<p>Highest score_{text(score)} first, as the model saw them.</p>") if thumbnails else "",
-              gallery(thumbnails, lambda row: [row["id"], f"score {number(row['score'])}, p {number(row['pvalue'], 3)}"],
-                      "No scored target images.")]
+    parts += [
+        Markup("</div><h2>Most OOD target images</h2>"),
+        Markup(f"<p>Highest score_{text(score)} first, as the model saw them.</p>") if thumbnails else "",
+        gallery(
+            thumbnails,
+            lambda row: [row["id"], f"score {number(row['score'])}, p {number(row['pvalue'], 3)}"],
+            "No scored target images.",
+        ),
+    ]
     return document("rayood drift audit", parts)

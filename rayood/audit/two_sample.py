@@ -37,7 +37,14 @@ def flagged_test(pvalues: np.ndarray, alpha: float, calibration_rows: int) -> di
     hits = math.floor(alpha * (calibration_rows + 1))
     expected = hits / (calibration_rows + 1)  # P(p <= alpha) for one ID image; at most alpha
     pvalue = float(betabinom.sf(flagged - 1, rows, hits, calibration_rows + 1 - hits)) if hits else 1.0
-    return {"rows": rows, "flagged": flagged, "fraction": flagged / rows, "alpha": alpha, "expected": expected, "pvalue": pvalue}
+    return {
+        "rows": rows,
+        "flagged": flagged,
+        "fraction": flagged / rows,
+        "alpha": alpha,
+        "expected": expected,
+        "pvalue": pvalue,
+    }
 
 
 def median_bandwidth(squared: np.ndarray) -> float:
@@ -63,7 +70,12 @@ def _mmd2(kernel: np.ndarray, in_x: np.ndarray) -> np.ndarray:
 
 
 def mmd_test(
-    reference: np.ndarray, target: np.ndarray, *, permutations: int = MMD_PERMUTATIONS, max_rows: int = MMD_MAX_ROWS, seed: int = 0
+    reference: np.ndarray,
+    target: np.ndarray,
+    *,
+    permutations: int = MMD_PERMUTATIONS,
+    max_rows: int = MMD_MAX_ROWS,
+    seed: int = 0,
 ) -> dict:
     """RBF-kernel MMD between two samples of vectors (rows), with a permutation p-value.
 

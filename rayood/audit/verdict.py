@@ -57,7 +57,11 @@ def verdict_line(verdict: dict) -> str:
         return "drift: no test could be run"
     if verdict["drift"]:
         carried = ", ".join(list(verdict["rejected"])[:4])
-        return (f"drift: YES at level {verdict['level']} (Holm over {verdict['tests']} tests; {len(verdict['rejected'])} "
-                f"reject: {carried}{', ...' if len(verdict['rejected']) > 4 else ''})")
-    return (f"drift: no at level {verdict['level']} (Holm over {verdict['tests']} tests; smallest adjusted p "
-            f"{verdict['smallest_adjusted_pvalue']:.3g})")
+        return (
+            f"drift: YES at level {verdict['level']} (Holm over {verdict['tests']} tests; {len(verdict['rejected'])} "
+            f"reject: {carried}{', ...' if len(verdict['rejected']) > 4 else ''})"
+        )
+    return (
+        f"drift: no at level {verdict['level']} (Holm over {verdict['tests']} tests; smallest adjusted p "
+        f"{verdict['smallest_adjusted_pvalue']:.3g})"
+    )

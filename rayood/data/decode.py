@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rayood.config import IMAGE_EXTENSIONS
 from rayood.report.columns import STATUS_ERROR, STATUS_OK
-
 
 
 class DecodeError(ValueError):
@@ -86,7 +86,9 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
             Image.MAX_IMAGE_PIXELS = limits.max_pixels
             image = Image.open(io.BytesIO(data), formats=limits.formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecodeError(f"image too large (decompression bomb guard, max_pixels {limits.max_pixels}): {error}") from None
+        raise DecodeError(
+            f"image too large (decompression bomb guard, max_pixels {limits.max_pixels}): {error}"
+        ) from None
     except UnidentifiedImageError:  # PIL's message names the BytesIO object's address: one message per row
         raise DecodeError(f"not an image: none of the formats {', '.join(limits.formats)} recognises it") from None
     except Exception as error:  # a known format whose header is cut short or damaged
@@ -113,6 +115,12 @@ def decode_image(data: bytes | None, size: int, limits: DecodeLimits = DecodeLim
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def decode_images(images: Iterable[bytes | None], size: int, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Images known to decode (a benchmark set, an evaluation set) as one uint8 array (N, size, size, 3); the
+    first that does not raises its DecodeError. Corpora go through :class:`BatchDecoder`, which never raises."""
+    return np.stack([decode_image(data, size, limits) for data in images])
 
 
 def pixels_to_column(pixels: np.ndarray) -> pa.FixedSizeBinaryArray:
@@ -205,9 +213,7 @@ class BatchDecoder:
         ids, id_problems = ids_as_text(batch.column(self.id_column))
         count = len(images)
         pixels = np.zeros((count, self.size, self.size, 3), dtype=np.uint8)
-        errors: list[str | None] = (
-            batch.column(self.error_column).to_pylist() if self.error_column else [None] * count
-        )
+        errors: list[str | None] = batch.column(self.error_column).to_pylist() if self.error_column else [None] * count
         for row, data in enumerate(images):
             if ids[row] is None:
                 errors[row] = f"missing id (null in column {self.id_column!r})"

@@ -71,8 +71,13 @@ def iter_originals(
     else:
         dataset = pads.dataset(list(plan.paths), filesystem=fs, format="parquet")
         wanted = pc.field(corpus.id_column).isin(pa.array(sorted(ids)))
-        scan = dataset.to_batches(columns=[corpus.id_column, corpus.image_column], filter=wanted, batch_size=SCAN_ROWS,
-                                  batch_readahead=1, fragment_readahead=1)
+        scan = dataset.to_batches(
+            columns=[corpus.id_column, corpus.image_column],
+            filter=wanted,
+            batch_size=SCAN_ROWS,
+            batch_readahead=1,
+            fragment_readahead=1,
+        )
         for batch in scan:
             for i, data in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                 if data is not None:

@@ -87,7 +87,9 @@ class ParquetRowRanges(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return int(self.bytes_per_row * sum(p.stop - p.start for task in self.tasks for p in task))
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         fs, columns, batch_rows = self.fs, self.columns, self.batch_rows
 
         def read(pieces: list[RowRange]) -> Iterator[pa.Table]:
@@ -98,10 +100,14 @@ class ParquetRowRanges(Datasource):
         for pieces in self.tasks:
             rows = sum(p.stop - p.start for p in pieces)
             metadata = BlockMetadata(
-                num_rows=rows, size_bytes=int(rows * self.bytes_per_row), exec_stats=None,
+                num_rows=rows,
+                size_bytes=int(rows * self.bytes_per_row),
+                exec_stats=None,
                 input_files=tuple(dict.fromkeys(p.path for p in pieces)),
             )
-            read_tasks.append(ReadTask(lambda pieces=pieces: read(pieces), metadata, per_task_row_limit=per_task_row_limit))
+            read_tasks.append(
+                ReadTask(lambda pieces=pieces: read(pieces), metadata, per_task_row_limit=per_task_row_limit)
+            )
         return read_tasks
 
     def get_name(self) -> str:

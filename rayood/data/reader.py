@@ -25,7 +25,6 @@ from rayood.data.sources import SourcePlan
 from rayood.data.synthetic_corpus import rows_to_images
 from rayood.data.webdataset import IMAGE_FIELD, KEY_COLUMN, PROBLEM_FIELD, SHARD_COLUMN, ShardReader
 
-
 # Decode batches per Parquet read task: few enough tasks that their overhead (~50 ms each on 2 cores) stays
 # small, enough that a 20,000-row file decodes on every CPU.
 READ_TASK_BATCHES = 16
@@ -53,9 +52,13 @@ def unwritten(ids: pa.Array | pa.ChunkedArray, written: pa.Array) -> pa.Array | 
 
 def _with_problem_column(batch: pa.Table) -> pa.Table:
     """Read files get an all-null problem column, so they union with the rows made for unread files."""
-    return pa.table({
-        "bytes": batch.column("bytes"), "path": batch.column("path"), PROBLEM_FIELD: pa.nulls(batch.num_rows, pa.string()),
-    })
+    return pa.table(
+        {
+            "bytes": batch.column("bytes"),
+            "path": batch.column("path"),
+            PROBLEM_FIELD: pa.nulls(batch.num_rows, pa.string()),
+        }
+    )
 
 
 def _read_image_files(plan: SourcePlan, paths: list[str], max_bytes: int) -> tuple[ray.data.Dataset, bool]:
@@ -68,11 +71,20 @@ def _read_image_files(plan: SourcePlan, paths: list[str], max_bytes: int) -> tup
     read = ray.data.read_binary_files(readable, filesystem=plan.location.fs, include_paths=True) if readable else None
     if not too_large:
         return read, False
-    unread = ray.data.from_arrow(pa.table({
-        "bytes": pa.nulls(len(too_large), pa.binary()), "path": too_large,
-        PROBLEM_FIELD: [f"file too large: {sizes[p]} bytes > max_bytes {max_bytes} (not read)" for p in too_large],
-    }))
-    return (unread if read is None else read.map_batches(_with_problem_column, batch_format="pyarrow").union(unread)), True
+    unread = ray.data.from_arrow(
+        pa.table(
+            {
+                "bytes": pa.nulls(len(too_large), pa.binary()),
+                "path": too_large,
+                PROBLEM_FIELD: [
+                    f"file too large: {sizes[p]} bytes > max_bytes {max_bytes} (not read)" for p in too_large
+                ],
+            }
+        )
+    )
+    return (
+        unread if read is None else read.map_batches(_with_problem_column, batch_format="pyarrow").union(unread)
+    ), True
 
 
 def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...], max_bytes: int) -> ray.data.Dataset:
@@ -80,7 +92,8 @@ def _read_shards(plan: SourcePlan, passthrough: tuple[str, ...], max_bytes: int)
     shards = [{"path": path, SHARD_COLUMN: plan.location.uri_of(path)} for path in plan.paths]
     return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
         ShardReader(plan.location.fs, plan.image_extensions, passthrough, max_member_bytes=max_bytes),
-        batch_format="pyarrow", batch_size=1,
+        batch_format="pyarrow",
+        batch_size=1,
     )
 
 
@@ -89,8 +102,12 @@ def _read_parquet(plan: SourcePlan, columns: list[str], batch_size: int) -> ray.
     every CPU however the rows are spread over files (a 20,000-row file is one block to ``read_parquet``)."""
     rows = plan.rows or 1
     source = ParquetRowRanges(
-        plan.location.fs, list(zip(plan.paths, plan.row_groups)), columns,
-        rows_per_task=READ_TASK_BATCHES * batch_size, batch_rows=batch_size, bytes_per_row=plan.data_bytes / rows,
+        plan.location.fs,
+        list(zip(plan.paths, plan.row_groups)),
+        columns,
+        rows_per_task=READ_TASK_BATCHES * batch_size,
+        batch_rows=batch_size,
+        bytes_per_row=plan.data_bytes / rows,
     )
     return ray.data.read_datasource(source)
 
@@ -98,7 +115,10 @@ def _read_parquet(plan: SourcePlan, columns: list[str], batch_size: int) -> ray.
 def _read_synthetic(rows: int, size: int, rows_per_task: int) -> ray.data.Dataset:
     """``synthetic://N``: ``id`` and ``image`` columns made from ``ray.data.range``, ``rows_per_task`` rows a task."""
     return ray.data.range(rows, override_num_blocks=max(1, -(-rows // rows_per_task))).map_batches(
-        rows_to_images, fn_kwargs={"size": size}, batch_format="pyarrow", batch_size=rows_per_task,
+        rows_to_images,
+        fn_kwargs={"size": size},
+        batch_format="pyarrow",
+        batch_size=rows_per_task,
     )
 
 
@@ -126,7 +146,11 @@ def read_decoded(
                 continue
             raw, has_problems = _read_image_files(plan, paths, limits.max_bytes)
             decoder = BatchDecoder(
-                image_column="bytes", id_column="path", source=plan.uri, size=size, limits=limits,
+                image_column="bytes",
+                id_column="path",
+                source=plan.uri,
+                size=size,
+                limits=limits,
                 id_uri_prefix=plan.location.uri_prefix,
                 error_column=PROBLEM_FIELD if has_problems else None,
             )
@@ -135,8 +159,13 @@ def read_decoded(
             if done is not None:
                 raw = raw.map_batches(_Unwritten("id", ray.put(done)), batch_format="pyarrow", batch_size=batch_size)
             decoder = BatchDecoder(
-                image_column=IMAGE_FIELD, id_column="id", source=plan.uri, size=size, limits=limits,
-                passthrough=tuple(dict.fromkeys([SHARD_COLUMN, KEY_COLUMN, *passthrough])), error_column=PROBLEM_FIELD,
+                image_column=IMAGE_FIELD,
+                id_column="id",
+                source=plan.uri,
+                size=size,
+                limits=limits,
+                passthrough=tuple(dict.fromkeys([SHARD_COLUMN, KEY_COLUMN, *passthrough])),
+                error_column=PROBLEM_FIELD,
             )
         elif plan.kind == "synthetic":
             raw = _read_synthetic(plan.rows, size, READ_TASK_BATCHES * batch_size)
@@ -146,9 +175,15 @@ def read_decoded(
         else:
             raw = _read_parquet(plan, list(dict.fromkeys([image_column, id_column, *passthrough])), batch_size)
             if done is not None:
-                raw = raw.map_batches(_Unwritten(id_column, ray.put(done)), batch_format="pyarrow", batch_size=batch_size)
+                raw = raw.map_batches(
+                    _Unwritten(id_column, ray.put(done)), batch_format="pyarrow", batch_size=batch_size
+                )
             decoder = BatchDecoder(
-                image_column=image_column, id_column=id_column, source=plan.uri, size=size, limits=limits,
+                image_column=image_column,
+                id_column=id_column,
+                source=plan.uri,
+                size=size,
+                limits=limits,
                 passthrough=passthrough,
             )
         datasets.append(raw.map_batches(decoder, batch_format="pyarrow", batch_size=batch_size))

@@ -7,10 +7,10 @@ report is checked against at the end: every input row comes out exactly once.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,8 +66,10 @@ def _schema_problem(schema: pa.Schema, image_column: str, id_column: str, requir
     """Why a Parquet file's schema cannot be screened as configured, or None."""
     missing = [c for c in required if c not in schema.names]
     if missing:
-        return (f"lacks column(s) {missing}; it has {sorted(schema.names)}"
-                " (set corpus.image_column / corpus.id_column / screen.passthrough_columns)")
+        return (
+            f"lacks column(s) {missing}; it has {sorted(schema.names)}"
+            " (set corpus.image_column / corpus.id_column / screen.passthrough_columns)"
+        )
     image = schema.field(image_column).type
     if pa.types.is_struct(image):
         if image.get_field_index("bytes") < 0 or not _is_binary(image.field("bytes").type):
@@ -75,7 +77,9 @@ def _schema_problem(schema: pa.Schema, image_column: str, id_column: str, requir
     elif not _is_binary(image):
         return f"column {image_column!r} has type {image}: it must hold encoded image bytes (binary)"
     kind = schema.field(id_column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or _is_binary(kind) or pa.types.is_integer(kind)):
+    if not (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or _is_binary(kind) or pa.types.is_integer(kind)
+    ):
         return f"column {id_column!r} has type {kind}: ids must be strings, binary or integers"
     return None
 
@@ -90,7 +94,9 @@ class _ParquetLayout:
         return sum(sum(groups) for groups in self.row_groups)
 
 
-def _parquet_layout(location: Location, paths: list[str], corpus: CorpusSettings, required: list[str]) -> _ParquetLayout:
+def _parquet_layout(
+    location: Location, paths: list[str], corpus: CorpusSettings, required: list[str]
+) -> _ParquetLayout:
     """Row groups of every file, after checking every file's schema (not just the first's) and that no id
     repeats: a file that a job cannot read is a clear error now, not a dead job later."""
     row_groups, data_bytes = [], 0
@@ -150,13 +156,18 @@ def _webdataset_rows(location: Location, paths: list[str]) -> tuple[int, list[tu
 
 
 def _webdataset_plan(
-    uri: str, location: Location, shards: list[str], corpus: CorpusSettings, skipped: Iterable[str] = (),
+    uri: str,
+    location: Location,
+    shards: list[str],
+    corpus: CorpusSettings,
+    skipped: Iterable[str] = (),
     left_out: tuple[tuple[str, str], ...] = (),
 ) -> SourcePlan:
     rows, members = _webdataset_rows(location, shards)
     _log_left_out(location.uri, members)
-    return SourcePlan(uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions,
-                      (*left_out, *members))
+    return SourcePlan(
+        uri, "webdataset", location, tuple(shards), rows, tuple(skipped), corpus.file_extensions, (*left_out, *members)
+    )
 
 
 def _listed(location: Location) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
@@ -185,7 +196,8 @@ def plan_source(
 ) -> SourcePlan:
     """Classify one URI: a Parquet file or directory of them, a WebDataset shard (``.tar``) or directory of
     them, a directory of images, or ``synthetic://N`` (N images made on the fly). Extra columns of a WebDataset
-    come from its samples and may be null. A URI ending in ``/`` is always listed as a directory (an HTTP server's index page)."""
+    come from its samples and may be null. A URI ending in ``/`` is always listed as a directory (an HTTP
+    server's index page)."""
     if uri.startswith(SYNTHETIC):
         if extra_columns:
             raise InputError(f"{uri} is a synthetic corpus, which has no columns {list(extra_columns)} to pass through")
@@ -211,7 +223,13 @@ def plan_source(
             return SourcePlan(uri, "images", location, (location.path,), 1, sizes=(info.size,))
         layout = _parquet_layout(location, [location.path], corpus, required)
         return SourcePlan(
-            uri, "parquet", location, (location.path,), layout.rows, row_groups=layout.row_groups, data_bytes=layout.data_bytes
+            uri,
+            "parquet",
+            location,
+            (location.path,),
+            layout.rows,
+            row_groups=layout.row_groups,
+            data_bytes=layout.data_bytes,
         )
     sized, left_out = _listed(location)
     files = list(sized)
@@ -221,7 +239,13 @@ def plan_source(
     if parquet_files and len(parquet_files) == len(files):
         layout = _parquet_layout(location, files, corpus, required)
         return SourcePlan(
-            uri, "parquet", location, tuple(files), layout.rows, left_out=left_out, row_groups=layout.row_groups,
+            uri,
+            "parquet",
+            location,
+            tuple(files),
+            layout.rows,
+            left_out=left_out,
+            row_groups=layout.row_groups,
             data_bytes=layout.data_bytes,
         )
     images = [p for p in files if posixpath.splitext(p)[1].lower().lstrip(".") in corpus.file_extensions]
@@ -245,7 +269,9 @@ def plan_source(
 
 
 def plan_sources(
-    uris: tuple[str, ...] | list[str], corpus: CorpusSettings, s3: S3Settings | None = None,
+    uris: tuple[str, ...] | list[str],
+    corpus: CorpusSettings,
+    s3: S3Settings | None = None,
     extra_columns: tuple[str, ...] = (),
 ) -> list[SourcePlan]:
     if not uris:

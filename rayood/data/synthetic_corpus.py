@@ -26,7 +26,7 @@ class SyntheticCorpusError(ValueError):
 
 def synthetic_rows(uri: str) -> int:
     """The row count a ``synthetic://N`` URI names."""
-    count = uri[len(SCHEME):].rstrip("/")
+    count = uri[len(SCHEME) :].rstrip("/")
     if not count.isdigit() or int(count) == 0:
         raise SyntheticCorpusError(f"{uri}: a synthetic corpus is synthetic://N with N a positive row count")
     return int(count)
@@ -52,7 +52,9 @@ def rows_to_images(batch: pa.Table, size: int) -> pa.Table:
     ``map_batches`` (no Ray import here: planning, which imports this module, stays Ray-free)."""
     numbers = batch.column("id").to_numpy().tolist()
     images = _textures(size)
-    return pa.table({
-        "id": [f"{ID_PREFIX}{n}" for n in numbers],
-        "image": pa.array([images[n % DISTINCT_IMAGES] for n in numbers], pa.binary()),
-    })
+    return pa.table(
+        {
+            "id": [f"{ID_PREFIX}{n}" for n in numbers],
+            "image": pa.array([images[n % DISTINCT_IMAGES] for n in numbers], pa.binary()),
+        }
+    )

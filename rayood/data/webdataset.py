@@ -7,9 +7,9 @@ extension or starts with a dot (``._000000001.jpg`` from macOS tar) are not part
 
 Everything here walks a shard through its tar headers with :mod:`tarfile` over a seekable
 ``pyarrow.fs`` file: counting samples skips member data (locally it reads only the headers), and reading
-a shard holds one sample in memory at a time whatever the shard's size. A shard that ends early or holds a damaged header yields the samples
-before the break and then exactly one :class:`BrokenSample` naming the shard; counting and reading walk the
-same way, so the planned row count is the row count read.
+a shard holds one sample in memory at a time whatever the shard's size. A shard that ends early or holds a
+damaged header yields the samples before the break and then exactly one :class:`BrokenSample` naming the
+shard; counting and reading walk the same way, so the planned row count is the row count read.
 """
 
 from __future__ import annotations
@@ -123,7 +123,11 @@ def _end_problem(archive: tarfile.TarFile, handle: BinaryIO, size: int, shard: s
 
 
 def _walk(
-    handle: BinaryIO, size: int, shard: str, with_data: bool, max_member_bytes: int | None = None,
+    handle: BinaryIO,
+    size: int,
+    shard: str,
+    with_data: bool,
+    max_member_bytes: int | None = None,
     left_out: list[tuple[str, str]] | None = None,
 ) -> Iterator[WebSample | BrokenSample]:
     """The shard's samples in order; file contents only ``with_data`` (else every file maps to None). A member
@@ -254,7 +258,10 @@ def sample_row(
     makes it an error row before decoding (or None), and ``columns`` as text (see :func:`_text_field`)."""
     row = {
         "id": sample_id(shard, sample.key),
-        SHARD_COLUMN: shard, KEY_COLUMN: sample.key, IMAGE_FIELD: None, PROBLEM_FIELD: None,
+        SHARD_COLUMN: shard,
+        KEY_COLUMN: sample.key,
+        IMAGE_FIELD: None,
+        PROBLEM_FIELD: None,
         **dict.fromkeys(columns),
     }
     if isinstance(sample, BrokenSample):
@@ -263,7 +270,9 @@ def sample_row(
     try:
         row.update({name: _text_field(sample, name) for name in columns})
     except Exception as error:  # invalid, not an object, nested past the recursion limit: this sample's problem
-        row[PROBLEM_FIELD] = f"cannot read {sample.key}.json for columns {list(columns)}: {type(error).__name__}: {error}"
+        row[PROBLEM_FIELD] = (
+            f"cannot read {sample.key}.json for columns {list(columns)}: {type(error).__name__}: {error}"
+        )
     image = next((ext for ext in sample.files if ext.lower() in image_extensions), None)
     if image is None:
         wanted, found = ", ".join(image_extensions), ", ".join(sample.files)
@@ -296,8 +305,14 @@ class ShardReader:
         self.rows_per_block = rows_per_block
         self.bytes_per_block = bytes_per_block
         self.schema = pa.schema(
-            [("id", pa.string()), (SHARD_COLUMN, pa.string()), (KEY_COLUMN, pa.string()), (IMAGE_FIELD, pa.binary()),
-             (PROBLEM_FIELD, pa.string()), *((name, pa.string()) for name in self.columns)]
+            [
+                ("id", pa.string()),
+                (SHARD_COLUMN, pa.string()),
+                (KEY_COLUMN, pa.string()),
+                (IMAGE_FIELD, pa.binary()),
+                (PROBLEM_FIELD, pa.string()),
+                *((name, pa.string()) for name in self.columns),
+            ]
         )
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:

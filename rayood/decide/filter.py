@@ -40,8 +40,13 @@ BATCH_ROWS = 65_536
 
 def prepare_output(location: Location, overwrite: bool) -> None:
     """Never mix two filter runs, and never delete anything that a filter did not write."""
-    claim_output(location, what="a filter result", owns={KEEP, REJECT, ERRORS, REVIEW, RESULT}.__contains__,
-                 finished=lambda names: RESULT in names, overwrite=overwrite)
+    claim_output(
+        location,
+        what="a filter result",
+        owns={KEEP, REJECT, ERRORS, REVIEW, RESULT}.__contains__,
+        finished=lambda names: RESULT in names,
+        overwrite=overwrite,
+    )
     location.delete_contents()
 
 
@@ -73,8 +78,14 @@ def _why_undecided(batch: pa.RecordBatch, pcol: str) -> pa.Array:
 
 
 def filter_report(
-    report: FinishedReport, q: float, output: Location, score: str | None = None, overwrite: bool = False,
-    shards: Location | None = None, corpus: CorpusSettings = CorpusSettings(), s3: S3Settings | None = None,
+    report: FinishedReport,
+    q: float,
+    output: Location,
+    score: str | None = None,
+    overwrite: bool = False,
+    shards: Location | None = None,
+    corpus: CorpusSettings = CorpusSettings(),
+    s3: S3Settings | None = None,
     review: ReviewSettings | None = ReviewSettings(),
 ) -> dict:
     """Decide every scored row of ``report`` by BH at level ``q``; write the lists, the review page unless
@@ -120,11 +131,21 @@ def filter_report(
                 reject.write_table(lists.filter(pa.array(is_ood)))
                 undecided = batch.filter(pa.array(~decided))
                 errors.write_table(
-                    pa.table([undecided.column("id"), undecided.column("source"), _why_undecided(undecided, pcol)], schema=failed)
+                    pa.table(
+                        [undecided.column("id"), undecided.column("source"), _why_undecided(undecided, pcol)],
+                        schema=failed,
+                    )
                 )
                 if page is not None:
-                    shown = pa.table({"id": scored.column("id"), "source": scored.column("source"),
-                                      "score": scored.column(score_col(score)), "pvalue": pvalues, "qvalue": qvalues})
+                    shown = pa.table(
+                        {
+                            "id": scored.column("id"),
+                            "source": scored.column("source"),
+                            "score": scored.column(score_col(score)),
+                            "pvalue": pvalues,
+                            "qvalue": qvalues,
+                        }
+                    )
                     page.add(pa.Table.from_batches([batch]), shown, decided, is_ood)
                 counts["rows"] += batch.num_rows
                 counts["rejected"] += int(is_ood.sum())
@@ -155,9 +176,12 @@ def render(result: dict, output_uri: str) -> str:
     cut = f"p <= {threshold:.4g}" if threshold is not None else "nothing rejected"
     shards = result.get("shards")
     written = f"; kept samples in {shards['files']} shards under {shards['directory']}" if shards else ""
-    review = f"\n  review the decision: {output_uri.rstrip('/')}/{REVIEW} (open it in a browser)" if "review" in result["files"] else ""
+    review = (
+        f"\n  review the decision: {output_uri.rstrip('/')}/{REVIEW} (open it in a browser)"
+        if "review" in result["files"]
+        else ""
+    )
     return (
         f"rayood filter at FDR {result['fdr']} on {result['score']} ({cut}): kept {result['kept']}, "
         f"rejected {result['rejected']}, not scored {result['errors']} -> {output_uri}{written}{review}"
     )
-

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 
 from rayood.config import CorpusSettings, S3Settings
-from rayood.data.webdataset import SHARD_EXTENSION, WebSample, write_shards
 from rayood.data.originals import iter_originals
+from rayood.data.webdataset import SHARD_EXTENSION, WebSample, write_shards
 from rayood.report.guard import claim_output
 from rayood.storage import Location, StorageError
 
@@ -27,8 +27,12 @@ META = "rayood.json"
 def prepare_shard_output(location: Location, overwrite: bool) -> None:
     """An empty directory, or (with ``overwrite``) one holding only shards that an earlier filter wrote."""
     names = claim_output(
-        location, what="kept shards", owns=lambda name: name.startswith(PREFIX) and name.endswith(SHARD_EXTENSION),
-        finished=bool, overwrite=overwrite, flag="--write-shards",
+        location,
+        what="kept shards",
+        owns=lambda name: name.startswith(PREFIX) and name.endswith(SHARD_EXTENSION),
+        finished=bool,
+        overwrite=overwrite,
+        flag="--write-shards",
     )
     if names:
         location.delete_contents()
@@ -44,7 +48,12 @@ def _kept_by_source(keep: Location, pcol: str, qcol: str) -> dict[str, dict[str,
 
 
 def write_kept_shards(
-    keep: Location, pcol: str, qcol: str, output: Location, corpus: CorpusSettings, s3: S3Settings | None,
+    keep: Location,
+    pcol: str,
+    qcol: str,
+    output: Location,
+    corpus: CorpusSettings,
+    s3: S3Settings | None,
     max_samples: int = 10_000,
 ) -> list[str]:
     """Write every row of ``keep`` (keep.parquet) with its original files; returns the shard URIs.
@@ -63,6 +72,8 @@ def write_kept_shards(
                 yield WebSample(f"{index:09d}", {**files, META: json.dumps(rows[row_id], sort_keys=True).encode()})
                 index += 1
             if len(found) != len(rows):
-                raise StorageError(f"{len(rows) - len(found)} kept rows were not found in their source {source} any more")
+                raise StorageError(
+                    f"{len(rows) - len(found)} kept rows were not found in their source {source} any more"
+                )
 
     return write_shards(samples(), output, prefix=PREFIX, max_samples=max_samples)

@@ -27,14 +27,18 @@ class ScoringView:
     """One batch as every detector sees it."""
 
     images: torch.Tensor  # (N, 3, H, W) in [0, 1] at native size, on the scoring device
-    ids: Sequence[str]  # stable row ids: detectors that draw noise draw it per id, so a row scores the same in any batch
+    ids: Sequence[
+        str
+    ]  # stable row ids: detectors that draw noise draw it per id, so a row scores the same in any batch
     backbone: FeatureBackbone
     features: Features
     mirror: Features | None  # the images flipped left-right, when a setting reads them (flip_tta, flip_average)
     logits: torch.Tensor  # what the classifier scores and the predicted class use
 
     @classmethod
-    def of(cls, backbone: FeatureBackbone, images: torch.Tensor, ids: Sequence[str], settings: ModelSettings) -> ScoringView:
+    def of(
+        cls, backbone: FeatureBackbone, images: torch.Tensor, ids: Sequence[str], settings: ModelSettings
+    ) -> ScoringView:
         """One backbone pass, and one more on the mirror images when ``flip_tta`` or ``flip_average`` reads it;
         with ``flip_tta`` the logits are the mean of the image's and its mirror's (the fast CIFAR-10 recipes'
         test-time augmentation)."""

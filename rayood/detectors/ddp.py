@@ -35,8 +35,14 @@ def ddp_schedule(settings: DDPSettings) -> NoiseSchedule:
 
 @torch.no_grad()
 def guided_ddim(
-    unet: ConditionalUNet, x0: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor,
-    schedule: NoiseSchedule, stride: int, guidance: float,
+    unet: ConditionalUNet,
+    x0: torch.Tensor,
+    levels: torch.Tensor,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    schedule: NoiseSchedule,
+    stride: int,
+    guidance: float,
 ) -> torch.Tensor:
     """Noise each row of ``x0`` (in [-1, 1]) to its own level and denoise it deterministically to t = 0.
 
@@ -101,10 +107,18 @@ class DDPDetector:
             # rows ordered (image, level, draw)
             x0 = (chunk * 2 - 1).repeat_interleave(per_image, dim=0)
             row_levels = torch.tensor(levels, device=chunk.device).repeat_interleave(settings.draws).repeat(n)
-            noise = torch.cat(
-                [noise_for_ids(chunk_ids, tuple(chunk.shape[1:]), f"ddp/{level}/{draw}")[:, None]
-                 for level in levels for draw in range(settings.draws)], dim=1,
-            ).flatten(0, 1).to(chunk.device, chunk.dtype)
+            noise = (
+                torch.cat(
+                    [
+                        noise_for_ids(chunk_ids, tuple(chunk.shape[1:]), f"ddp/{level}/{draw}")[:, None]
+                        for level in levels
+                        for draw in range(settings.draws)
+                    ],
+                    dim=1,
+                )
+                .flatten(0, 1)
+                .to(chunk.device, chunk.dtype)
+            )
             labels = features.logits[start : start + n].argmax(dim=1).repeat_interleave(per_image)
             recon = guided_ddim(
                 self.unet, x0, row_levels, noise, labels, self.schedule, settings.stride, settings.guidance

@@ -72,8 +72,11 @@ def _per_kind_auroc(id_values: np.ndarray, outliers: np.ndarray, kinds: np.ndarr
 
 
 def choose_fused_scores(
-    calibration: Mapping[str, np.ndarray], outliers: Mapping[str, np.ndarray], kinds: np.ndarray,
-    names: list[str], rule: str,
+    calibration: Mapping[str, np.ndarray],
+    outliers: Mapping[str, np.ndarray],
+    kinds: np.ndarray,
+    names: list[str],
+    rule: str,
 ) -> dict:
     """Pick the scores to fuse by greedy forward selection on ID-only evidence.
 
@@ -105,14 +108,19 @@ def choose_fused_scores(
     while len(chosen) < len(names):
         current = steps[-1]
         trials = [step(name, per_kind([*chosen, name])) for name in names if name not in chosen]
-        harmless = [t for t in trials
-                    if all(t["kind_auroc"][kind] >= auroc_ - MAX_KIND_LOSS for kind, auroc_ in current["kind_auroc"].items())]
+        harmless = [
+            t
+            for t in trials
+            if all(t["kind_auroc"][kind] >= auroc_ - MAX_KIND_LOSS for kind, auroc_ in current["kind_auroc"].items())
+        ]
         best = max(harmless, key=lambda t: t["mean_auroc"], default=None)
         if best is None or best["mean_auroc"] < current["mean_auroc"] + MIN_GAIN:
             break
         chosen.append(best["add"])
         steps.append(best)
     return {
-        "scores": chosen, "steps": steps, "kinds": sorted(set(kinds.tolist())),
+        "scores": chosen,
+        "steps": steps,
+        "kinds": sorted(set(kinds.tolist())),
         "single_mean_auroc": {name: single[name]["mean_auroc"] for name in names},
     }

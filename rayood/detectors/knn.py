@@ -42,7 +42,9 @@ def _check_k(k: int, rows: int) -> None:
 
 
 @torch.no_grad()
-def kth_neighbour_distance(queries: torch.Tensor, bank: torch.Tensor | np.ndarray, k: int, chunk_rows: int) -> torch.Tensor:
+def kth_neighbour_distance(
+    queries: torch.Tensor, bank: torch.Tensor | np.ndarray, k: int, chunk_rows: int
+) -> torch.Tensor:
     """(Q, C) queries, (M, C) bank, both L2-normalised -> (Q,) distance to each query's k-th neighbour.
     A NumPy bank (memory-mapped or not) is read chunk by chunk and never copied whole; a strided one (the global
     vectors of an (N, R, C) bank) is multiplied in place, BLAS reading its rows at their stride."""

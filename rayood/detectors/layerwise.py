@@ -44,7 +44,8 @@ def mse_score(z0: torch.Tensor, z0_hat: torch.Tensor) -> torch.Tensor:
 
 def mfsim_score(z0: torch.Tensor, z0_hat: torch.Tensor, block_dims: Sequence[int]) -> torch.Tensor:
     similarities = [
-        F.cosine_similarity(a, b, dim=1) for a, b in zip(z0.split(list(block_dims), 1), z0_hat.split(list(block_dims), 1))
+        F.cosine_similarity(a, b, dim=1)
+        for a, b in zip(z0.split(list(block_dims), 1), z0_hat.split(list(block_dims), 1))
     ]
     return -torch.stack(similarities, dim=1).mean(dim=1)
 

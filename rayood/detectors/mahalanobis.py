@@ -52,7 +52,9 @@ class GaussianStatistics:
 
     def covariance(self) -> np.ndarray:
         means = self.means()
-        return (self.outer - (self.counts[:, None, None] * means[:, :, None] * means[:, None, :]).sum(0)) / self.counts.sum()
+        return (
+            self.outer - (self.counts[:, None, None] * means[:, :, None] * means[:, None, :]).sum(0)
+        ) / self.counts.sum()
 
     def precision(self) -> np.ndarray:
         return np.linalg.pinv(self.covariance(), hermitian=True)
@@ -96,5 +98,9 @@ def load(files: BundleFiles) -> MahalanobisDetector:
     means, precision = arrays["means"], arrays["precision"]
     dim = feature_dim(manifest)
     if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
-        raise BundleError(f"{location.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims")
-    return MahalanobisDetector(torch.from_numpy(means), torch.from_numpy(precision), files.settings.mahalanobis.normalise)
+        raise BundleError(
+            f"{location.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims"
+        )
+    return MahalanobisDetector(
+        torch.from_numpy(means), torch.from_numpy(precision), files.settings.mahalanobis.normalise
+    )

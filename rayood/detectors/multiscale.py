@@ -152,7 +152,10 @@ def _mapped_bank(files: BundleFiles) -> np.ndarray:
         raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
     expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], feature_dim(manifest))
     if bank.shape != tuple(expected) or bank.dtype != np.float32:
-        raise BundleError(f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, the manifest says {expected} float32")
+        raise BundleError(
+            f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, "
+            f"the manifest says {expected} float32"
+        )
     return bank
 
 
@@ -162,15 +165,19 @@ def load(files: BundleFiles) -> MultiscaleDetector:
     if "multiscale_index" not in manifest["files"]:
         return MultiscaleDetector.exact(_mapped_bank(files), settings)
     searches = []
-    for name, rows in ((MULTISCALE_INDEX_FILE, manifest["multiscale"]["bank_rows"] * manifest["multiscale"]["regions"]),
-                       (KNN_INDEX_FILE, manifest["multiscale"]["bank_rows"])):
+    for name, rows in (
+        (MULTISCALE_INDEX_FILE, manifest["multiscale"]["bank_rows"] * manifest["multiscale"]["regions"]),
+        (KNN_INDEX_FILE, manifest["multiscale"]["bank_rows"]),
+    ):
         location = files.location.join(name)
         try:
             search = IvfSearch(read_ivf(local_file(location, files.bundle_id)), settings.ivf_probe)
         except RuntimeError as error:  # faiss's own error for a damaged file
             raise BundleError(f"{location.uri} is not a readable faiss index: {error}") from None
         if search.rows != rows or search.index.d != feature_dim(manifest):
-            raise BundleError(f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; the manifest says "
-                              f"{rows} of {manifest['stage_dims'][-1]}")
+            raise BundleError(
+                f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; the manifest says "
+                f"{rows} of {manifest['stage_dims'][-1]}"
+            )
         searches.append(search)
     return MultiscaleDetector(*searches, settings)

@@ -44,16 +44,32 @@ class DetectorSpec:
 
 
 REGISTRY: tuple[DetectorSpec, ...] = (
-    DetectorSpec("classifier", "rayood.detectors.baselines", lambda settings: CLASSIFIER,
-                 enabled=lambda settings: settings.backbone.classifier),
-    DetectorSpec("rotation", "rayood.detectors.rotation", lambda settings: ROTATION,
-                 enabled=lambda settings: settings.backbone.rotation_head),
+    DetectorSpec(
+        "classifier",
+        "rayood.detectors.baselines",
+        lambda settings: CLASSIFIER,
+        enabled=lambda settings: settings.backbone.classifier,
+    ),
+    DetectorSpec(
+        "rotation",
+        "rayood.detectors.rotation",
+        lambda settings: ROTATION,
+        enabled=lambda settings: settings.backbone.rotation_head,
+    ),
     DetectorSpec("mahalanobis", "rayood.detectors.mahalanobis", lambda settings: MAHALANOBIS),
-    DetectorSpec("layerwise", "rayood.detectors.layerwise", lambda settings: LAYERWISE,
-                 enabled=lambda settings: settings.layerwise.enabled),
+    DetectorSpec(
+        "layerwise",
+        "rayood.detectors.layerwise",
+        lambda settings: LAYERWISE,
+        enabled=lambda settings: settings.layerwise.enabled,
+    ),
     DetectorSpec("multiscale", "rayood.detectors.multiscale", lambda settings: MULTISCALE),
-    DetectorSpec("ddp", "rayood.detectors.ddp", lambda settings: ddp_score_names(settings.ddp),
-                 enabled=lambda settings: settings.ddp.enabled),
+    DetectorSpec(
+        "ddp",
+        "rayood.detectors.ddp",
+        lambda settings: ddp_score_names(settings.ddp),
+        enabled=lambda settings: settings.ddp.enabled,
+    ),
 )
 
 

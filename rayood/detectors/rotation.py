@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from rayood.detectors.contract import ScoringView
 
 
-def rotation_score(backbone: torch.nn.Module, images: torch.Tensor, upright_penultimate: torch.Tensor,
-                   logits: torch.Tensor) -> torch.Tensor:
+def rotation_score(
+    backbone: torch.nn.Module, images: torch.Tensor, upright_penultimate: torch.Tensor, logits: torch.Tensor
+) -> torch.Tensor:
     """The score above for a batch; ``upright_penultimate`` is the images' own pass, reused, and the three turned
     copies go through the backbone as one batch."""
     turned = torch.cat([quarter_turn(images, turn) for turn in range(1, ROTATIONS)])

@@ -35,7 +35,9 @@ def patch_shuffle(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     order = np.argsort(rng.random((n, PATCH_GRID**2)), axis=1)
     shuffled = np.take_along_axis(patches, order[:, :, None, None, None], axis=1)
     out[:, : ph * PATCH_GRID, : pw * PATCH_GRID] = (
-        shuffled.reshape(n, PATCH_GRID, PATCH_GRID, ph, pw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, ph * PATCH_GRID, pw * PATCH_GRID, c)
+        shuffled.reshape(n, PATCH_GRID, PATCH_GRID, ph, pw, c)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(n, ph * PATCH_GRID, pw * PATCH_GRID, c)
     )
     return out
 
@@ -78,8 +80,11 @@ def evidence_kinds(rotation_trained: bool, labelled: bool = True) -> tuple[str, 
     """The kinds that are evidence about a backbone: one trained to predict rotations
     (``train.backbone.objective: rotation``) recognises ``rotate`` by construction, so that kind says nothing;
     unlabelled ID data has no classes to mix."""
-    return tuple(kind for kind in KINDS
-                 if not (rotation_trained and kind == "rotate") and not (not labelled and kind == "class_mix"))
+    return tuple(
+        kind
+        for kind in KINDS
+        if not (rotation_trained and kind == "rotate") and not (not labelled and kind == "class_mix")
+    )
 
 
 def synthetic_outliers(

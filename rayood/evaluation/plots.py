@@ -46,8 +46,14 @@ def histogram_png(score: str, groups: dict[str, np.ndarray], threshold: float | 
     bins = np.linspace(low, high if high > low else low + 1.0, 50)
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for name, values in groups.items():
-        axes.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.5,
-                  label=plain_label(name))
+        axes.hist(
+            np.clip(values, bins[0], bins[-1]),
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=1.5,
+            label=plain_label(name),
+        )
     if threshold is not None and np.isfinite(threshold):
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
     axes.set(xlabel=plain_label(f"score_{score} (higher = more OOD)"), ylabel="density", title=plain_label(score))

@@ -102,8 +102,13 @@ def _fast_norm(channels: int) -> nn.BatchNorm2d:
 
 def _fast_group(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        _FastConv(in_channels, out_channels), nn.MaxPool2d(2), _fast_norm(out_channels), nn.GELU(),
-        _FastConv(out_channels, out_channels), _fast_norm(out_channels), nn.GELU(),
+        _FastConv(in_channels, out_channels),
+        nn.MaxPool2d(2),
+        _fast_norm(out_channels),
+        nn.GELU(),
+        _FastConv(out_channels, out_channels),
+        _fast_norm(out_channels),
+        nn.GELU(),
     )
 
 
@@ -123,7 +128,7 @@ class PatchWhitening(nn.Conv2d):
         patches = patches - patches.mean(dim=0)
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None])
+        filters = eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]
         filters = filters.reshape(-1, 3, FAST_WHITEN_PATCH, FAST_WHITEN_PATCH)
         self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
 
@@ -228,7 +233,9 @@ class FeatureBackbone(nn.Module):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] NCHW at native size -> normalised input at ``input_size`` (bilinear, as for ID data)."""
         if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+            images = F.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         return (images - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> Features:
@@ -240,7 +247,11 @@ class FeatureBackbone(nn.Module):
         return self.features(images).logits
 
 
-_TORCHVISION_PREFIXES = {"conv1.": "stem.0.", "bn1.": "stem.1.", **{f"layer{i}.": f"stages.{i - 1}." for i in range(1, 5)}}
+_TORCHVISION_PREFIXES = {
+    "conv1.": "stem.0.",
+    "bn1.": "stem.1.",
+    **{f"layer{i}.": f"stages.{i - 1}." for i in range(1, 5)},
+}
 
 
 def load_matching(model: FeatureBackbone, state: dict[str, torch.Tensor], warn: bool = True) -> list[str]:
@@ -276,7 +287,7 @@ def _load_encoder(model: FeatureBackbone, state: dict[str, torch.Tensor]) -> lis
     """A torchvision model's state_dict (or a rayood backbone.pt of this encoder) into the encoder, strictly:
     weights for another architecture raise, naming what does not fit. Its own classifier (ImageNet's) is left out."""
     prefix = "encoder.extractor."
-    encoder = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    encoder = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
     own = model.encoder.extractor.state_dict()
     missing = sorted(set(own) - set(encoder))
     mismatched = sorted(k for k in set(own) & set(encoder) if own[k].shape != encoder[k].shape)
@@ -307,7 +318,9 @@ def torchvision_state(name: str) -> dict[str, torch.Tensor]:
         return weights.get_state_dict(progress=False, check_hash=True)
     except OSError as error:  # URLError included: offline, and not in the cache
         cache = torch.hub.get_dir()
-        raise ValueError(f"torchvision weights {name} are not in {cache} and could not be downloaded: {error}") from None
+        raise ValueError(
+            f"torchvision weights {name} are not in {cache} and could not be downloaded: {error}"
+        ) from None
 
 
 def quarter_turn(images: torch.Tensor, turns: int) -> torch.Tensor:

@@ -86,8 +86,11 @@ def default_taps(net: nn.Module, size: int) -> tuple[list[str], str]:
         raise EncoderError("model.backbone.arch", "this model yields no (N, C, H, W) feature maps to tap")
     last = maps[-1][0]
     stages = maps[:-1] if len(maps) > 1 and _is_head(maps[-1][1]) else maps
-    taps = [name for index, (name, _, shape) in enumerate(stages)
-            if index + 1 == len(stages) or stages[index + 1][2][2:] != shape[2:]]
+    taps = [
+        name
+        for index, (name, _, shape) in enumerate(stages)
+        if index + 1 == len(stages) or stages[index + 1][2][2:] != shape[2:]
+    ]
     return taps, last
 
 
@@ -101,7 +104,8 @@ class TorchvisionEncoder(nn.Module):
             raise EncoderError("model.backbone.arch", f"{arch} yields tokens, not (N, C, H, W) feature maps to tap")
         if arch not in torchvision_archs():
             raise EncoderError(
-                "model.backbone.arch", f"{arch!r} is neither a rayood backbone nor a torchvision classification model "
+                "model.backbone.arch",
+                f"{arch!r} is neither a rayood backbone nor a torchvision classification model "
                 "(torchvision.models.list_models(module=torchvision.models))",
             )
         net = get_model(arch, weights=None)

@@ -25,7 +25,9 @@ def _norm(channels: int) -> nn.GroupNorm:
 class _ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(_norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            _norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        )
         self.embed = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, out_channels))
         self.out_layers = nn.Sequential(
             _norm(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -90,8 +92,11 @@ class ConditionalUNet(nn.Module):
                 skips.append(channels)
                 resolution //= 2
         self.middle = nn.ModuleList(
-            [_ResBlock(channels, channels, embed_dim, dropout), _Attention(channels),
-             _ResBlock(channels, channels, embed_dim, dropout)]
+            [
+                _ResBlock(channels, channels, embed_dim, dropout),
+                _Attention(channels),
+                _ResBlock(channels, channels, embed_dim, dropout),
+            ]
         )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
@@ -138,7 +143,11 @@ def build_unet(settings: ModelSettings, num_classes: int) -> ConditionalUNet:
     """The DDP U-Net sized by ``model.ddp`` at the ID native resolution."""
     ddp = settings.ddp
     return ConditionalUNet(
-        image_size=settings.preprocess.native_size, num_classes=num_classes, base_channels=ddp.base_channels,
-        channel_mults=ddp.channel_mults, num_res_blocks=ddp.num_res_blocks,
-        attention_resolutions=ddp.attention_resolutions, dropout=ddp.dropout,
+        image_size=settings.preprocess.native_size,
+        num_classes=num_classes,
+        base_channels=ddp.base_channels,
+        channel_mults=ddp.channel_mults,
+        num_res_blocks=ddp.num_res_blocks,
+        attention_resolutions=ddp.attention_resolutions,
+        dropout=ddp.dropout,
     )

@@ -79,8 +79,11 @@ def gallery(rows: list[dict], caption: Callable[[dict], list[object]], empty: st
         return Markup(f'<p class="note">{text(empty)}</p>')
     figures = []
     for row in rows:
-        picture = (image(row["thumbnail"], row["id"]) if row.get("thumbnail")
-                   else f'<div class="missing">no image: {text(row.get("missing", "not read"))}</div>')
+        picture = (
+            image(row["thumbnail"], row["id"])
+            if row.get("thumbnail")
+            else f'<div class="missing">no image: {text(row.get("missing", "not read"))}</div>'
+        )
         lines = "<br>".join(text(line) for line in caption(row))
         figures.append(f"<figure>{picture}<figcaption>{lines}</figcaption></figure>")
     return Markup(f'<div class="grid">{"".join(figures)}</div>')

@@ -9,6 +9,7 @@ and the reasons rows could not be scored. Thumbnails are read back from the orig
 from __future__ import annotations
 
 from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 
@@ -16,8 +17,8 @@ from rayood.config import CorpusSettings, S3Settings
 from rayood.data.decode import DecodeLimits
 from rayood.evaluation.plots import histogram_png
 from rayood.pages.html import Markup, document, gallery, image, number, png_uri, table, text
-from rayood.pages.selection import Extremes, RowSample
 from rayood.pages.review_settings import ReviewSettings
+from rayood.pages.selection import Extremes, RowSample
 from rayood.pages.thumbnails import THUMBNAIL_PX, attach_thumbnails
 from rayood.report.sampling import Reservoir
 from rayood.report.summary import error_kind
@@ -39,8 +40,9 @@ class GroupCounts:
     def add(self, labels: pa.Array | pa.ChunkedArray, rejected: np.ndarray, unscored: np.ndarray) -> None:
         rows = pa.table({"group": labels, "rejected": rejected.astype(np.int64), "unscored": unscored.astype(np.int64)})
         grouped = rows.group_by("group").aggregate([("rejected", "count"), ("rejected", "sum"), ("unscored", "sum")])
-        for group, count, rejections, errors in zip(*(grouped.column(c).to_pylist() for c in
-                                                      ("group", "rejected_count", "rejected_sum", "unscored_sum"))):
+        for group, count, rejections, errors in zip(
+            *(grouped.column(c).to_pylist() for c in ("group", "rejected_count", "rejected_sum", "unscored_sum"))
+        ):
             if group not in self.counts and len(self.counts) >= MAX_GROUPS:
                 group = OTHER_GROUPS
             totals = self.counts.setdefault(group, [0, 0, 0])
@@ -50,9 +52,11 @@ class GroupCounts:
 
     def most_rejected(self) -> list[tuple[str, int, int, int]]:
         """(group, rows, rejected, not scored), the highest share of rejected scored rows first."""
+
         def order(item: tuple[str, list[int]]) -> tuple[float, int]:
             rows, rejected, errors = item[1]
             return -rejected / max(rows - errors, 1), -rejected
+
         return [(group, *totals) for group, totals in sorted(self.counts.items(), key=order)]
 
 
@@ -116,21 +120,35 @@ def _caption(row: dict) -> list[object]:
 
 GALLERY_TITLES = {
     "most_ood": ("Most out-of-distribution rejected images", "Highest score first.", "Nothing was rejected."),
-    "just_rejected": ("Rejected, just past the threshold", "Lowest score first: the rejected images most like the kept.",
-                      "No rejected images besides those above."),
-    "just_kept": ("Kept, just before the threshold", "Highest score first: the kept images most like the rejected.",
-                  "Nothing was kept."),
-    "random_kept": ("A random sample of the kept images", "Highest score first.", "No kept images besides those above."),
+    "just_rejected": (
+        "Rejected, just past the threshold",
+        "Lowest score first: the rejected images most like the kept.",
+        "No rejected images besides those above.",
+    ),
+    "just_kept": (
+        "Kept, just before the threshold",
+        "Highest score first: the kept images most like the rejected.",
+        "Nothing was kept.",
+    ),
+    "random_kept": (
+        "A random sample of the kept images",
+        "Highest score first.",
+        "No kept images besides those above.",
+    ),
 }
 
 
 def _decision(result: dict, lowest_rejected: float) -> Markup:
     score, q, threshold = result["score"], result["fdr"], result["threshold_pvalue"]
-    cut = (f"rejected every image with p &le; {text(number(threshold))} (score_{text(score)} &ge; "
-           f"{text(number(lowest_rejected))})" if threshold is not None else "rejected nothing")
+    cut = (
+        f"rejected every image with p &le; {text(number(threshold))} (score_{text(score)} &ge; "
+        f"{text(number(lowest_rejected))})"
+        if threshold is not None
+        else "rejected nothing"
+    )
     return Markup(
         f'<p class="verdict">Kept {text(result["kept"])}, rejected {text(result["rejected"])}, not scored '
-        f'{text(result["errors"])} of {text(result["rows"])} rows</p>'
+        f"{text(result['errors'])} of {text(result['rows'])} rows</p>"
         f"<p>Benjamini-Hochberg on the conformal p-values of score_{text(score)} at FDR {text(q)}: {cut}. "
         f"Report {text(result['report'])}, bundle {text(result['bundle_id'])}.</p>"
         f'<p class="note">What {text(q)} means: among the rejected images, the expected fraction of in-distribution '
@@ -145,35 +163,61 @@ def _groups(review: FilterReview) -> list[object]:
         return []
     ranked = review.groups.most_rejected()
     by = str(review.settings.by)
-    rows = [[group, count, rejected, f"{rejected / max(count - errors, 1):.1%}", errors]
-            for group, count, rejected, errors in ranked[:GROUPS_SHOWN]]
+    rows = [
+        [group, count, rejected, f"{rejected / max(count - errors, 1):.1%}", errors]
+        for group, count, rejected, errors in ranked[:GROUPS_SHOWN]
+    ]
     more = f" The {len(ranked) - GROUPS_SHOWN} other groups are not shown." if len(ranked) > GROUPS_SHOWN else ""
-    return [Markup(f"<h2>Rejections per {text(by)}</h2><p>The highest share of rejected scored rows first.{text(more)}</p>"),
-            table([by, "rows", "rejected", "rejected of scored", "not scored"], rows)]
+    return [
+        Markup(
+            f"<h2>Rejections per {text(by)}</h2><p>The highest share of rejected scored rows first.{text(more)}</p>"
+        ),
+        table([by, "rows", "rejected", "rejected of scored", "not scored"], rows),
+    ]
 
 
 def render_review(review: FilterReview, result: dict, galleries: dict[str, list[dict]]) -> str:
     """The page for a filter ``result`` (filter.json's content), with ``galleries`` carrying thumbnails."""
     score = review.score
     threshold = review.lowest_rejected if np.isfinite(review.lowest_rejected) else None
-    histogram = histogram_png(score, {f"kept ({review.kept_scores.count})": review.kept_scores.values,
-                                      f"rejected ({review.rejected_scores.count})": review.rejected_scores.values},
-                              threshold)
-    parts: list[object] = [Markup("<h1>rayood filter review</h1>"), _decision(result, review.lowest_rejected),
-                           Markup(f'<h2>score_{text(score)}: kept and rejected</h2><div class="hist">'),
-                           image(png_uri(histogram), f"histogram of score_{score}, kept and rejected"), Markup("</div>")]
+    histogram = histogram_png(
+        score,
+        {
+            f"kept ({review.kept_scores.count})": review.kept_scores.values,
+            f"rejected ({review.rejected_scores.count})": review.rejected_scores.values,
+        },
+        threshold,
+    )
+    parts: list[object] = [
+        Markup("<h1>rayood filter review</h1>"),
+        _decision(result, review.lowest_rejected),
+        Markup(f'<h2>score_{text(score)}: kept and rejected</h2><div class="hist">'),
+        image(png_uri(histogram), f"histogram of score_{score}, kept and rejected"),
+        Markup("</div>"),
+    ]
     for key, (title, note, empty) in GALLERY_TITLES.items():
         rows = galleries[key]
-        parts += [Markup(f"<h2>{text(title)}</h2>"), Markup(f'<p class="note">{text(note)}</p>') if rows else "",
-                  gallery(rows, _caption, empty)]
+        parts += [
+            Markup(f"<h2>{text(title)}</h2>"),
+            Markup(f'<p class="note">{text(note)}</p>') if rows else "",
+            gallery(rows, _caption, empty),
+        ]
     parts += _groups(review)
-    parts += [Markup("<h2>Rows not scored</h2>"),
-              table(["reason", "rows"], review.errors.most_common()) if review.errors else Markup("<p>None.</p>")]
+    parts += [
+        Markup("<h2>Rows not scored</h2>"),
+        table(["reason", "rows"], review.errors.most_common()) if review.errors else Markup("<p>None.</p>"),
+    ]
     return document("rayood filter review", parts)
 
 
-def write_review(review: FilterReview, result: dict, output: Location, corpus: CorpusSettings,
-                 s3: S3Settings | None, limits: DecodeLimits) -> None:
+def write_review(
+    review: FilterReview,
+    result: dict,
+    output: Location,
+    corpus: CorpusSettings,
+    s3: S3Settings | None,
+    limits: DecodeLimits,
+) -> None:
     """review.html under ``output``, thumbnails read from the originals of the shown rows only."""
     galleries = review.galleries()
     shown = attach_thumbnails([row for rows in galleries.values() for row in rows], corpus, s3, THUMBNAIL_PX, limits)

@@ -16,9 +16,9 @@ from PIL import Image
 
 from rayood.config import CorpusSettings, S3Settings
 from rayood.data.decode import DecodeError, DecodeLimits, decode_image
+from rayood.data.originals import iter_originals
 from rayood.data.sources import InputError
 from rayood.data.synthetic_corpus import SCHEME as SYNTHETIC
-from rayood.data.originals import iter_originals
 from rayood.pages.html import png_uri
 from rayood.report.columns import pvalue_col, score_col
 from rayood.storage import StorageError
@@ -49,7 +49,9 @@ def data_uri(pixels: np.ndarray) -> str:
     return png_uri(buffer.getvalue())
 
 
-def _read_originals(rows: list[dict], corpus: CorpusSettings, s3: S3Settings | None) -> tuple[dict[str, bytes], dict[str, str]]:
+def _read_originals(
+    rows: list[dict], corpus: CorpusSettings, s3: S3Settings | None
+) -> tuple[dict[str, bytes], dict[str, str]]:
     """The image bytes of each distinct (source, id) of ``rows``, each read once; and why a source gave none."""
     by_source: dict[str, set[str]] = defaultdict(set)
     for row in rows:
@@ -98,6 +100,7 @@ def recorded_limits(summary: dict) -> DecodeLimits:
     recorded = summary.get("decode_limits") or {}
     default = DecodeLimits()
     return DecodeLimits(
-        recorded.get("max_bytes", default.max_bytes), recorded.get("max_pixels", default.max_pixels),
+        recorded.get("max_bytes", default.max_bytes),
+        recorded.get("max_pixels", default.max_pixels),
         tuple(recorded.get("formats", default.formats)),
     )

@@ -27,8 +27,15 @@ def _shown(names: list[str]) -> str:
 
 
 def claim_output(
-    location: Location, *, what: str, owns: Callable[[str], bool], finished: Callable[[set[str]], bool],
-    overwrite: bool, marker: str | None = None, flag: str = "--output", ignore: frozenset[str] = frozenset(),
+    location: Location,
+    *,
+    what: str,
+    owns: Callable[[str], bool],
+    finished: Callable[[set[str]], bool],
+    overwrite: bool,
+    marker: str | None = None,
+    flag: str = "--output",
+    ignore: frozenset[str] = frozenset(),
 ) -> set[str]:
     """The names (relative to ``location``) already there, all of them the job's own; raises OutputError
     otherwise. ``what`` names the finished result in messages ("a filter result"); ``ignore``: paths that are
@@ -38,7 +45,9 @@ def claim_output(
     entries = location.list_files() if location.is_dir() else []
     names = {posixpath.relpath(info.path, location.path) for info in entries if info.path not in ignore}
     if names and marker is not None and marker not in names:
-        raise OutputError(f"output {location.uri} is not empty and holds no {marker}, so it is not rayood's; refusing to write")
+        raise OutputError(
+            f"output {location.uri} is not empty and holds no {marker}, so it is not rayood's; refusing to write"
+        )
     foreign = sorted(name for name in names if not owns(name))
     if foreign:
         raise OutputError(

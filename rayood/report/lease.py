@@ -135,7 +135,9 @@ class OutputLease:
             if conditional.supported(self.run_id):
                 self._conditional = conditional
                 return CONDITIONAL
-            log.warning("%s ignores or refuses conditional writes: the output lease is a best effort", self.location.uri)
+            log.warning(
+                "%s ignores or refuses conditional writes: the output lease is a best effort", self.location.uri
+            )
         return BEST_EFFORT
 
     def _write_and_settle(self) -> None:
@@ -202,7 +204,9 @@ class OutputLease:
         """Raise if another run took the lease: this run must not mark the output complete."""
         if self.lost or (self._read() or {}).get("run_id") != self.run_id:
             self.lost = True
-            raise LeaseError(f"this run lost its lease on {self.location.uri} to another run; its report is not marked complete")
+            raise LeaseError(
+                f"this run lost its lease on {self.location.uri} to another run; its report is not marked complete"
+            )
 
     def release(self) -> None:
         """Stop renewing and delete the lease, if it is still this run's."""

@@ -199,8 +199,8 @@ def render(summary: dict, report_uri: str) -> str:
     decision = summary["decision"]
     lines = [
         f"rayood screening report: {report_uri}",
-        f"  rows {summary['rows']} (expected {summary['expected_rows']}): ok {summary['ok']}, errors {summary['errors']}"
-        f"; {timings['rows_per_s']:.1f} rows/s over {timings['elapsed_s']:.1f} s",
+        f"  rows {summary['rows']} (expected {summary['expected_rows']}): ok {summary['ok']}, "
+        f"errors {summary['errors']}; {timings['rows_per_s']:.1f} rows/s over {timings['elapsed_s']:.1f} s",
         f"  is_ood: {decision['flagged']} flagged ({decision['flagged_fraction']:.1%}) by {decision['score']}"
         f" at alpha {decision['alpha']} ("
         + (f"score > {decision['threshold']:.4g})" if decision["threshold"] is not None else "no threshold)"),
@@ -214,7 +214,10 @@ def render(summary: dict, report_uri: str) -> str:
         lines.append(f"  error: {count} x {kind}")
     evaluation = summary.get("evaluation", {})
     if "scores" in evaluation:
-        lines.append(f"  evaluation on {evaluation['truth_column']!r}: {evaluation['id_rows']} ID vs {evaluation['ood_rows']} OOD rows")
+        lines.append(
+            f"  evaluation on {evaluation['truth_column']!r}: {evaluation['id_rows']} ID vs "
+            f"{evaluation['ood_rows']} OOD rows"
+        )
         lines.append(f"    {'score':<18}{'AUROC':>8}{'FPR@95':>8}")
         for name, metrics in evaluation["scores"].items():
             lines.append(f"    {name:<18}{metrics['auroc']:>8.4f}{metrics['fpr_at_95_tpr']:>8.4f}")

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 
 from rayood.bundle import utc_now
 from rayood.report.guard import OutputError, claim_output
-from rayood.report.summary import finite_or_null
 from rayood.report.lease import LEASE, OutputLease
+from rayood.report.summary import finite_or_null
 from rayood.storage import STORAGE_ERRORS, Location, StorageError, retry_transient
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,13 @@ class ReportTarget:
     def _prepare(self, overwrite: bool) -> Written:
         location = self.location
         names = claim_output(
-            location, what="a finished report", owns=_is_report_file, finished=lambda found: SUCCESS in found,
-            overwrite=overwrite, marker=STARTED, ignore=frozenset({self.lease.location.path}),
+            location,
+            what="a finished report",
+            owns=_is_report_file,
+            finished=lambda found: SUCCESS in found,
+            overwrite=overwrite,
+            marker=STARTED,
+            ignore=frozenset({self.lease.location.path}),
         )
         attempts: list[dict] = []
         written = Written()
@@ -129,7 +134,10 @@ class ReportTarget:
                     written = self._scan_rows()
                     log.info(
                         "resuming the unfinished report at %s: reusing %d rows from %d files of %d earlier attempt(s)",
-                        location.uri, written.rows, written.files, len(attempts),
+                        location.uri,
+                        written.rows,
+                        written.files,
+                        len(attempts),
                     )
         attempts = [*attempts, {"run_id": self.run_id, "started": utc_now()}]
         marker = {"fingerprint": self.fingerprint, "attempts": attempts}
@@ -152,7 +160,11 @@ class ReportTarget:
                 tables.append(retry_transient(lambda: _row_keys(self.rows.fs, info.path)))
                 files += 1
             except pa.ArrowInvalid as error:
-                log.warning("deleting the unreadable row file %s (%s): its rows are redone", self.location.uri_of(info.path), error)
+                log.warning(
+                    "deleting the unreadable row file %s (%s): its rows are redone",
+                    self.location.uri_of(info.path),
+                    error,
+                )
                 self.rows.fs.delete_file(info.path)
             except STORAGE_ERRORS as error:
                 raise StorageError(f"cannot read the row file {self.location.uri_of(info.path)}: {error}") from None

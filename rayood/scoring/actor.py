@@ -20,7 +20,16 @@ from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.calibrate import ConformalReference
 from rayood.detectors.fusion import FUSED
-from rayood.report.columns import EMBEDDING, IS_OOD, KEY_COLUMNS, PREDICTED_CLASS, STATUS, STATUS_OK, pvalue_col, score_col
+from rayood.report.columns import (
+    EMBEDDING,
+    IS_OOD,
+    KEY_COLUMNS,
+    PREDICTED_CLASS,
+    STATUS,
+    STATUS_OK,
+    pvalue_col,
+    score_col,
+)
 from rayood.scoring.scorer import Scorer, pick_device
 
 

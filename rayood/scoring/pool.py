@@ -44,13 +44,20 @@ def check_room_for_decoding(settings: ScreenSettings, ray_settings: RaySettings,
     fields = f"screen.min_actors ({floor}) x screen.cpus_per_actor ({settings.cpus_per_actor:g}) = {held:g} CPUs"
     advice = "lower screen.min_actors or screen.cpus_per_actor (max_actors may stay higher)"
     if cpus - held < DECODE_TASK_CPUS:
-        message = (f"{fields} leave less than {DECODE_TASK_CPUS} of the Ray cluster's {cpus:g} CPUs for reading and "
-                   f"decoding, which would then never run: {advice}")
+        message = (
+            f"{fields} leave less than {DECODE_TASK_CPUS} of the Ray cluster's {cpus:g} CPUs for reading and "
+            f"decoding, which would then never run: {advice}"
+        )
         if local:
             raise ConfigError(message)
         log.warning("%s; on this cluster the run goes on only if an autoscaler adds nodes", message)
         return
     node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]]
     if not local and len(node_cpus) > 1 and cpus - max(node_cpus) - held < DECODE_TASK_CPUS:
-        log.warning("%s would hold every CPU left if the largest node (%g CPUs) were lost, and the run would then "
-                    "wait unless an autoscaler replaces it: %s", fields, max(node_cpus), advice)
+        log.warning(
+            "%s would hold every CPU left if the largest node (%g CPUs) were lost, and the run would then "
+            "wait unless an autoscaler replaces it: %s",
+            fields,
+            max(node_cpus),
+            advice,
+        )

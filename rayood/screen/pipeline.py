@@ -54,8 +54,20 @@ def _require(value: object, field: str) -> None:
 
 # Settings that shape no report row: an attempt may change them and still resume the report.
 NOT_FINGERPRINTED = {
-    "output", "bundle", "overwrite", "fit_if_missing", "device", "batch_size", "decode_batch_size", "min_actors",
-    "max_actors", "num_gpus_per_actor", "cpus_per_actor", "torch_threads", "truth", "progress_every_s",
+    "output",
+    "bundle",
+    "overwrite",
+    "fit_if_missing",
+    "device",
+    "batch_size",
+    "decode_batch_size",
+    "min_actors",
+    "max_actors",
+    "num_gpus_per_actor",
+    "cpus_per_actor",
+    "torch_threads",
+    "truth",
+    "progress_every_s",
     "report_thumbnails",
 }
 # Row files hold this many batches: a kill loses at most the rows not yet in a file (and those being scored),
@@ -108,7 +120,9 @@ def screening_limits(settings: ScreenSettings, preprocess: dict, extensions: tup
     """What a screening run rejects: ``screen.max_bytes`` / ``max_pixels`` where set, else the bundle's limits
     (the ones it was fitted under; a config's ``model.preprocess`` does not apply at screen time)."""
     return DecodeLimits(
-        settings.max_bytes or preprocess["max_bytes"], settings.max_pixels or preprocess["max_pixels"], formats_for(extensions)
+        settings.max_bytes or preprocess["max_bytes"],
+        settings.max_pixels or preprocess["max_pixels"],
+        formats_for(extensions),
     )
 
 
@@ -152,7 +166,9 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                 log.info("every input row is in the report already")
             else:
                 _write(_score(decoded, config, manifest["bundle_id"]), target, settings, expected_rows)
-        summary = _summary(config, manifest, calibration, plans, target, written.rows, limits, time.perf_counter() - started)
+        summary = _summary(
+            config, manifest, calibration, plans, target, written.rows, limits, time.perf_counter() - started
+        )
         _check_accounting(summary, resumed=written.rows > 0, uri=target.location.uri)
         target.finish(summary)
     finally:
@@ -191,19 +207,30 @@ def _write(scored: ray.data.Dataset, target: ReportTarget, settings: ScreenSetti
     beside them (where the time went)."""
     with RowProgress(target.rows, expected_rows, settings.progress_every_s):
         scored.write_parquet(
-            target.rows.path, filesystem=target.rows.fs, filename_provider=AttemptFilenames(target.run_id),
+            target.rows.path,
+            filesystem=target.rows.fs,
+            filename_provider=AttemptFilenames(target.run_id),
             min_rows_per_file=rows_per_file(settings.batch_size, expected_rows),
             # Writing is light (0.2 s CPU per 20,000 rows) and must not wait for a CPU slot: with one slot
             # per task it ran only after every row had been scored (2 CPUs: the actor holds one, decoding
             # the other), so nothing was on disk, or safe from a kill, until the end. Without a slot, a
             # writer per actor: unbounded, zero-CPU tasks each started a worker process (+1.25 GiB, 0.6x the rows/s).
-            ray_remote_args={"num_cpus": 0}, concurrency=max(1, settings.max_actors),
+            ray_remote_args={"num_cpus": 0},
+            concurrency=max(1, settings.max_actors),
         )
     target.location.join(STATS).write_bytes(scored.stats().encode())
 
 
-def _summary(config: RayoodConfig, manifest: dict, calibration: dict[str, np.ndarray], plans: list[SourcePlan], target: ReportTarget,
-             reused_rows: int, limits: DecodeLimits, elapsed_s: float) -> dict:
+def _summary(
+    config: RayoodConfig,
+    manifest: dict,
+    calibration: dict[str, np.ndarray],
+    plans: list[SourcePlan],
+    target: ReportTarget,
+    reused_rows: int,
+    limits: DecodeLimits,
+    elapsed_s: float,
+) -> dict:
     """``summary.json``: the report's counts and decision, streamed back from its row files, with the decode
     limits that applied and the run's provenance; and report.html from the same pass."""
     settings = config.screen
@@ -237,15 +264,21 @@ def _summary(config: RayoodConfig, manifest: dict, calibration: dict[str, np.nda
     summary["reused_rows"] = reused_rows
     summary["output_lease"] = target.lease.mode  # how exclusive this run's hold on the output was (report/lease.py)
     summary["decode_limits"] = {
-        "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "formats": list(limits.formats),
+        "max_bytes": limits.max_bytes,
+        "max_pixels": limits.max_pixels,
+        "formats": list(limits.formats),
         "from": {k: "screen config" if getattr(settings, k) else "bundle" for k in ("max_bytes", "max_pixels")},
     }
     # what a reader a month later needs to reproduce the report (S3 keys come from the environment and
     # endpoints with credentials are refused; URLs lose their user, password and query string)
-    summary["provenance"] = redacted({
-        "bundle_uri": settings.bundle, "bundle_id": manifest["bundle_id"], "versions": library_versions(),
-        "config": config.model_dump(mode="json"),
-    })
+    summary["provenance"] = redacted(
+        {
+            "bundle_uri": settings.bundle,
+            "bundle_id": manifest["bundle_id"],
+            "versions": library_versions(),
+            "config": config.model_dump(mode="json"),
+        }
+    )
     write_report_page(page, summary, calibration, target.location, config.corpus, config.s3, limits)
     return summary
 
@@ -288,6 +321,8 @@ def _check_accounting(summary: dict, *, resumed: bool, uri: str) -> None:
     counted in a fresh report, as ``duplicate_ids``)."""
     if summary["rows"] != summary["expected_rows"]:
         hint = " (resumed: ids repeated within an input cannot be resumed, pass --overwrite)" if resumed else ""
-        raise AccountingError(f"the report at {uri} has {summary['rows']} rows, expected {summary['expected_rows']}{hint}")
+        raise AccountingError(
+            f"the report at {uri} has {summary['rows']} rows, expected {summary['expected_rows']}{hint}"
+        )
     if resumed and summary["duplicate_ids"]:
         raise AccountingError(f"the report at {uri} holds {summary['duplicate_ids']} (source, id) keys more than once")

@@ -71,5 +71,11 @@ class RowProgress:
                 log.info("screened %d of %d rows; no new row file yet, %s in", done, self.total, _duration(elapsed))
                 continue
             rate = (done - self.start_rows) / elapsed
-            log.info("screened %d of %d rows (%.0f%%), %.1f rows/s, ETA %s", done, self.total,
-                     100 * done / max(self.total, 1), rate, _duration((self.total - done) / rate))
+            log.info(
+                "screened %d of %d rows (%.0f%%), %.1f rows/s, ETA %s",
+                done,
+                self.total,
+                100 * done / max(self.total, 1),
+                rate,
+                _duration((self.total - done) / rate),
+            )

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
@@ -38,7 +40,7 @@ def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 class Augmenter:
     """The configured augmentations; ``alternating_flip`` needs each row's index and the epoch."""
 
-    def __init__(self, kinds: list[str], rows: int, seed: int) -> None:
+    def __init__(self, kinds: Sequence[str], rows: int, seed: int) -> None:
         self.kinds = list(kinds)
         # drawn from the seed alone, so a resumed fit mirrors the same images as the run it continues
         self.first_flip = torch.rand(rows, generator=torch.Generator().manual_seed(seed)) < 0.5

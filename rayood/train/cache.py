@@ -39,9 +39,7 @@ class CachedShard:
     labels: torch.Tensor  # (N,) int64 class index
 
     @classmethod
-    def load(
-        cls, shard, size: int, label_column: str, class_names: list[str], max_bytes: int
-    ) -> CachedShard:
+    def load(cls, shard, size: int, label_column: str, class_names: list[str], max_bytes: int) -> CachedShard:
         """Read a Ray Train dataset shard (or any object with ``iter_batches``) once, in id order."""
         index = {name: i for i, name in enumerate(class_names)}
         chunks, labels, ids, total = [], [], [], 0

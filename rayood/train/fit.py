@@ -27,7 +27,7 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -39,29 +39,37 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayood.bundle import (
-    BACKBONE_FILE, CALIBRATION_FILE, BundleError, check_bundle_target, clear_bundle,
-    new_manifest, promote_bundle, write_calibration, write_file, write_manifest,
+    BACKBONE_FILE,
+    CALIBRATION_FILE,
+    BundleError,
+    check_bundle_target,
+    clear_bundle,
+    new_manifest,
+    promote_bundle,
+    write_calibration,
+    write_file,
+    write_manifest,
 )
 from rayood.bundle_files import state_dict_bytes
-from rayood.config import TORCHVISION_WEIGHTS, ConfigError, RayoodConfig, TrainSettings
+from rayood.config import TORCHVISION_WEIGHTS, ConfigError, ModelSettings, RayoodConfig, TrainSettings
 from rayood.data.decode import DecodeLimits, formats_for, pixels_from_column, pixels_to_column
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
-from rayood.models.backbones import build_backbone, load_matching, torchvision_state
-from rayood.models.encoders import EncoderError
 from rayood.detectors.fusion import choose_fused_scores
 from rayood.detectors.registry import enabled_detectors, score_names
 from rayood.detectors.synthetic import evidence_kinds, synthetic_outliers
+from rayood.models.backbones import build_backbone, load_matching, torchvision_state
+from rayood.models.encoders import EncoderError
 from rayood.report.columns import PREDICTED_CLASS, STATUS_OK, score_col
 from rayood.runtime import init_ray
 from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.storage import Location, resolve
-from rayood.train.references import cached_columns, feature_pass, fit_references
-from rayood.train.id_sample import in_sample
-from rayood.train.harness import load_state
+from rayood.train.harness import LOOP, PROGRESS, LoopConfig, load_state
+from rayood.train.id_sample import in_calibration_split
 from rayood.train.loops import backbone_loop, head_loop
 from rayood.train.progress import StageProgress
+from rayood.train.references import cached_columns, feature_pass, fit_references
 from rayood.train.stages import STAGES, FittedBackbone
 
 log = logging.getLogger(__name__)
@@ -77,7 +85,7 @@ class SplitTagger:
         self.seed = seed
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        flags = [in_sample(i, self.fraction, self.seed, salt="") for i in batch.column("id").to_pylist()]
+        flags = [in_calibration_split(i, self.fraction, self.seed) for i in batch.column("id").to_pylist()]
         return batch.append_column("calibration", pa.array(flags, pa.bool_()))
 
 
@@ -101,15 +109,19 @@ def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunC
     )
 
 
-def _fit_stage(config: RayoodConfig, checkpoints: Location, stage: str, loop, loop_config: dict, data) -> ray.train.Result:
+def _fit_stage(
+    config: RayoodConfig, checkpoints: Location, stage: str, loop, loop_config: LoopConfig, data
+) -> ray.train.Result:
     train = config.train
     started = time.perf_counter()
-    with StageProgress(stage, int(loop_config["optim"]["epochs"])) as progress:
+    with StageProgress(stage, loop_config.optim.epochs) as progress:
         trainer = TorchTrainer(
             loop,
-            train_loop_config={**loop_config, "progress": progress.queue},
+            train_loop_config={LOOP: loop_config, PROGRESS: progress.queue},
             scaling_config=ScalingConfig(
-                num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker},
+                num_workers=train.num_workers,
+                use_gpu=train.use_gpu,
+                resources_per_worker={"CPU": train.cpus_per_worker},
                 placement_strategy=train.placement_strategy,
             ),
             run_config=_run_config(config, checkpoints, stage),
@@ -209,14 +221,18 @@ def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
     train, preprocess, label_column = config.train, config.model.preprocess, config.corpus.label_column
     labelled = config.model.backbone.classifier
     decoded = read_decoded(
-        plans, image_column=config.corpus.image_column, id_column=config.corpus.id_column,
+        plans,
+        image_column=config.corpus.image_column,
+        id_column=config.corpus.id_column,
         size=preprocess.native_size,
         limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels, formats_for(config.corpus.file_extensions)),
         passthrough=(label_column,) if labelled else (),
     )
     if not labelled:
         decoded = decoded.map_batches(OneClass(label_column), batch_format="pyarrow")
-    tagged = decoded.map_batches(SplitTagger(train.calibration_fraction, train.seed), batch_format="pyarrow").materialize()
+    tagged = decoded.map_batches(
+        SplitTagger(train.calibration_fraction, train.seed), batch_format="pyarrow"
+    ).materialize()
     facts = _corpus_facts(tagged, label_column)
     corpus = IdCorpus(tagged, facts, [])
     for row in corpus.errors.slice(0, 20).to_pylist():
@@ -237,6 +253,14 @@ def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
     return corpus
 
 
+def _check_fused_scores(model: ModelSettings) -> None:
+    """Named fused scores must be scores this model reports (the settings cannot tell: the detector registry, which
+    knows the scores, sits above them)."""
+    unknown = sorted(set(model.fusion.scores) - set(score_names(model)))
+    if unknown:
+        raise ConfigError(f"model.fusion.scores {unknown} are not scores of this model: {score_names(model)}")
+
+
 def fit(config: RayoodConfig) -> str:
     """Fit every model of a bundle and write it; returns the bundle URI."""
     train = config.train
@@ -244,8 +268,11 @@ def fit(config: RayoodConfig) -> str:
         raise ConfigError("train.data is not set (the ID corpus to fit on)")
     if not train.bundle:
         raise ConfigError("train.bundle is not set (where to write the model bundle)")
+    _check_fused_scores(config.model)
     labelled = config.model.backbone.classifier
-    plans = plan_sources(train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,) if labelled else ())
+    plans = plan_sources(
+        train.data, config.corpus, config.s3, extra_columns=(config.corpus.label_column,) if labelled else ()
+    )
     bundle = resolve(train.bundle, config.s3)
     try:
         check_bundle_target(bundle, train.overwrite)
@@ -259,17 +286,23 @@ def fit(config: RayoodConfig) -> str:
     check_room_for_decoding(config.screen, config.ray, min_actors=1)  # its passes' pools
     corpus = _read_id_corpus(config, plans)
     class_names, train_data = corpus.class_names, corpus.training_dataset()
-    base = {
-        "model": config.model.model_dump(mode="json"), "class_names": class_names, "seed": train.seed,
-        "label_column": config.corpus.label_column, "torch_threads": train.torch_threads,
-        "cache_max_bytes": train.cache_max_bytes,
-    }
+    base = LoopConfig(
+        model=config.model,
+        class_names=tuple(class_names),
+        seed=train.seed,
+        label_column=config.corpus.label_column,
+        torch_threads=train.torch_threads,
+        cache_max_bytes=train.cache_max_bytes,
+    )
     probe = build_backbone(config.model.backbone, config.model.preprocess, len(class_names))
     stage_dims, frozen = probe.stage_dims(), train.backbone.epochs == 0
     if not frozen:
         backbone_result = _fit_stage(
-            config, checkpoints, "backbone", backbone_loop,
-            {**base, "optim": train.backbone.model_dump(), "augment": list(train.augment), "init_state": init_state},
+            config,
+            checkpoints,
+            "backbone",
+            backbone_loop,
+            replace(base, optim=train.backbone, augment=tuple(train.augment), init_state=init_state),
             train_data,
         )
         backbone_state = load_state(backbone_result.checkpoint)["model"]
@@ -291,13 +324,25 @@ def fit(config: RayoodConfig) -> str:
         references = fit_references(config, features, class_names, staged, scratch)
     cache = features.cache().materialize()
     del features  # the bank's region vectors leave the object store; the cache stays for the stages
-    training["features"] = {"rows": cache.count(), "columns": list(cache.columns()),
-                            "wall_s": round(time.perf_counter() - started, 1)}
-    log.info("feature pass done in %.0f s: bank, statistics and the cache of %s", training["features"]["wall_s"],
-             ", ".join(training["features"]["columns"]))
+    training["features"] = {
+        "rows": cache.count(),
+        "columns": list(cache.columns()),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    log.info(
+        "feature pass done in %.0f s: bank, statistics and the cache of %s",
+        training["features"]["wall_s"],
+        ", ".join(training["features"]["columns"]),
+    )
     if head:
-        result = _fit_stage(config, checkpoints, "head", head_loop,
-                            {**base, "optim": train.head.model_dump(), "feature_dim": probe.fc.in_features}, cache)
+        result = _fit_stage(
+            config,
+            checkpoints,
+            "head",
+            head_loop,
+            replace(base, optim=train.head, feature_dim=probe.fc.in_features),
+            cache,
+        )
         backbone_state = {**backbone_state, **{f"fc.{k}": v for k, v in load_state(result.checkpoint)["ema"].items()}}
         write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
         training["head"] = _plain(result.metrics)
@@ -307,29 +352,46 @@ def fit(config: RayoodConfig) -> str:
         if stage is None:
             continue
         result = _fit_stage(
-            config, checkpoints, stage.name, stage.loop,
-            {**base, "optim": stage.optim(train).model_dump(), **stage.inputs(config, fitted_backbone)},
+            config,
+            checkpoints,
+            stage.name,
+            stage.loop,
+            replace(base, optim=stage.optim(train), **stage.inputs(config, fitted_backbone)),
             cache if stage.reads_features else train_data,
         )
         write_file(staged, stage.file, state_dict_bytes(load_state(result.checkpoint)["ema"]))
         training[stage.name] = _plain(result.metrics)
     manifest = new_manifest(
-        config.model, class_names, stage_dims, probe.fc.in_features, score_names(config.model), references["multiscale"]["bank_shape"],
-        data=corpus.summary(train), training=training, bank_index=references["multiscale"]["bank_index"],
+        config.model,
+        class_names,
+        stage_dims,
+        probe.fc.in_features,
+        score_names(config.model),
+        references["multiscale"]["bank_shape"],
+        data=corpus.summary(train),
+        training=training,
+        bank_index=references["multiscale"]["bank_index"],
     )
     write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing
 
     started = time.perf_counter()
-    calibration, accuracy = _calibration_scores(config, staged.uri, corpus.dataset(calibration=True), manifest["scores"])
+    calibration, accuracy = _calibration_scores(
+        config, staged.uri, corpus.dataset(calibration=True), manifest["scores"]
+    )
     manifest["training"]["calibration"] = {"wall_s": round(time.perf_counter() - started, 1)}
     fusion = config.model.fusion
     if manifest["fusion"] and not fusion.scores and fusion.choose == "synthetic_outliers":
         started = time.perf_counter()
-        manifest["fusion"] = {"rule": fusion.rule, **_choose_fusion(config, staged.uri, corpus, manifest["scores"], calibration)}
+        manifest["fusion"] = {
+            "rule": fusion.rule,
+            **_choose_fusion(config, staged.uri, corpus, manifest["scores"], calibration),
+        }
         manifest["training"]["fusion_choice"] = {"wall_s": round(time.perf_counter() - started, 1)}
     manifest["heldout_accuracy"] = None if accuracy is None else round(accuracy, 4)
     if accuracy is not None:
-        log.info("classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy)
+        log.info(
+            "classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy
+        )
     write_calibration(staged, calibration)
     manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
     write_manifest(staged, manifest)
@@ -345,8 +407,13 @@ def _scored(
     settings = config.screen
     scored = data.map_batches(
         ScoreActor,
-        fn_constructor_kwargs={"bundle_uri": bundle_uri, "s3": config.s3, "device": settings.device,
-                               "cpu_threads": settings.actor_threads, **actor},
+        fn_constructor_kwargs={
+            "bundle_uri": bundle_uri,
+            "s3": config.s3,
+            "device": settings.device,
+            "cpu_threads": settings.actor_threads,
+            **actor,
+        },
         **actor_pool(settings, min_actors=1),
     )
     return pa.concat_tables(ray.get(scored.select_columns(columns).to_arrow_refs()))
@@ -380,14 +447,22 @@ def _choose_fusion(
     table = pa.concat_tables(ray.get(sample.select_columns(["pixels", label]).to_arrow_refs()))
     images = pixels_from_column(table.column("pixels"), config.model.preprocess.native_size)
     labels = np.asarray(table.column(label).cast(pa.string()).to_pylist())
-    outliers, kinds = synthetic_outliers(images, labels, fusion.synthetic_per_kind, config.train.seed,
-                                         evidence_kinds(config.model.backbone.rotation_head,
-                                                        config.model.backbone.classifier))
-    rows = pa.table({
-        "id": [f"synthetic/{kind}/{i}" for i, kind in enumerate(kinds)], "source": ["synthetic"] * len(kinds),
-        "status": [STATUS_OK] * len(kinds), "error": pa.nulls(len(kinds), pa.string()),
-        "pixels": pixels_to_column(outliers),
-    })
+    outliers, kinds = synthetic_outliers(
+        images,
+        labels,
+        fusion.synthetic_per_kind,
+        config.train.seed,
+        evidence_kinds(config.model.backbone.rotation_head, config.model.backbone.classifier),
+    )
+    rows = pa.table(
+        {
+            "id": [f"synthetic/{kind}/{i}" for i, kind in enumerate(kinds)],
+            "source": ["synthetic"] * len(kinds),
+            "status": [STATUS_OK] * len(kinds),
+            "error": pa.nulls(len(kinds), pa.string()),
+            "pixels": pixels_to_column(outliers),
+        }
+    )
     scored = _scored(config, bundle_uri, ray.data.from_arrow(rows), [score_col(n) for n in names])
     scores = {name: scored.column(score_col(name)).to_numpy() for name in names}
     choice = choose_fused_scores(calibration, scores, np.asarray(kinds), names, fusion.rule)

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import ray.train
 import ray.train.torch
@@ -21,7 +22,7 @@ import torch
 from ray.util.queue import Queue
 from torch import nn
 
-from rayood.config import OptimSettings
+from rayood.config import EmaOptimSettings, ModelSettings, OptimSettings
 from rayood.train.progress import report_epoch
 from rayood.train.steps import unwrap
 
@@ -38,7 +39,9 @@ def load_state(checkpoint: ray.train.Checkpoint) -> dict:
 def log_epoch(what: str, metrics: dict, progress: Queue | None = None) -> None:
     """Rank 0 logs (the worker log; the console with --verbose) and hands the metrics to the driver's progress."""
     if ray.train.get_context().get_world_rank() == 0:
-        log.info("%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        log.info(
+            "%s %s", what, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        )
         report_epoch(progress, what, metrics)
 
 
@@ -52,12 +55,38 @@ def report_metrics(metrics: dict, state: dict | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+LOOP, PROGRESS = "loop", "progress"  # the keys of TorchTrainer's train_loop_config
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the fit hands every worker of one Ray Train stage (under ``train_loop_config[LOOP]``; the driver's
+    progress queue goes beside it, under ``PROGRESS``). ``optim`` is the stage's own optimiser settings."""
+
+    model: ModelSettings
+    class_names: tuple[str, ...]
+    seed: int
+    label_column: str
+    torch_threads: int | None
+    cache_max_bytes: int
+    optim: OptimSettings | None = None
+    augment: tuple[str, ...] = ()
+    init_state: dict | None = None  # the backbone's starting weights
+    feature_dim: int | None = None  # the head: its input width
+    stage_dims: tuple[int, ...] = ()  # DLSR's denoiser: the widths of the layers it reconstructs
+
+
 class EmaRun:
     """A diffusion model's training state: the model (prepared for DDP), its EMA copy, AdamW and an optional
     linear warm-up, restored from ``ray.train.get_checkpoint()`` when this run was interrupted before."""
 
     def __init__(
-        self, stage: str, model: nn.Module, optim: OptimSettings, device: torch.device, warmup_steps: int | None = None
+        self,
+        stage: str,
+        model: nn.Module,
+        optim: EmaOptimSettings,
+        device: torch.device,
+        warmup_steps: int | None = None,
     ):
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
@@ -82,8 +111,11 @@ class EmaRun:
 
     def state(self, epoch: int, step: int) -> dict:
         state = {
-            "model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": step,
+            "model": unwrap(self.model).state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
@@ -91,14 +123,19 @@ class EmaRun:
 
 
 def run_epochs(
-    stage: str, config: dict, start_epoch: int, epochs: int, checkpoint_every: int,
-    train_epoch: Callable[[int], dict], state: Callable[[int], dict], resumed: dict | None,
+    stage: str,
+    progress: Queue | None,
+    start_epoch: int,
+    epochs: int,
+    checkpoint_every: int,
+    train_epoch: Callable[[int], dict],
+    state: Callable[[int], dict],
+    resumed: dict | None,
 ) -> None:
     """The epoch loop of every stage: ``train_epoch(epoch)`` trains one epoch and returns its metrics; rank 0 logs
     them and hands them to the driver's progress line; every ``checkpoint_every`` epochs and after the last one,
     every worker reports (a barrier) and rank 0 attaches ``state(epochs_done)``. A run resumed after its last
     epoch hands the saved state back as its result."""
-    progress = config.get("progress")
     log_epoch(stage, {"start_epoch": start_epoch}, progress)
     for epoch in range(start_epoch, epochs):
         done = epoch + 1

@@ -19,3 +19,8 @@ def id_bucket(image_id: str, seed: int, salt: str = "") -> int:
 def in_sample(image_id: str, fraction: float, seed: int, salt: str) -> bool:
     """Whether an id falls in a ``fraction`` sample; a smaller fraction's sample is inside a larger one's."""
     return id_bucket(image_id, seed, salt) < int(fraction * BUCKETS)
+
+
+def in_calibration_split(image_id: str, fraction: float, seed: int) -> bool:
+    """Whether a fit holds this ID row out for calibration (``train.calibration_fraction``, ``train.seed``)."""
+    return in_sample(image_id, fraction, seed, salt="")

@@ -3,7 +3,8 @@ feature denoiser and DDP's DDPM.
 
 Each loop reads its worker's shard once (decoded pixels, or the fit's feature cache: ``references.py``),
 shuffles it whole every epoch and says what one epoch does; ``harness.py`` runs the epochs, logs, checkpoints
-and resumes the same way for all of them, and ``steps.py`` what one step (the backbone: one epoch) computes, in plain torch.
+and resumes the same way for all of them, and ``steps.py`` what one step (the backbone: one epoch) computes, in
+plain torch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, ModelSettings, OptimSettings
+from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, EmaOptimSettings, ModelSettings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.ddp import ddp_schedule
 from rayood.detectors.layerwise import schedule_for
@@ -29,54 +30,61 @@ from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import READ_BATCH_ROWS, CachedShard, id_order
-from rayood.train.harness import EmaRun, load_state, log_epoch, run_epochs
+from rayood.train.harness import LOOP, PROGRESS, EmaRun, LoopConfig, load_state, log_epoch, run_epochs
 from rayood.train.recipe import Lookahead
 from rayood.train.steps import BackboneEpoch, ddpm_step, denoiser_step, ema_update, new_backbone_objective, unwrap
 
 log = logging.getLogger(__name__)
 
 
+def worker_seed(seed: int, rank: int, epoch: int | None = None) -> int:
+    """The seed of one worker's random stream, or of one epoch of it: distinct per rank and epoch, and the same
+    on a rerun, so that a resumed epoch draws what the interrupted one drew."""
+    stream = seed * 1000 + rank
+    return stream if epoch is None else stream * 1000 + epoch
+
+
 def _batch_images(batch: pa.Table, size: int, device: torch.device) -> torch.Tensor:
     return uint8_to_unit(torch.from_numpy(pixels_from_column(batch.column("pixels"), size).copy())).to(device)
 
 
-def _use_threads(config: dict) -> None:
-    if config.get("torch_threads"):
-        torch.set_num_threads(config["torch_threads"])
+def _use_threads(loop: LoopConfig) -> None:
+    if loop.torch_threads:
+        torch.set_num_threads(loop.torch_threads)
 
 
-def _start_worker(stage: str, config: dict) -> tuple[ModelSettings, int, torch.device]:
-    """What a detector stage's worker does first: its model settings, rank and device, its threads, a log line and
-    its seed."""
+def _start_worker(stage: str, loop: LoopConfig) -> tuple[ModelSettings, int, torch.device]:
+    """What every stage's worker does first: its model settings, rank and device, its threads, a log line and its
+    seed."""
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    _use_threads(config)
+    _use_threads(loop)
     log_epoch(stage, {"device": str(device), "workers": ray.train.get_context().get_world_size()})
-    torch.manual_seed(config["seed"] + rank)
-    return ModelSettings.model_validate(config["model"]), rank, device
+    torch.manual_seed(loop.seed + rank)
+    return loop.model, rank, device
 
 
-def _cached_shard(config: dict, settings: ModelSettings) -> CachedShard:
+def _cached_shard(loop: LoopConfig, settings: ModelSettings) -> CachedShard:
     return CachedShard.load(
-        ray.train.get_dataset_shard("train"), settings.preprocess.native_size, config["label_column"],
-        config["class_names"], config["cache_max_bytes"],
+        ray.train.get_dataset_shard("train"),
+        settings.preprocess.native_size,
+        loop.label_column,
+        list(loop.class_names),
+        loop.cache_max_bytes,
     )
 
 
 def backbone_loop(config: dict) -> None:
     """Fit the backbone with its configured objective: Nesterov SGD, a per-step schedule, optional lookahead,
     on the worker's shard decoded once (``CachedShard``) with a fresh permutation per epoch."""
-    settings = ModelSettings.model_validate(config["model"])
-    optim = BackboneOptimSettings.model_validate(config["optim"])
-    class_names: list[str] = config["class_names"]
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(config["seed"] + rank)
-    device = ray.train.torch.get_device()
-    _use_threads(config)
-    data = _cached_shard(config, settings)
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("backbone", loop)
+    optim: BackboneOptimSettings = loop.optim
+    class_names: list[str] = loop.class_names
+    data = _cached_shard(loop, settings)
     worker_rows = _rows_per_worker(len(data))
-    log_epoch("backbone", {"device": str(device), "objective": optim.objective, "worker_rows": worker_rows})
-    model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, config.get("init_state"))
+    log_epoch("backbone", {"objective": optim.objective, "worker_rows": worker_rows})
+    model, optimizer = new_backbone_objective(settings, optim, len(class_names), data, loop.init_state)
     start_epoch, step, saved = 0, 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -92,32 +100,41 @@ def backbone_loop(config: dict) -> None:
     size = settings.preprocess.native_size
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(data), batch_size, device)
-    augmenter = Augmenter(config["augment"], len(data), config["seed"] * 1000 + rank)
-    views = two_crop_transform(size, optim.crop_scale_min, "flip" in config["augment"])
+    augmenter = Augmenter(loop.augment, len(data), worker_seed(loop.seed, rank))
+    views = two_crop_transform(size, optim.crop_scale_min, "flip" in loop.augment)
     epoch_run = BackboneEpoch(model, optimizer, lookahead, data, augmenter, views, optim, steps, batch_size, device)
     epochs_s = 0.0
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step, epochs_s
-        generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
+        generator = torch.Generator().manual_seed(worker_seed(loop.seed, rank, epoch))
         started = time.perf_counter()
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         epoch_s = time.perf_counter() - started
         epochs_s += epoch_s
-        return {"loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                "epoch_s": round(epoch_s, 1), "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
-                "worker_rows": worker_rows}
+        return {
+            "loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "epoch_s": round(epoch_s, 1),
+            "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
+            "worker_rows": worker_rows,
+        }
 
     def state(done: int) -> dict:
         saved_state = {
-            "model": unwrap(model).backbone.state_dict(), "heads": unwrap(model).heads_state(),
-            "optimizer": optimizer.state_dict(), "epoch": done, "step": step,
+            "model": unwrap(model).backbone.state_dict(),
+            "heads": unwrap(model).heads_state(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": done,
+            "step": step,
         }
         if lookahead is not None:
             saved_state["lookahead"] = lookahead.state_dict()
         return saved_state
 
-    run_epochs("backbone", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved)
+    run_epochs(
+        "backbone", config[PROGRESS], start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved
+    )
 
 
 def _cached_features(columns: list[str], dims: dict[str, int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -144,7 +161,7 @@ class CachedEpochs:
         self.rows, self.device = rows, device
         self.batch_size = _worker_batch(global_batch)
         self.steps = _steps_per_epoch(rows, self.batch_size, device)
-        self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
+        self.generator = torch.Generator().manual_seed(worker_seed(seed, rank))
 
     def batches(self):
         """One epoch: ``steps`` batches of row indices."""
@@ -179,43 +196,54 @@ def _steps_per_epoch(rows: int, batch_size: int, device: torch.device) -> int:
 
 def layerwise_loop(config: dict) -> None:
     """Fit the LFDN: t ~ U{0..T-1}, loss = MSE(LFDN(z_t, t), z0), AdamW, EMA of the weights."""
-    settings, rank, device = _start_worker("layerwise", config)
-    optim = OptimSettings.model_validate(config["optim"])
-    z0_all = _cached_features(["layers"], {"layers": sum(config["stage_dims"])}, device)["layers"].float()
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("layerwise", loop)
+    optim: EmaOptimSettings = loop.optim
+    z0_all = _cached_features(["layers"], {"layers": sum(loop.stage_dims)}, device)["layers"].float()
     worker_rows = _rows_per_worker(len(z0_all))
 
     run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
     schedule = schedule_for(settings.layerwise)
-    epochs = CachedEpochs(len(z0_all), optim.batch_size, config["seed"], rank, device)
+    epochs = CachedEpochs(len(z0_all), optim.batch_size, loop.seed, rank, device)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         denoiser.train()
         loss_sum = 0.0
         for rows in epochs.batches():
-            loss_sum += denoiser_step(denoiser, schedule, optimizer, z0_all[rows], settings.layerwise.timesteps,
-                                      epochs.generator)
+            loss_sum += denoiser_step(
+                denoiser, schedule, optimizer, z0_all[rows], settings.layerwise.timesteps, epochs.generator
+            )
             step += 1
             ema_update(ema, unwrap(denoiser), optim.ema_decay, step)
         return {"loss": loss_sum / max(epochs.steps, 1), "worker_rows": worker_rows}
 
-    run_epochs("layerwise", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
-               lambda done: run.state(done, step), run.resumed)
+    run_epochs(
+        "layerwise",
+        config[PROGRESS],
+        start_epoch,
+        optim.epochs,
+        optim.checkpoint_every,
+        train_epoch,
+        lambda done: run.state(done, step),
+        run.resumed,
+    )
 
 
 def head_loop(config: dict) -> None:
     """Fit the linear classifier of a frozen encoder on its cached penultimate vectors (a linear probe):
     cross-entropy, AdamW, EMA of the weights."""
-    settings, rank, device = _start_worker("head", config)
-    optim = OptimSettings.model_validate(config["optim"])
-    cached = _cached_features(["penultimate", "class"], {"penultimate": config["feature_dim"]}, device)
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("head", loop)
+    optim: EmaOptimSettings = loop.optim
+    cached = _cached_features(["penultimate", "class"], {"penultimate": loop.feature_dim}, device)
     features, classes = cached["penultimate"].float(), cached["class"].long()
     worker_rows = _rows_per_worker(len(features))
-    head = linear_head(settings.backbone, config["feature_dim"], len(config["class_names"]))
+    head = linear_head(settings.backbone, loop.feature_dim, len(loop.class_names))
     run = EmaRun("head", head, optim, device)
     model, ema, optimizer, step = run.model, run.ema, run.optimizer, run.step
-    epochs = CachedEpochs(len(features), optim.batch_size, config["seed"], rank, device)
+    epochs = CachedEpochs(len(features), optim.batch_size, loop.seed, rank, device)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
@@ -232,34 +260,53 @@ def head_loop(config: dict) -> None:
             seen += len(rows)
             step += 1
             ema_update(ema, unwrap(model), optim.ema_decay, step)
-        return {"loss": loss_sum / max(epochs.steps, 1), "train_accuracy": correct / max(1, seen),
-                "worker_rows": worker_rows}
+        return {
+            "loss": loss_sum / max(epochs.steps, 1),
+            "train_accuracy": correct / max(1, seen),
+            "worker_rows": worker_rows,
+        }
 
-    run_epochs("head", config, run.start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
-               lambda done: run.state(done, step), run.resumed)
+    run_epochs(
+        "head",
+        config[PROGRESS],
+        run.start_epoch,
+        optim.epochs,
+        optim.checkpoint_every,
+        train_epoch,
+        lambda done: run.state(done, step),
+        run.resumed,
+    )
 
 
 def ddpm_loop(config: dict) -> None:
     """Fit DDP's class-conditional pixel DDPM: eps-prediction, linear betas, label dropout to the null class,
     AdamW with linear warm-up, gradient clipping, EMA (docs/METHODS.md section 2)."""
-    settings, rank, device = _start_worker("ddpm", config)
-    optim = DiffusionOptimSettings.model_validate(config["optim"])
-    class_names: list[str] = config["class_names"]
+    loop: LoopConfig = config[LOOP]
+    settings, rank, device = _start_worker("ddpm", loop)
+    optim: DiffusionOptimSettings = loop.optim
+    class_names: list[str] = loop.class_names
     run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
-    unet, ema, optimizer, warmup, start_epoch, step = run.model, run.ema, run.optimizer, run.scheduler, run.start_epoch, run.step
+    unet, ema, optimizer, warmup, start_epoch, step = (
+        run.model,
+        run.ema,
+        run.optimizer,
+        run.scheduler,
+        run.start_epoch,
+        run.step,
+    )
     schedule = ddp_schedule(settings.ddp)
-    data = _cached_shard(config, settings)
+    data = _cached_shard(loop, settings)
     worker_rows = _rows_per_worker(len(data))
     batch_size = _worker_batch(optim.batch_size)
     steps = _steps_per_epoch(len(data), batch_size, device)
-    flip = Augmenter(["flip"] if "flip" in config["augment"] else [], len(data), config["seed"])
+    flip = Augmenter(["flip"] if "flip" in loop.augment else [], len(data), loop.seed)
     highest_t = settings.ddp.timesteps - 1 if optim.timesteps == "all" else max(settings.ddp.levels)
     null = len(class_names)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         unet.train()
-        generator = torch.Generator().manual_seed((config["seed"] * 1000 + rank) * 1000 + epoch)
+        generator = torch.Generator().manual_seed(worker_seed(loop.seed, rank, epoch))
         loss_sum, batches = 0.0, 0
         for index in data.epoch_batches(batch_size, steps, generator):
             x0 = flip(data.images(index, device), generator) * 2 - 1
@@ -273,5 +320,13 @@ def ddpm_loop(config: dict) -> None:
             batches += 1
         return {"loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
 
-    run_epochs("ddpm", config, start_epoch, optim.epochs, optim.checkpoint_every, train_epoch,
-               lambda done: run.state(done, step), run.resumed)
+    run_epochs(
+        "ddpm",
+        config[PROGRESS],
+        start_epoch,
+        optim.epochs,
+        optim.checkpoint_every,
+        train_epoch,
+        lambda done: run.state(done, step),
+        run.resumed,
+    )

@@ -35,7 +35,9 @@ def supervised_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) -> t
     return -mean_log_prob.mean()
 
 
-def with_turned_copies(images: torch.Tensor, views: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def with_turned_copies(
+    images: torch.Tensor, views: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch followed by ``views`` turned copies of each image (all three turns when ``views`` is 3, else
     distinct turns drawn per image), and every row's turn (0 for the batch itself)."""
     n = len(images)
@@ -66,9 +68,16 @@ class BackboneObjective(nn.Module):
     objective uses are built: DDP requires every parameter to take part in the loss.
     """
 
-    def __init__(self, backbone: nn.Module, objective: str, alpa_weight: float = 1.0,
-                 projection_dim: int = 128, alpa_dim: int = 80, label_smoothing: float = 0.0,
-                 rotation_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        objective: str,
+        alpa_weight: float = 1.0,
+        projection_dim: int = 128,
+        alpa_dim: int = 80,
+        label_smoothing: float = 0.0,
+        rotation_weight: float = 0.5,
+    ) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
         self.rotation_weight = rotation_weight
@@ -78,7 +87,8 @@ class BackboneObjective(nn.Module):
         channels = backbone.fc.in_features
         self.projection = (
             nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, projection_dim))
-            if objective in ("supcon", "alpa_train") else None
+            if objective in ("supcon", "alpa_train")
+            else None
         )
         self.alpa = LocalPropagation(channels, alpa_dim) if objective in ("alpa_train", "alpa_finetune") else None
 
@@ -105,5 +115,7 @@ class BackboneObjective(nn.Module):
             z = F.normalize(self.projection(pooled), dim=1)
             loss = loss + supervised_contrastive_loss(z @ z.T / SUPCON_TEMPERATURE, labels)
         if self.alpa is not None:
-            loss = loss + self.alpa_weight * supervised_contrastive_loss(ALPA_SCALE * self.alpa.similarity(last), labels)
+            loss = loss + self.alpa_weight * supervised_contrastive_loss(
+                ALPA_SCALE * self.alpa.similarity(last), labels
+            )
         return loss, logits

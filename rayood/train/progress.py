@@ -46,7 +46,9 @@ def describe(stage: str, epochs: int, metrics: dict, seconds_per_epoch: float | 
     if "train_accuracy" in metrics:
         parts.append(f"train accuracy {100 * metrics['train_accuracy']:.1f}%")
     if seconds_per_epoch is not None:
-        parts.append(f"{seconds_per_epoch:.2g} s per epoch" if seconds_per_epoch < 10 else f"{seconds_per_epoch:.0f} s per epoch")
+        parts.append(
+            f"{seconds_per_epoch:.2g} s per epoch" if seconds_per_epoch < 10 else f"{seconds_per_epoch:.0f} s per epoch"
+        )
         if done < epochs:
             parts.append(f"about {_duration((epochs - done) * seconds_per_epoch)} left")
     return ", ".join(parts)

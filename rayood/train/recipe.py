@@ -33,9 +33,13 @@ def lr_factor(step: int, total: int, optim: BackboneOptimSettings) -> float:
     return 1 + (WARMUP_END - 1) * (progress - peak) / max(1e-9, 1 - peak)
 
 
-def build_optimizer(model: nn.Module, optim: BackboneOptimSettings, whitening_bias: nn.Parameter | None) -> torch.optim.SGD:
+def build_optimizer(
+    model: nn.Module, optim: BackboneOptimSettings, whitening_bias: nn.Parameter | None
+) -> torch.optim.SGD:
     """Nesterov SGD; groups named ``norm`` (BatchNorm), ``whitening`` (frozen after a few epochs) and ``other``."""
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    norm_ids = {
+        id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
+    }
     whitening_ids = {id(whitening_bias)} if whitening_bias is not None else set()
     trainable = [p for p in model.parameters() if p.requires_grad]
     norm = [p for p in trainable if id(p) in norm_ids]
@@ -52,7 +56,9 @@ def build_optimizer(model: nn.Module, optim: BackboneOptimSettings, whitening_bi
     return torch.optim.SGD([g for g in groups if g["params"]], lr=optim.lr, momentum=optim.momentum, nesterov=True)
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float, epoch: int, optim: BackboneOptimSettings) -> None:
+def set_learning_rates(
+    optimizer: torch.optim.Optimizer, factor: float, epoch: int, optim: BackboneOptimSettings
+) -> None:
     for group in optimizer.param_groups:
         frozen = group["name"] == "whitening" and epoch >= optim.whitening_bias_epochs
         group["lr"] = 0.0 if frozen else group["peak_lr"] * factor

@@ -31,9 +31,9 @@ from rayood.bundle_files import load_state_into
 from rayood.config import ConfigError, ModelSettings, RayoodConfig, S3Settings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors import mahalanobis
+from rayood.detectors.layerwise import layer_features
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
 from rayood.detectors.multiscale import search_vectors, write_bank
-from rayood.detectors.layerwise import layer_features
 from rayood.detectors.registry import enabled_detectors
 from rayood.models.backbones import Features, build_backbone, uint8_to_unit
 from rayood.scoring.pool import actor_pool
@@ -45,7 +45,9 @@ BANK_SALT = "bank"  # the bank's sample is independent of the calibration split
 
 
 class StreamingFit(Protocol):
-    def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
+    def rows(
+        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """In an actor: one batch's per-row arrays (``classes``: each row's class index)."""
         ...
 
@@ -66,7 +68,9 @@ class MahalanobisFit:
         self.num_classes = num_classes
         self.statistics: GaussianStatistics | None = None
 
-    def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
+    def rows(
+        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
+    ) -> dict[str, np.ndarray]:
         return {"penultimate": features.penultimate.cpu().numpy(), "classes": classes}
 
     def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
@@ -87,9 +91,13 @@ class BankFit:
         self.path = os.path.join(scratch, "bank.f32") if scratch else None
         self.count, self.region_shape = 0, None
 
-    def rows(self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray) -> dict[str, np.ndarray]:
+    def rows(
+        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
+    ) -> dict[str, np.ndarray]:
         return {
-            "in_bank": np.array([in_sample(i, self.search.bank_fraction, self.seed, BANK_SALT) for i in ids], dtype=bool),
+            "in_bank": np.array(
+                [in_sample(i, self.search.bank_fraction, self.seed, BANK_SALT) for i in ids], dtype=bool
+            ),
             "regions": search_vectors(features, mirror, self.search).cpu().numpy(),
         }
 
@@ -142,8 +150,16 @@ class FeatureRows:
     the feature cache's columns, keyed ``cache/name``."""
 
     def __init__(
-        self, model: dict, class_names: list[str], label_column: str, backbone_uri: str, s3: S3Settings | None,
-        device: str, cpu_threads: int = 1, seed: int = 0, cached: tuple[str, ...] = (),
+        self,
+        model: dict,
+        class_names: list[str],
+        label_column: str,
+        backbone_uri: str,
+        s3: S3Settings | None,
+        device: str,
+        cpu_threads: int = 1,
+        seed: int = 0,
+        cached: tuple[str, ...] = (),
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         self.settings = ModelSettings.model_validate(model)
@@ -151,8 +167,10 @@ class FeatureRows:
         self.device = pick_device(device)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.label_column = label_column
-        self.fits = {family: STREAMING[family](self.settings, seed, len(class_names), None)
-                     for family in _streaming_families(self.settings)}
+        self.fits = {
+            family: STREAMING[family](self.settings, seed, len(class_names), None)
+            for family in _streaming_families(self.settings)
+        }
         self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
         load_state_into(self.backbone, resolve(backbone_uri, s3), "backbone")
         self.backbone.to(self.device).eval()
@@ -166,8 +184,11 @@ class FeatureRows:
         labels = batch.column(self.label_column).cast(pa.string()).to_pylist()
         classes = np.array([self.class_index[label] for label in labels])
         ids = batch.column("id").to_pylist()
-        rows = {f"{family}/{name}": values for family, fit in self.fits.items()
-                for name, values in fit.rows(features, mirror, ids, classes).items()}
+        rows = {
+            f"{family}/{name}": values
+            for family, fit in self.fits.items()
+            for name, values in fit.rows(features, mirror, ids, classes).items()
+        }
         cache = {"id": np.array(ids, dtype=object), "class": classes}
         if "layers" in self.cached:
             cache["layers"] = layer_features(features.stage_maps).cpu().numpy()
@@ -199,10 +220,14 @@ def feature_pass(
     rows = data.map_batches(
         FeatureRows,
         fn_constructor_kwargs={
-            "model": config.model.model_dump(mode="json"), "class_names": class_names,
+            "model": config.model.model_dump(mode="json"),
+            "class_names": class_names,
             "label_column": config.corpus.label_column,
-            "backbone_uri": bundle.join(BACKBONE_FILE).uri, "s3": config.s3,
-            "device": screen.device, "cpu_threads": screen.actor_threads, "seed": config.train.seed,
+            "backbone_uri": bundle.join(BACKBONE_FILE).uri,
+            "s3": config.s3,
+            "device": screen.device,
+            "cpu_threads": screen.actor_threads,
+            "seed": config.train.seed,
             "cached": tuple(cached),
         },
         **actor_pool(screen, min_actors=1),
@@ -215,11 +240,13 @@ def fit_references(
 ) -> dict[str, dict]:
     """Every streaming family fitted from the feature pass and written into ``bundle``; returns each family's
     manifest facts. ``scratch``: a directory for what a family spills on the way (the bank)."""
-    fits = {family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
-            for family in _streaming_families(config.model)}
+    fits = {
+        family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
+        for family in _streaming_families(config.model)
+    }
     columns = [name for name in features.rows.columns() if name.split("/", 1)[0] in fits]
     for batch in features.rows.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"):
         for family, fit in fits.items():
             prefix = f"{family}/"
-            fit.partial_fit({key[len(prefix):]: values for key, values in batch.items() if key.startswith(prefix)})
+            fit.partial_fit({key[len(prefix) :]: values for key, values in batch.items() if key.startswith(prefix)})
     return {family: fit.finish(bundle) for family, fit in fits.items()}

@@ -28,18 +28,26 @@ class DetectorStage:
     name: str  # the run name's and the manifest's ``training`` key; ``RayoodConfig.stage_fingerprint`` knows it
     loop: Callable[[dict], None]
     optim: Callable[[TrainSettings], BaseModel]
-    inputs: Callable[[RayoodConfig, FittedBackbone], dict]
+    inputs: Callable[[RayoodConfig, FittedBackbone], dict]  # LoopConfig fields its loop reads beyond the shared
     file: str
     reads_features: bool  # trains on the fit's feature cache (``references.py``), not on decoded pixels
 
 
 STAGES: dict[str, DetectorStage] = {  # by detector family (``detectors/registry.py``)
     "layerwise": DetectorStage(
-        "layerwise", layerwise_loop, lambda train: train.layerwise,
-        lambda config, backbone: {"stage_dims": backbone.stage_dims}, LAYERWISE_FILE, reads_features=True,
+        "layerwise",
+        layerwise_loop,
+        lambda train: train.layerwise,
+        lambda config, backbone: {"stage_dims": tuple(backbone.stage_dims)},
+        LAYERWISE_FILE,
+        reads_features=True,
     ),
     "ddp": DetectorStage(
-        "ddpm", ddpm_loop, lambda train: train.ddpm, lambda config, backbone: {"augment": list(config.train.augment)},
-        DDPM_FILE, reads_features=False,
+        "ddpm",
+        ddpm_loop,
+        lambda train: train.ddpm,
+        lambda config, backbone: {"augment": tuple(config.train.augment)},
+        DDPM_FILE,
+        reads_features=False,
     ),
 }

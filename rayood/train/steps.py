@@ -38,9 +38,19 @@ class BackboneEpoch:
     """One epoch of backbone training over a cached shard; shared by the Ray Train loop and the plain-loop
     benchmark, so that the overhead benchmark compares the same arithmetic."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lookahead: Lookahead | None,
-                 data: CachedShard, augmenter: Augmenter, views, optim: BackboneOptimSettings, steps: int,
-                 batch_size: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lookahead: Lookahead | None,
+        data: CachedShard,
+        augmenter: Augmenter,
+        views,
+        optim: BackboneOptimSettings,
+        steps: int,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
         self.model, self.optimizer, self.lookahead = model, optimizer, lookahead
         self.data, self.augmenter, self.views, self.optim = data, augmenter, views, optim
         self.steps, self.total, self.batch_size, self.device = steps, steps * optim.epochs, batch_size, device
@@ -83,18 +93,33 @@ def new_backbone_objective(
     if init_state is not None:
         load_matching(backbone, init_state)
     if backbone.rotation is not None and optim.objective != "rotation":
-        backbone.rotation.requires_grad_(False)  # a loaded head this objective does not train (DDP needs every trained one used)
+        backbone.rotation.requires_grad_(
+            False
+        )  # a loaded head this objective does not train (DDP needs every trained one used)
     else:  # with several workers rank 0's whitening wins: DDP broadcasts its parameters when the model is prepared
         sample = torch.randperm(len(data))[:WHITENING_SAMPLE]
         backbone.fit_whitening(data.images(sample, torch.device("cpu")))
-    model = BackboneObjective(backbone, optim.objective, optim.alpa_weight, optim.projection_dim, optim.alpa_dim,
-                              optim.label_smoothing, optim.rotation_weight)
+    model = BackboneObjective(
+        backbone,
+        optim.objective,
+        optim.alpa_weight,
+        optim.projection_dim,
+        optim.alpa_dim,
+        optim.label_smoothing,
+        optim.rotation_weight,
+    )
     whitening = backbone.whitening
     return model, build_optimizer(model, optim, whitening.bias if whitening is not None else None)
 
 
-def denoiser_step(denoiser: nn.Module, schedule: NoiseSchedule, optimizer: torch.optim.Optimizer, z0: torch.Tensor,
-                   timesteps: int, generator: torch.Generator) -> float:
+def denoiser_step(
+    denoiser: nn.Module,
+    schedule: NoiseSchedule,
+    optimizer: torch.optim.Optimizer,
+    z0: torch.Tensor,
+    timesteps: int,
+    generator: torch.Generator,
+) -> float:
     """One LFDN step: noise the clean features to a random level and regress them back (x0-prediction)."""
     t = torch.randint(0, timesteps, (len(z0),), generator=generator).to(z0.device)
     noise = torch.randn(z0.shape, generator=generator).to(z0.device)
@@ -105,8 +130,16 @@ def denoiser_step(denoiser: nn.Module, schedule: NoiseSchedule, optimizer: torch
     return loss.item()
 
 
-def ddpm_step(unet: nn.Module, schedule: NoiseSchedule, optimizer: torch.optim.Optimizer, x0: torch.Tensor,
-              labels: torch.Tensor, highest_t: int, grad_clip: float, generator: torch.Generator) -> float:
+def ddpm_step(
+    unet: nn.Module,
+    schedule: NoiseSchedule,
+    optimizer: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    highest_t: int,
+    grad_clip: float,
+    generator: torch.Generator,
+) -> float:
     """One DDPM step: eps-prediction at a level drawn from 0..highest_t, gradients clipped to ``grad_clip``."""
     t = torch.randint(0, highest_t + 1, (len(labels),), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
