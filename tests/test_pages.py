@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from rayood.config import CorpusSettings, S3Settings
+from rayood.config import CorpusSettings, DecisionSettings, S3Settings
 from rayood.decide.filter import filter_report
 from rayood.pages import thumbnails as thumbnails_module
 from rayood.pages.html import gallery, table
@@ -22,6 +22,7 @@ from rayood.pages.review_settings import GroupBy, ReviewSettings
 from rayood.pages.selection import Extremes, RowSample
 from rayood.pages.thumbnails import recorded_limits
 from rayood.report.reader import FinishedReport
+from rayood.report.summary import summarize
 from rayood.report.target import PAGE
 from rayood.storage import resolve
 from tests.browser import assert_self_contained
@@ -181,12 +182,27 @@ def test_the_screening_page_shows_the_summary_histograms_and_the_most_ood_images
     write_report(tmp_path / "report", ids=ids, source=str(tmp_path / "corpus"))
     report = FinishedReport.open(str(tmp_path / "report"))
     rows = ReportPageRows(["mfsim", "knn"], "mfsim", thumbnails=6)
-    for batch in report.dataset().to_batches(batch_size=7):
-        rows.add(batch)
     calibration = {"mfsim": np.random.default_rng(0).standard_normal(500), "knn": np.zeros(3)}
+
+    def batches():  # one pass for the page and the summary, as screening makes it
+        for batch in report.dataset().to_batches(batch_size=7):
+            rows.add(batch)
+            yield batch
+
+    summary = summarize(
+        batches(),
+        score_names=["mfsim", "knn"],
+        calibration=calibration,
+        samples=rows.samples,
+        decision=DecisionSettings(score="mfsim", alpha=0.05),
+        expected_rows=40,
+        elapsed_s=1.0,
+        bundle_id="simulated",
+    )
+    assert rows.samples["mfsim"].count == summary["ok"] == summary["scores"]["mfsim"]["count"]  # drawn from its sample
     write_report_page(
         rows,
-        report.summary,
+        summary,
         calibration,
         resolve(str(tmp_path / "report")),
         CorpusSettings(),
@@ -199,6 +215,5 @@ def test_the_screening_page_shows_the_summary_histograms_and_the_most_ood_images
     captions = [html.find(f"<figcaption>{escape(i)}<br>") for i in top.id]
     assert html.count("<figure>") == 6 and -1 not in captions and captions == sorted(captions)  # most OOD first
     text = assert_self_contained(tmp_path / "report" / PAGE, thumbnails=6)
-    summary = report.summary
     assert f"{summary['decision']['flagged']} of {summary['ok']} scored rows flagged" in text
     assert "histogram of score_knn" in html and "not an image" in text  # every score drawn; error kinds counted

@@ -19,19 +19,18 @@ from rayood.pages.html import Markup, document, gallery, image, number, png_uri,
 from rayood.pages.selection import Extremes
 from rayood.pages.thumbnails import THUMBNAIL_PX, attach_thumbnails
 from rayood.report.columns import STATUS, STATUS_OK, pvalue_col, score_col
-from rayood.report.sampling import Reservoir
+from rayood.report.summary import score_samples
 from rayood.report.target import PAGE
 from rayood.storage import Location
 
-HISTOGRAM_SAMPLE = 100_000
-
 
 class ReportPageRows:
-    """What report.html needs from the report's rows, batch by batch."""
+    """What report.html needs from the report's rows, batch by batch: the most OOD rows here, and each score's
+    sample of screened values, which the summary's own pass fills."""
 
     def __init__(self, score_names: list[str], decision_score: str, thumbnails: int) -> None:
         self.decision_score = decision_score
-        self.samples = {name: Reservoir(HISTOGRAM_SAMPLE, seed) for seed, name in enumerate(score_names)}
+        self.samples = score_samples(score_names)  # filled by the summary's pass (summarize(samples=...))
         self.most_ood = Extremes(thumbnails, highest=True)
 
     @staticmethod
@@ -42,8 +41,6 @@ class ReportPageRows:
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         batch = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         scored = batch.filter(pc.fill_null(pc.equal(batch.column(STATUS), STATUS_OK), False))
-        for name, sample in self.samples.items():
-            sample.add(scored.column(score_col(name)).to_numpy(zero_copy_only=False).astype(np.float64))
         shown = pa.table(
             {
                 "id": scored.column("id"),

@@ -54,7 +54,7 @@ def error_kind(message: str) -> str:
 QUANTILE_SAMPLE = 100_000
 
 
-class _ScoreSample(Reservoir):
+class ScoreSample(Reservoir):
     """A score's sampled values, with its exact count and mean."""
 
     def stats(self) -> dict:
@@ -65,6 +65,11 @@ class _ScoreSample(Reservoir):
             "mean": self.total / self.count,
             "quantiles": {f"p{round(q * 100):02d}": float(np.quantile(self.values, q)) for q in QUANTILES},
         }
+
+
+def score_samples(score_names: list[str]) -> dict[str, ScoreSample]:
+    """A sample of each score's values, for :func:`summarize` to fill (the screening page draws from them too)."""
+    return {name: ScoreSample(QUANTILE_SAMPLE, seed) for seed, name in enumerate(score_names)}
 
 
 def _key_digests(sources: list, ids: list) -> np.ndarray:
@@ -78,14 +83,16 @@ class _Tally:
     """What a summary needs from the report rows, batch by batch. Per row the driver keeps only, when counting
     repeats, 16 bytes (the key digests) and, with a truth column, the scores and labels the evaluation needs."""
 
-    def __init__(self, score_names: list[str], truth: TruthSettings | None, count_repeats: bool) -> None:
+    def __init__(
+        self, score_names: list[str], truth: TruthSettings | None, count_repeats: bool, samples: dict[str, ScoreSample]
+    ) -> None:
         self.score_names = score_names
         self.truth = truth
         self.rows = self.ok = self.flagged = 0
         self.errors: Counter[str] = Counter()
         self.per_source: Counter[str] = Counter()
         self.digests: list[np.ndarray] | None = [] if count_repeats else None
-        self.scores = {name: _ScoreSample(QUANTILE_SAMPLE, seed) for seed, name in enumerate(score_names)}
+        self.scores = samples
         self.evaluation_rows: list[pa.Table] = []
 
     def add(self, batch: pa.Table | pa.RecordBatch) -> None:
@@ -149,6 +156,7 @@ def summarize(
     skipped_files: int = 0,
     left_out: dict[str, int] | None = None,
     count_repeats: bool = True,
+    samples: dict[str, ScoreSample] | None = None,
 ) -> dict:
     """The summary of a report's rows (a table, or its record batches streamed: a corpus of any size).
 
@@ -157,8 +165,10 @@ def summarize(
     passes False, and ``duplicate_ids`` is 0.
 
     ``skipped_files``: files of another kind than their input's; ``left_out``: directory entries that are not
-    inputs at all (hidden names, links not followed, names that are not UTF-8), counted by reason."""
-    tally = _Tally(score_names, truth, count_repeats)
+    inputs at all (hidden names, links not followed, names that are not UTF-8), counted by reason.
+
+    ``samples``: the per-score samples to fill (:func:`score_samples`), for a caller that draws from them too."""
+    tally = _Tally(score_names, truth, count_repeats, samples or score_samples(score_names))
     for batch in report.to_batches() if isinstance(report, pa.Table) else report:
         tally.add(batch)
     warnings: list[str] = []

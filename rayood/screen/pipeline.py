@@ -260,6 +260,7 @@ def _summary(
         # planning refuses repeated Parquet ids and paths are unique: only shard keys, or two attempts'
         # rows, can repeat a key
         count_repeats=reused_rows > 0 or any(plan.kind == "webdataset" for plan in plans),
+        samples=page.samples,
     )
     summary["reused_rows"] = reused_rows
     summary["output_lease"] = target.lease.mode  # how exclusive this run's hold on the output was (report/lease.py)
