@@ -158,7 +158,9 @@ def from_bundle(args: argparse.Namespace) -> dict:
 
     bundle = load_bundle(args.bundle, require_calibration=False)
     bank = np.ascontiguousarray(bundle.detectors["multiscale"].mixed.bank).reshape(
-        bundle.manifest["multiscale"]["bank_rows"], bundle.manifest["multiscale"]["regions"], -1
+        bundle.manifest.family("multiscale").facts["bank_rows"],
+        bundle.manifest.family("multiscale").facts["regions"],
+        -1,
     )
     search = bundle.settings.multiscale
     id_vectors = _region_vectors(bundle, args.id, args.limit)

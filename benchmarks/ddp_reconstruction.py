@@ -95,7 +95,7 @@ def main() -> None:
     if "ddp" not in bundle.detectors:
         raise SystemExit("this bundle has no DDP model (model.ddp.enabled was false)")
     size = bundle.settings.preprocess.native_size
-    index = {name: i for i, name in enumerate(bundle.manifest["class_names"])}
+    index = {name: i for i, name in enumerate(bundle.manifest.class_names)}
     settings = bundle.settings.ddp
     levels = args.levels or [max(settings.levels)]
     table: dict[int, dict] = {level: {} for level in levels}
@@ -109,7 +109,7 @@ def main() -> None:
             {
                 "stride": settings.stride,
                 "guidance": settings.guidance,
-                "training": bundle.manifest["training"].get("ddpm"),
+                "training": bundle.manifest.training.get("ddp"),
                 "levels": table,
             },
             indent=2,

@@ -27,10 +27,10 @@ import torch
 from rayood.bundle_models import load_bundle
 from rayood.config import DDPSettings
 from rayood.data.decode import decode_images
+from rayood.data.id_sample import in_calibration_split
 from rayood.detectors.ddp import DDPDetector, guided_ddim
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
-from rayood.train.id_sample import in_calibration_split
 
 MC_DRAWS = 4  # single-draw scores per held-out ID image, to estimate the Monte-Carlo error of r draws
 SETTINGS = {
@@ -73,7 +73,7 @@ def main() -> None:
     images, ids, is_id = load_pixels(sample, size).to(device), sample.column("id").to_pylist(), groups[rows] == "id"
     manifest = bundle.manifest
     fit_table = pq.read_table(args.fit_data)
-    fraction, seed = manifest["data"]["calibration_fraction"], manifest["data"]["split_seed"]
+    fraction, seed = manifest.data["calibration_fraction"], manifest.data["split_seed"]
     held_out = fit_table.filter(
         pa.array([in_calibration_split(i, fraction, seed) for i in fit_table.column("id").to_pylist()])
     )

@@ -28,7 +28,8 @@ from plain_fit import plain_fit
 
 from rayood.config import RayoodConfig, load_config, parse_config
 from rayood.data.decode import decode_images
-from rayood.detectors.baselines import classifier_scores
+from rayood.data.id_sample import in_calibration_split
+from rayood.detectors.classifier import classifier_scores
 from rayood.detectors.knn import kth_neighbour_distance, normalise
 from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
 from rayood.detectors.rotation import rotation_score
@@ -36,7 +37,6 @@ from rayood.detectors.synthetic import synthetic_outliers
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
 from rayood.train.cache import CachedShard
-from rayood.train.id_sample import in_calibration_split
 
 KNN_K = 50
 OOD_SETS = {"tin": "tin32_val", "cifar100": "cifar100_32", "mnist": "mnist32_test", "textures": "dtd32"}

@@ -20,8 +20,7 @@ import torch
 
 from rayood.bundle import (
     BACKBONE_FILE,
-    DDPM_FILE,
-    LAYERWISE_FILE,
+    CALIBRATION_FILE,
     new_manifest,
     write_calibration,
     write_file,
@@ -32,7 +31,8 @@ from rayood.bundle_models import load_bundle
 from rayood.config import load_config
 from rayood.detectors import mahalanobis
 from rayood.detectors.multiscale import region_count, write_bank
-from rayood.detectors.registry import score_names
+from rayood.detectors.registry import DDP_FILE, LAYERWISE_FILE
+from rayood.manifest import CalibrationRecord
 from rayood.models.backbones import build_backbone
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
@@ -52,18 +52,18 @@ def random_bundle(directory: str, config, bank_rows: int) -> None:
     write_file(location, BACKBONE_FILE, state_dict_bytes(backbone.state_dict()))
     write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
     if settings.ddp.enabled:
-        write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, NUM_CLASSES).state_dict()))
+        write_file(location, DDP_FILE, state_dict_bytes(build_unet(settings, NUM_CLASSES).state_dict()))
     shape = (bank_rows, region_count(settings.multiscale), feature_dim)
     bank = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     bank_index = write_bank(location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), settings.multiscale, seed=0)
     mahalanobis.write(location, np.zeros((NUM_CLASSES, feature_dim)), np.eye(feature_dim))
-    scores = score_names(settings)
-    manifest = new_manifest(
-        settings, [str(c) for c in range(NUM_CLASSES)], dims, feature_dim, scores, bank.shape, bank_index=bank_index
+    written = {info.path.rsplit("/", 1)[-1] for info in location.list_files()}
+    facts = {"multiscale": {"bank_rows": shape[0], "regions": shape[1], "index": bank_index}}
+    manifest = new_manifest(settings, [str(c) for c in range(NUM_CLASSES)], dims, feature_dim, written, facts)
+    write_calibration(location, {name: np.arange(10.0) for name in manifest.scores})
+    write_manifest(
+        location, manifest.model_copy(update={"calibration": CalibrationRecord(file=CALIBRATION_FILE, rows=10)})
     )
-    write_calibration(location, {name: np.arange(10.0) for name in scores})
-    manifest["calibration"] = {"rows": 10}
-    write_manifest(location, manifest)
 
 
 def per_image_ms(run, images: torch.Tensor, batches: int, device: torch.device) -> float:

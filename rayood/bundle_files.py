@@ -20,6 +20,7 @@ import torch
 
 from rayood.bundle import BundleError
 from rayood.config import ModelSettings
+from rayood.manifest import FamilyRecord, Manifest
 from rayood.storage import STORAGE_ERRORS, Location, StorageError, retry_transient
 
 COPY_CHUNK = 16 << 20
@@ -27,15 +28,32 @@ COPY_CHUNK = 16 << 20
 
 @dataclass(frozen=True)
 class BundleFiles:
-    """What a detector's ``load`` reads: the bundle's location, its manifest and the model settings it records."""
+    """What a detector family's ``load`` reads: the bundle's location, its manifest, and the family's record."""
 
     location: Location
-    manifest: dict
-    settings: ModelSettings
+    manifest: Manifest
+    family: str
 
     @property
     def bundle_id(self) -> str:
-        return self.manifest["bundle_id"]
+        return self.manifest.bundle_id
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.manifest.model
+
+    @property
+    def record(self) -> FamilyRecord:
+        return self.manifest.family(self.family)
+
+    def holds(self, name: str) -> bool:
+        return name in self.record.files
+
+    def first_file(self) -> Location:
+        """The family's one file (its weights), by the name the bundle recorded."""
+        if not self.record.files:
+            raise BundleError(f"bundle {self.location.uri}: the manifest records no file for {self.family}")
+        return self.location.join(self.record.files[0])
 
 
 def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:

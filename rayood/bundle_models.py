@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rayood.bundle import BACKBONE_FILE, BundleError, read_calibration, read_manifest, report_scores
-from rayood.bundle_files import BundleFiles, load_state_into
+from rayood.bundle import BACKBONE_FILE, BundleError, read_calibration, read_manifest
+from rayood.bundle_files import load_state_into
 from rayood.config import ModelSettings, S3Settings
 from rayood.detectors.contract import Detector, load_detectors
+from rayood.manifest import Manifest
 from rayood.models.backbones import FeatureBackbone, build_backbone
 from rayood.storage import resolve
 
@@ -20,24 +21,27 @@ from rayood.storage import resolve
 @dataclass
 class Bundle:
     uri: str
-    manifest: dict
-    settings: ModelSettings
+    manifest: Manifest
     backbone: FeatureBackbone
-    detectors: dict[str, Detector]  # by family, in report column order (``detectors/registry.py``)
+    detectors: dict[str, Detector]  # by family, in report column order (the manifest's records)
     calibration: dict[str, np.ndarray] | None
 
     @property
     def bundle_id(self) -> str:
-        return self.manifest["bundle_id"]
+        return self.manifest.bundle_id
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.manifest.model
 
     @property
     def score_names(self) -> list[str]:
         """The detectors' scores (what the Scorer computes)."""
-        return list(self.manifest["scores"])
+        return self.manifest.scores
 
     @property
     def report_scores(self) -> list[str]:
-        return report_scores(self.manifest)
+        return self.manifest.report_scores
 
 
 def load_bundle(
@@ -45,18 +49,16 @@ def load_bundle(
 ) -> Bundle:
     manifest = read_manifest(uri, s3)
     location = resolve(uri, s3)
-    settings = ModelSettings.model_validate(manifest["model"])
-    backbone = build_backbone(settings.backbone, settings.preprocess, manifest["num_classes"])
+    settings = manifest.model
+    backbone = build_backbone(settings.backbone, settings.preprocess, manifest.num_classes)
     load_state_into(backbone, location.join(BACKBONE_FILE), "backbone")
-    stage_dims = list(manifest["stage_dims"])
+    stage_dims = list(manifest.stage_dims)
     if backbone.stage_dims() != stage_dims:
         raise BundleError(f"bundle {uri}: stage_dims {stage_dims} do not match the backbone {backbone.stage_dims()}")
-    detectors = load_detectors(BundleFiles(location, manifest, settings))
+    detectors = load_detectors(location, manifest)
     device = torch.device(device)
     backbone.to(device).eval()
     for detector in detectors.values():
         detector.to(device)
-    calibration = read_calibration(uri, s3, manifest) if manifest.get("calibration") or require_calibration else None
-    return Bundle(
-        uri=uri, manifest=manifest, settings=settings, backbone=backbone, detectors=detectors, calibration=calibration
-    )
+    calibration = read_calibration(uri, s3, manifest) if manifest.calibration or require_calibration else None
+    return Bundle(uri=uri, manifest=manifest, backbone=backbone, detectors=detectors, calibration=calibration)

@@ -8,8 +8,6 @@ environment variables (or the cluster's instance role).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -470,7 +468,15 @@ class TrainSettings(_Strict):
         "which gives the classifier scores and the held-out accuracy; epochs 0 keeps the loaded head",
     )
     layerwise: EmaOptimSettings = EmaOptimSettings(epochs=150, lr=1e-4, checkpoint_every=25)
-    ddpm: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
+    ddp: DiffusionOptimSettings = DiffusionOptimSettings(epochs=50, lr=2e-4, ema_decay=0.9999, checkpoint_every=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        """Keys that moved: an old config fails with the new name rather than losing its settings."""
+        if isinstance(data, dict) and "ddpm" in data:
+            raise ValueError("train.ddpm is now train.ddp (the DDP family's one name; same fields)")
+        return data
 
 
 class DecisionSettings(_Strict):
@@ -559,37 +565,6 @@ class DemoSettings(_Strict):
     seed: int = 0
 
 
-SHARED_STAGE_INPUTS = (
-    "corpus",
-    "model.preprocess",
-    "train.data",
-    "train.seed",
-    "train.calibration_fraction",
-    "train.num_workers",
-)
-STAGE_INPUTS = {
-    "backbone": ("model.backbone", "train.backbone", "train.augment"),
-    "head": ("model.backbone", "train.head"),
-    "layerwise": ("model.layerwise", "train.layerwise"),
-    "ddpm": ("model.ddp", "train.ddpm", "train.augment"),
-}
-STAGE_UPSTREAM = {"layerwise": ("backbone",), "head": ("backbone",)}
-TEST_TIME_ONLY = {  # settings a stage's training never reads
-    "model.backbone": {"flip_tta"},
-    "model.layerwise": {"enabled", "noise_level", "ddim_steps"},
-    "model.ddp": {"enabled", "stride", "draws", "guidance", "compare", "chunk_rows"},  # levels: see timesteps
-}
-
-
-def _dump_path(config: BaseModel, path: str) -> object:
-    value: object = config
-    for part in path.split("."):
-        value = getattr(value, part)
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude=TEST_TIME_ONLY.get(path))
-    return value
-
-
 class RayoodConfig(_Strict):
     ray: RaySettings = RaySettings()
     s3: S3Settings = S3Settings()
@@ -635,14 +610,6 @@ class RayoodConfig(_Strict):
                 "(or loaded with model.backbone.init_weights from a backbone that has one)"
             )
         return self
-
-    def stage_fingerprint(self, stage: str) -> str:
-        """A short stable hash of what one Ray Train stage's result depends on (``STAGE_INPUTS``, plus the
-        stages it reads), so that tuning the denoiser resumes the fitted backbone instead of refitting it."""
-        paths = (*SHARED_STAGE_INPUTS, *STAGE_INPUTS[stage])
-        payload = {path: _dump_path(self, path) for path in paths}
-        payload["upstream"] = [self.stage_fingerprint(name) for name in STAGE_UPSTREAM.get(stage, ())]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

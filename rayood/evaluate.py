@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from rayood.bundle import read_calibration, read_manifest, report_scores
+from rayood.bundle import read_calibration, read_manifest
 from rayood.cli import job_config
-from rayood.config import ConfigError, ModelSettings, RayoodConfig
+from rayood.config import ConfigError, RayoodConfig
 from rayood.data.sources import InputError, plan_source
 from rayood.detectors.calibrate import threshold
 from rayood.evaluation.plots import histogram_png, roc_png
@@ -133,8 +133,8 @@ def evaluate(
     if len(set(uris)) != len(uris):
         raise ConfigError("the ID set and every OOD set need distinct URIs (rows are told apart by source)")
     manifest = read_manifest(bundle, config.s3)
-    names = report_scores(manifest)
-    classifier = ModelSettings.model_validate(manifest["model"]).backbone.classifier
+    names = manifest.report_scores
+    classifier = manifest.model.backbone.classifier
     target = resolve(output, config.s3)
     prepare_output(target, overwrite)
     screen_settings = config.screen.model_copy(
@@ -163,7 +163,7 @@ def evaluate(
     missing = "not measured (the ID set has no labels)" if classifier else "none (the bundle has no classifier)"
     accuracy_text = missing if accuracy is None else f"{100 * accuracy:.2f}%"
     header = (
-        f"# OOD evaluation\n\nbundle `{manifest['bundle_id']}`; ID test {len(id_scores[names[0]])} images "
+        f"# OOD evaluation\n\nbundle `{manifest.bundle_id}`; ID test {len(id_scores[names[0]])} images "
         f"(classifier accuracy {accuracy_text}); OOD: {counts}\n\n"
     )
     markdown = header + to_markdown(rows, sets)
@@ -179,12 +179,12 @@ def evaluate(
     target.join(EVALUATION_JSON).write_bytes(
         json.dumps(
             {
-                "bundle_id": manifest["bundle_id"],
+                "bundle_id": manifest.bundle_id,
                 "id": id_uri,
                 "ood": oods,
                 "near": sorted(near),
                 "id_accuracy": accuracy,
-                "heldout_accuracy": manifest.get("heldout_accuracy"),
+                "heldout_accuracy": manifest.heldout_accuracy,
                 "rows_per_s": summary["timings"]["rows_per_s"],
                 "report": report_uri,
             },

@@ -43,7 +43,7 @@ TINY_TRAIN = {
     "augment": ["crop"],
     "backbone": {"epochs": 4, "batch_size": 64, "lr": 0.05, "checkpoint_every": 2},
     "layerwise": {"epochs": 40, "batch_size": 64, "lr": 0.002, "checkpoint_every": 20},
-    "ddpm": {"epochs": 2, "batch_size": 64, "lr": 0.001, "warmup_steps": 5},
+    "ddp": {"epochs": 2, "batch_size": 64, "lr": 0.001, "warmup_steps": 5},
 }
 
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE, BundleError, new_manifest
+from rayood.bundle import BundleError, new_manifest
 from rayood.bundle_files import BundleFiles
 from rayood.config import ModelSettings, MultiscaleSettings
 from rayood.detectors.knn import ExactSearch, IvfSearch, normalise
 from rayood.detectors.multiscale import MultiscaleDetector, load, write_bank
+from rayood.detectors.registry import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE
 from rayood.storage import resolve
 
 ROWS, REGIONS, DIM = 600, 6, 16
@@ -25,25 +26,27 @@ def _bank() -> np.ndarray:
 def _write(uri: str, search: MultiscaleSettings) -> tuple:
     bundle = resolve(uri)
     kind = write_bank(bundle, _bank(), search, seed=0)
+    written = {info.path.rsplit("/", 1)[-1] for info in bundle.list_files()}
     manifest = new_manifest(
         ModelSettings(multiscale=search),
         ["a", "b"],
         [8, DIM],
         DIM,
-        ["knn", "multiscale"],
-        (ROWS, REGIONS, DIM),
-        bank_index=kind,
+        written,
+        facts={"multiscale": {"bank_rows": ROWS, "regions": REGIONS, "index": kind}},
     )
     return bundle, manifest
 
 
 def read_multiscale(bundle, manifest, search: MultiscaleSettings) -> MultiscaleDetector:
-    return load(BundleFiles(bundle, manifest, ModelSettings(multiscale=search)))
+    return load(
+        BundleFiles(bundle, manifest.model_copy(update={"model": ModelSettings(multiscale=search)}), "multiscale")
+    )
 
 
 def test_a_local_exact_bank_is_memory_mapped_from_the_bundle(tmp_path):
     bundle, manifest = _write(str(tmp_path), MultiscaleSettings())
-    assert manifest["files"]["multiscale_bank"] == BANK_FILE
+    assert manifest.family("multiscale").files == (BANK_FILE,)
     detector = read_multiscale(bundle, manifest, MultiscaleSettings())
     assert isinstance(detector.mixed, ExactSearch) and isinstance(detector.mixed.bank, np.memmap)
     assert detector.mixed.bank.filename == str(tmp_path / BANK_FILE)
@@ -55,7 +58,7 @@ def test_a_remote_bank_is_mapped_from_one_cached_copy_per_node(tmp_path, monkeyp
     monkeypatch.setenv("RAYOOD_CACHE", str(tmp_path / "cache"))
     bundle, manifest = _write("memory://rayood-test/bank-bundle", MultiscaleSettings())
     first = read_multiscale(bundle, manifest, MultiscaleSettings()).mixed.bank
-    cached = tmp_path / "cache" / "bundles" / manifest["bundle_id"] / BANK_FILE
+    cached = tmp_path / "cache" / "bundles" / manifest.bundle_id / BANK_FILE
     assert first.filename == str(cached)
     written = cached.stat().st_mtime_ns
     second = read_multiscale(bundle, manifest, MultiscaleSettings()).mixed.bank
@@ -66,7 +69,7 @@ def test_a_remote_bank_is_mapped_from_one_cached_copy_per_node(tmp_path, monkeyp
 def test_an_ivf_bank_is_stored_as_two_indexes_and_scores_like_the_exact_one(tmp_path):
     search = MultiscaleSettings(index="ivf", ivf_lists=8, ivf_probe=8)  # every cell probed: exact answers
     bundle, manifest = _write(str(tmp_path / "ivf"), search)
-    assert {MULTISCALE_INDEX_FILE, KNN_INDEX_FILE} <= set(manifest["files"].values())
+    assert manifest.family("multiscale").files == (MULTISCALE_INDEX_FILE, KNN_INDEX_FILE)
     assert not (tmp_path / "ivf" / BANK_FILE).exists()
     approximate = read_multiscale(bundle, manifest, search)
     assert isinstance(approximate.mixed, IvfSearch) and approximate.mixed.rows == ROWS * REGIONS

@@ -8,9 +8,7 @@ import torch
 
 from rayood.bundle import (
     BACKBONE_FILE,
-    DDPM_FILE,
-    LAYERWISE_FILE,
-    MAHALANOBIS_FILE,
+    CALIBRATION_FILE,
     MANIFEST,
     BundleError,
     check_bundle_target,
@@ -25,6 +23,8 @@ from rayood.bundle_models import load_bundle
 from rayood.config import ConfigError, ModelSettings
 from rayood.detectors import mahalanobis
 from rayood.detectors.multiscale import write_bank
+from rayood.detectors.registry import DDP_FILE, LAYERWISE_FILE, MAHALANOBIS_FILE
+from rayood.manifest import CalibrationRecord
 from rayood.models.backbones import build_backbone
 from rayood.models.diffusion import build_denoiser
 from rayood.models.unet import build_unet
@@ -37,33 +37,42 @@ SETTINGS = ModelSettings.model_validate(
         "ddp": {"base_channels": 8, "channel_mults": [1, 2]},
     }
 )
-SCORES = ["msp", "layerwise_mse"]
+SCORES = ["msp", "energy", "maxlogit", "mahalanobis", "layerwise_mse", "layerwise_mfsim", "knn", "multiscale", "ddp"]
 
 
-def make_bundle(path, settings=SETTINGS, calibrated=True, scores=SCORES):
+def make_bundle(path, settings=SETTINGS, calibrated=True):
+    """A bundle of untrained weights with every file its settings' families read, written the way a fit does."""
     backbone = build_backbone(settings.backbone, settings.preprocess, 3)
     dims = backbone.stage_dims()
     location = resolve(str(path))
     write_file(location, BACKBONE_FILE, state_dict_bytes(backbone.state_dict()))
     write_file(location, LAYERWISE_FILE, state_dict_bytes(build_denoiser(settings, sum(dims)).state_dict()))
-    write_file(location, DDPM_FILE, state_dict_bytes(build_unet(settings, 3).state_dict()))
+    write_file(location, DDP_FILE, state_dict_bytes(build_unet(settings, 3).state_dict()))
     bank = np.random.default_rng(0).normal(size=(12, 6, dims[-1])).astype(np.float32)
-    write_bank(location, bank, settings.multiscale, seed=0)
+    kind = write_bank(location, bank, settings.multiscale, seed=0)
     mahalanobis.write(location, np.zeros((3, dims[-1])), np.eye(dims[-1]))
-    manifest = new_manifest(settings, ["a", "b", "c"], dims, dims[-1], scores, bank.shape)
+    written = {p.name for p in path.iterdir()}
+    facts = {"multiscale": {"bank_rows": 12, "regions": 6, "index": kind}}
+    manifest = new_manifest(settings, ["a", "b", "c"], dims, dims[-1], written, facts)
     if calibrated:
-        write_calibration(location, {name: np.arange(5.0) for name in scores})
-        manifest["calibration"] = {"file": "calibration.parquet", "rows": 5}
+        write_calibration(location, {name: np.arange(5.0) for name in manifest.scores})
+        manifest = manifest.model_copy(update={"calibration": CalibrationRecord(file=CALIBRATION_FILE, rows=5)})
     write_manifest(location, manifest)
     return location, manifest
+
+
+def with_settings(bundle, settings: ModelSettings):
+    """The same loaded weights, scored under other settings."""
+    return dataclasses.replace(bundle, manifest=bundle.manifest.model_copy(update={"model": settings}))
 
 
 def test_round_trip(tmp_path):
     _, manifest = make_bundle(tmp_path)
     bundle = load_bundle(str(tmp_path))
-    assert bundle.bundle_id == manifest["bundle_id"] and bundle.score_names == SCORES
+    assert bundle.bundle_id == manifest.bundle_id and bundle.score_names == SCORES
+    assert bundle.manifest == manifest
     np.testing.assert_array_equal(bundle.calibration["msp"], np.arange(5.0))
-    assert torch.__version__.startswith(bundle.manifest["versions"]["torch"])  # the wheel's version, no build tag
+    assert torch.__version__.startswith(bundle.manifest.versions["torch"])  # the wheel's version, no build tag
 
 
 def test_missing_bundle_is_a_clear_error(tmp_path):
@@ -88,7 +97,7 @@ def test_weights_that_do_not_match_the_manifest_are_refused(tmp_path):
         load_bundle(str(tmp_path))
 
 
-@pytest.mark.parametrize("name", [LAYERWISE_FILE, DDPM_FILE, MAHALANOBIS_FILE])
+@pytest.mark.parametrize("name", [LAYERWISE_FILE, DDP_FILE, MAHALANOBIS_FILE])
 def test_missing_weight_file_is_refused(tmp_path, name):
     make_bundle(tmp_path)
     (tmp_path / name).unlink()
@@ -119,7 +128,7 @@ def test_bank_shape_is_checked(tmp_path):
 
 def test_format_version_is_checked(tmp_path):
     location, manifest = make_bundle(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest.model_dump(mode="json"), "format_version": 99}))
     with pytest.raises(BundleError, match="format_version 99"):
         load_bundle(str(tmp_path))
 
@@ -131,7 +140,8 @@ DAMAGED_MANIFESTS = {
         "model": {**m["model"], "ddp": {**m["model"]["ddp"], "channel_mults": [0, -1]}},
     },
     "huge widths": lambda m: {**m, "model": {**m["model"], "backbone": {**m["model"]["backbone"], "widths": [10**7]}}},
-    "class names that do not match": lambda m: {**m, "class_names": ["a"]},
+    "a score in two families": lambda m: {**m, "detectors": [*m["detectors"], {**m["detectors"][0], "family": "x"}]},
+    "a family without a module": lambda m: {**m, "detectors": [{**m["detectors"][0], "module": "../evil"}]},
     "unknown model field": lambda m: {**m, "model": {**m["model"], "surprise": 1}},
     "not an object": lambda m: [m],
 }
@@ -145,7 +155,7 @@ DAMAGED_FILES = {
 @pytest.mark.parametrize("damage", DAMAGED_MANIFESTS)
 def test_a_damaged_manifest_is_one_clear_bundle_error(tmp_path, damage):
     location, manifest = make_bundle(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps(DAMAGED_MANIFESTS[damage](manifest)))
+    (tmp_path / "manifest.json").write_text(json.dumps(DAMAGED_MANIFESTS[damage](manifest.model_dump(mode="json"))))
     with pytest.raises(BundleError, match="manifest"):
         load_bundle(str(tmp_path))
 
@@ -190,7 +200,7 @@ def test_train_job_refuses_a_foreign_output_before_any_cluster_work(demo_data, t
 
 
 def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_features_alone(tmp_path):
-    from rayood.detectors.baselines import classifier_scores
+    from rayood.detectors.classifier import classifier_scores
     from rayood.scoring.scorer import Scorer
 
     small_k = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
@@ -199,7 +209,7 @@ def test_flip_tta_averages_the_classifier_logits_over_the_mirror_and_leaves_the_
     )
     make_bundle(tmp_path, flipped)
     bundle = load_bundle(str(tmp_path))
-    plain = Scorer(dataclasses.replace(load_bundle(str(tmp_path)), settings=small_k), torch.device("cpu"))
+    plain = Scorer(with_settings(load_bundle(str(tmp_path)), small_k), torch.device("cpu"))
     pixels = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
     ids = [f"i{n}" for n in range(4)]
     scored = Scorer(bundle, torch.device("cpu")).score(pixels, ids)
@@ -221,14 +231,14 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
 
     from rayood.data.decode import pixels_to_column
     from rayood.scoring.scorer import Scorer
-    from rayood.train.references import FeatureRows
+    from rayood.train.references import FeatureRows, streaming_fits
 
     plain = ModelSettings.model_validate({**SETTINGS.model_dump(), "multiscale": {"k": 3, "knn_k": 3}})
     averaged = ModelSettings.model_validate(
         {**plain.model_dump(), "multiscale": {"k": 3, "knn_k": 3, "flip_average": True}}
     )
-    location, manifest = make_bundle(tmp_path, averaged, scores=["msp", "knn", "multiscale"])
-    bank = np.random.default_rng(0).normal(size=(12, 6, manifest["stage_dims"][-1])).astype(np.float32)
+    location, manifest = make_bundle(tmp_path, averaged)
+    bank = np.random.default_rng(0).normal(size=(12, 6, manifest.feature_dim)).astype(np.float32)
     write_bank(
         location, bank / np.linalg.norm(bank, axis=-1, keepdims=True), averaged.multiscale, seed=0
     )  # unit rows, as fitted
@@ -239,7 +249,7 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     scored = Scorer(bundle, torch.device("cpu")).score(pixels, ids)
     for name in ("knn", "multiscale"):
         np.testing.assert_allclose(scored.scores[name][:3], scored.scores[name][3:], rtol=1e-5)
-    unaveraged_bundle = dataclasses.replace(load_bundle(str(tmp_path)), settings=plain)
+    unaveraged_bundle = with_settings(load_bundle(str(tmp_path)), plain)
     unaveraged_bundle.detectors["multiscale"].settings = plain.multiscale  # the same bank, searched without the mirror
     unaveraged = Scorer(unaveraged_bundle, torch.device("cpu")).score(pixels, ids)
     assert not np.allclose(unaveraged.scores["knn"][:3], unaveraged.scores["knn"][3:], rtol=1e-5)
@@ -250,9 +260,15 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
     batch = pa.table({"pixels": pixels_to_column(pixels), "label": ["a", "b", "c"] * 2, "id": ids})
     backbone_file = str(tmp_path / BACKBONE_FILE)
     regions = {
-        name: FeatureRows(settings.model_dump(mode="json"), ["a", "b", "c"], "label", backbone_file, None, "cpu")(
-            batch
-        )["multiscale/regions"]
+        name: FeatureRows(
+            settings.model_dump(mode="json"),
+            ["a", "b", "c"],
+            "label",
+            backbone_file,
+            None,
+            "cpu",
+            streaming=streaming_fits(settings),
+        )(batch)["multiscale/regions"]
         for name, settings in (("averaged", averaged), ("plain", plain))
     }
     np.testing.assert_allclose(regions["averaged"][:3, 0], regions["averaged"][3:, 0], rtol=1e-5, atol=1e-6)
@@ -260,20 +276,3 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
         np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6
     )
     assert not np.allclose(regions["plain"][:3, 0], regions["plain"][3:, 0], rtol=1e-5)
-
-
-def test_bundles_from_before_the_normalisation_setting_keep_raw_mahalanobis(tmp_path):
-    location, manifest = make_bundle(tmp_path)
-    del manifest["model"]["mahalanobis"]
-    write_manifest(location, manifest)
-    assert load_bundle(str(tmp_path)).detectors["mahalanobis"].normalise is False
-    assert make_bundle(tmp_path / "new")[1]["model"]["mahalanobis"]["normalise"] is True
-    assert load_bundle(str(tmp_path / "new")).detectors["mahalanobis"].normalise is True
-
-
-def test_banks_from_before_the_global_vector_setting_keep_the_mean_global_vector(tmp_path):
-    location, manifest = make_bundle(tmp_path)
-    del manifest["model"]["multiscale"]["global_vector"]
-    write_manifest(location, manifest)
-    assert load_bundle(str(tmp_path)).settings.multiscale.global_vector == "mean"
-    assert make_bundle(tmp_path / "new")[1]["model"]["multiscale"]["global_vector"] == "penultimate"

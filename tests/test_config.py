@@ -27,12 +27,11 @@ def test_demo_config_is_valid():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in Path("configs").glob("*.yaml")))
 def test_every_shipped_config_is_valid_and_its_decision_score_exists(name):
-    from rayood.bundle import report_scores
-    from rayood.detectors.registry import score_names
+    from rayood.bundle import new_manifest
 
     config = load_config(Path("configs") / name)
-    scores = report_scores({"scores": score_names(config.model), "fusion": config.model.fusion.enabled})
-    assert config.screen.decision.score in scores
+    manifest = new_manifest(config.model, ["a", "b"], [8, 16], 16, written=())
+    assert config.screen.decision.score in manifest.report_scores
 
 
 def test_fusion_scores_must_be_scores_of_the_model(tmp_path):
@@ -96,9 +95,11 @@ def test_command_line_overrides_are_validated():
 
 
 def test_fingerprint_changes_with_settings():
+    from rayood.train.stages import stage_fingerprint
+
     a = parse_config({})
     b = parse_config({"train": {"seed": 1}})
-    assert a.stage_fingerprint("backbone") != b.stage_fingerprint("backbone")
+    assert stage_fingerprint(a, "backbone") != stage_fingerprint(b, "backbone")
     elsewhere = parse_config(
         {
             "train": {
@@ -111,25 +112,33 @@ def test_fingerprint_changes_with_settings():
             }
         }
     )
-    assert a.stage_fingerprint("backbone") == elsewhere.stage_fingerprint("backbone"), (
+    assert stage_fingerprint(a, "backbone") == stage_fingerprint(elsewhere, "backbone"), (
         "the destination does not change the fit"
     )
 
 
 def test_stage_fingerprints_follow_what_each_stage_reads():
+    from rayood.train.stages import stage_fingerprint
+
     base = parse_config({})
     denoiser = parse_config({"train": {"layerwise": {"epochs": 3}}})
-    assert base.stage_fingerprint("backbone") == denoiser.stage_fingerprint("backbone")
-    assert base.stage_fingerprint("layerwise") != denoiser.stage_fingerprint("layerwise")
+    assert stage_fingerprint(base, "backbone") == stage_fingerprint(denoiser, "backbone")
+    assert stage_fingerprint(base, "layerwise") != stage_fingerprint(denoiser, "layerwise")
     backbone = parse_config({"model": {"backbone": {"widths": [8, 8, 8, 8]}}})
-    assert base.stage_fingerprint("layerwise") != backbone.stage_fingerprint("layerwise"), "it reads the backbone"
-    assert base.stage_fingerprint("ddpm") == backbone.stage_fingerprint("ddpm")
+    assert stage_fingerprint(base, "layerwise") != stage_fingerprint(backbone, "layerwise"), "it reads the backbone"
+    assert stage_fingerprint(base, "ddp") == stage_fingerprint(backbone, "ddp")
     test_time = parse_config(
         {"model": {"ddp": {"draws": 3, "stride": 40}, "layerwise": {"noise_level": 5}, "backbone": {"flip_tta": True}}}
     )
-    assert all(base.stage_fingerprint(s) == test_time.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
+    assert all(stage_fingerprint(base, s) == stage_fingerprint(test_time, s) for s in ("backbone", "layerwise", "ddp"))
     data = parse_config({"train": {"data": ["other.parquet"]}})
-    assert all(base.stage_fingerprint(s) != data.stage_fingerprint(s) for s in ("backbone", "layerwise", "ddpm"))
+    assert all(stage_fingerprint(base, s) != stage_fingerprint(data, s) for s in ("backbone", "layerwise", "ddp"))
+
+
+def test_a_moved_key_fails_with_its_new_name():
+    with pytest.raises(ConfigError, match=r"train\.ddpm is now train\.ddp"):
+        parse_config({"train": {"ddpm": {"epochs": 3}}})
+    assert parse_config({"train": {"ddp": {"epochs": 3}}}).train.ddp.epochs == 3
 
 
 def test_s3_secrets_never_travel_inside_the_pickled_filesystem(monkeypatch):
@@ -184,7 +193,7 @@ EMA_CODE = [("rayood/train/harness.py", {"EmaRun"})]
         (BackboneOptimSettings, BACKBONE_CODE),
         (EmaOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"head_loop"})]),
         (EmaOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"layerwise_loop"})]),
-        (DiffusionOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"ddpm_loop"})]),
+        (DiffusionOptimSettings, [*EMA_CODE, ("rayood/train/loops.py", {"ddp_loop"})]),
     ],
 )
 def test_every_optimiser_setting_is_read_by_the_loop_it_configures(settings, code):

@@ -73,10 +73,10 @@ def test_max_pixels_above_pils_own_bomb_limit_takes_effect():
 
 
 def test_screening_limits_come_from_the_screen_config_else_the_bundle():
-    from rayood.config import ScreenSettings
+    from rayood.config import PreprocessSettings, ScreenSettings
     from rayood.screen.pipeline import screening_limits
 
-    bundle = {"max_bytes": 1000, "max_pixels": 2000}
+    bundle = PreprocessSettings(max_bytes=1000, max_pixels=2000)
     assert screening_limits(ScreenSettings(), bundle, ("png",)) == DecodeLimits(1000, 2000, ("PNG",))
     assert screening_limits(ScreenSettings(max_pixels=5), bundle, ("png",)) == DecodeLimits(1000, 5, ("PNG",))
 

@@ -34,7 +34,7 @@ def _pixels(n: int) -> np.ndarray:
 
 
 def test_every_registered_family_loads_and_scores_exactly_its_names(tmp_path):
-    make_bundle(tmp_path, WITH_DDP, scores=registry.score_names(WITH_DDP))
+    make_bundle(tmp_path, WITH_DDP)
     bundle = load_bundle(str(tmp_path))
     assert list(bundle.detectors) == [spec.family for spec in registry.REGISTRY]
     view = ScoringView.of(bundle.backbone, torch.rand(4, 3, 32, 32), ["a", "b", "c", "d"], bundle.settings)
@@ -49,13 +49,13 @@ def test_every_registered_family_loads_and_scores_exactly_its_names(tmp_path):
 
 @pytest.mark.parametrize("settings, family", [(SMALL_K, "ddp"), (NO_LAYERWISE, "layerwise"), (SMALL_K, "rotation")])
 def test_a_family_the_settings_disable_is_neither_loaded_nor_named(tmp_path, settings, family):
-    make_bundle(tmp_path, settings, scores=registry.score_names(settings))
+    make_bundle(tmp_path, settings)
     bundle = load_bundle(str(tmp_path))
-    assert family not in bundle.detectors and family not in bundle.manifest["files"]
+    assert family not in bundle.detectors and family not in [record.family for record in bundle.manifest.detectors]
     assert not any(name.startswith(family) for name in registry.score_names(settings))
     view = ScoringView.of(bundle.backbone, torch.rand(2, 3, 32, 32), ["a", "b"], bundle.settings)
     assert {name for detector in bundle.detectors.values() for name in detector.score(view)} == set(
-        bundle.manifest["scores"]
+        bundle.manifest.scores
     )
 
 
@@ -81,7 +81,7 @@ def test_a_new_detector_needs_one_module_and_one_registry_line(tmp_path, monkeyp
     monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, line))
     names = registry.score_names(SMALL_K)
     assert names[-1] == "feature_norm"
-    make_bundle(tmp_path, SMALL_K, scores=names)
+    make_bundle(tmp_path, SMALL_K)
     bundle = load_bundle(str(tmp_path))
     pixels = _pixels(3)
     scored = Scorer(bundle, torch.device("cpu")).score(pixels, ["a", "b", "c"])
@@ -93,6 +93,6 @@ def test_a_new_detector_needs_one_module_and_one_registry_line(tmp_path, monkeyp
 def test_a_registry_module_without_a_loader_fails_loudly(tmp_path, monkeypatch):
     line = registry.DetectorSpec("broken", "rayood.detectors.knn", lambda settings: ("broken",))
     monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, line))
-    make_bundle(tmp_path, SMALL_K, scores=registry.score_names(SMALL_K))
+    make_bundle(tmp_path, SMALL_K)
     with pytest.raises(AttributeError, match="load"):
         load_bundle(str(tmp_path))

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from rayood.config import LayerwiseSettings
-from rayood.detectors.baselines import classifier_scores
 from rayood.detectors.calibrate import conformal_pvalues, threshold
+from rayood.detectors.classifier import classifier_scores
 from rayood.detectors.layerwise import LayerwiseDetector, layer_features, mfsim_score, mse_score
 from rayood.evaluation.metrics import auroc, detection_metrics, fpr_at_95_tpr
 from rayood.models.diffusion import FeatureDenoiser

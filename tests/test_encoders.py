@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from rayood.bundle import read_manifest
 from rayood.config import BackboneSettings, ConfigError, PreprocessSettings, parse_config
 from rayood.models.backbones import build_backbone, load_matching
 from rayood.report.columns import STATUS_OK
@@ -201,8 +202,12 @@ def test_a_frozen_encoder_fits_unlabelled_id_data_without_the_classifier_scores(
     )
     fit(config)
     manifest = json.load(open(f"{bundle}/manifest.json"))
-    assert manifest["scores"] == ["mahalanobis", "knn", "multiscale"]
-    assert manifest["num_classes"] == 1 and manifest["heldout_accuracy"] is None and "head" not in manifest["training"]
+    assert read_manifest(bundle).scores == ["mahalanobis", "knn", "multiscale"]
+    assert (
+        manifest["class_names"] == ["id"]
+        and manifest["heldout_accuracy"] is None
+        and "head" not in manifest["training"]
+    )
     assert set(manifest["training"]["features"]["columns"]) == {"id", "class"}
     assert manifest["fusion"]["kinds"] == ["blur", "patch_shuffle", "pixel_permute", "rotate"]
     summary, _ = screen(config)

@@ -19,6 +19,7 @@ from rayood import http_spool
 from rayood.bundle import new_manifest, read_calibration, read_manifest, write_calibration, write_manifest
 from rayood.config import CorpusSettings, ModelSettings
 from rayood.data.sources import InputError, plan_sources
+from rayood.manifest import CalibrationRecord
 from rayood.screen.pipeline import screen
 from rayood.storage import StorageError, redacted, resolve
 from tests.conftest import tiny_config
@@ -43,12 +44,11 @@ def test_an_fsspec_uri_reads_writes_and_lists_like_a_local_path():
 def test_a_bundle_manifest_and_calibration_on_an_fsspec_uri():
     uri = "memory://rayood-test/bundle"
     bundle = resolve(uri)
-    settings = ModelSettings()
-    write_calibration(bundle, {"msp": np.arange(4.0)})
-    manifest = new_manifest(settings, ["a", "b"], [8, 16], 16, ["msp"], (3, 6))
-    manifest["calibration"] = {"rows": 4}
+    manifest = new_manifest(ModelSettings(), ["a", "b"], [8, 16], 16, written=())
+    write_calibration(bundle, {name: np.arange(4.0) for name in manifest.scores})
+    manifest = manifest.model_copy(update={"calibration": CalibrationRecord(file="calibration.parquet", rows=4)})
     write_manifest(bundle, manifest)
-    assert read_manifest(uri)["bundle_id"] == manifest["bundle_id"]
+    assert read_manifest(uri) == manifest
     np.testing.assert_array_equal(read_calibration(uri)["msp"], np.arange(4.0))
 
 

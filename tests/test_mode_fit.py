@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE
+from rayood.bundle import read_manifest
 from rayood.config import ConfigError, parse_config
+from rayood.detectors.registry import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE
 from rayood.screen.pipeline import screen
 from rayood.train.fit import fit
 from tests.conftest import NO_LAYERWISE, tiny_config
@@ -41,7 +42,9 @@ def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_p
     assert "s per epoch, about" in caplog.text and "backbone: epoch 2 of 2, loss" in caplog.text
     manifest = json.load(open(f"{bundle}/manifest.json"))
     assert manifest["training"]["backbone"]["epoch"] == 2
-    assert "layerwise" not in manifest["training"] and not any(s.startswith("layerwise") for s in manifest["scores"])
+    assert "layerwise" not in manifest["training"] and not any(
+        s.startswith("layerwise") for s in read_manifest(bundle).scores
+    )
     assert not os.path.exists(f"{bundle}/{BANK_FILE}")
     for name, vectors in ((MULTISCALE_INDEX_FILE, 6), (KNN_INDEX_FILE, 1)):
         index = faiss.read_index(f"{bundle}/{name}")

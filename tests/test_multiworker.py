@@ -44,7 +44,7 @@ def test_two_workers_split_every_stage_and_fit_a_bundle_as_good_as_one(ray_clust
     )
     manifest = json.load(open(f"{bundle}/manifest.json"))
     train_rows = manifest["data"]["train_rows"]
-    for stage in ("backbone", "layerwise", "ddpm"):
+    for stage in ("backbone", "layerwise", "ddp"):
         rows = manifest["training"][stage]["worker_rows"]
         # Ray Train splits datasets with equal=True: up to num_workers - 1 rows are left out to even the shards
         assert len(rows) == 2 and train_rows - 2 < sum(rows) <= train_rows, (stage, rows)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from rayood.bundle import read_manifest
 from rayood.config import ConfigError
 from rayood.data.sources import HIDDEN, InputError
 from rayood.evaluation.metrics import auroc
@@ -59,7 +60,7 @@ def parquet_report(tiny_bundle, demo_data, tmp_path_factory):
 
 def test_bundle_records_what_it_was_fitted_on(tiny_bundle):
     manifest = json.load(open(f"{tiny_bundle}/manifest.json"))
-    assert manifest["scores"] == SCORES
+    assert read_manifest(tiny_bundle).scores == SCORES
     assert manifest["class_names"] == ["0", "1", "2", "3", "4"]
     data = manifest["data"]
     assert data["train_rows"] + data["calibration_rows"] + data["error_rows"] == data["rows"]
@@ -105,7 +106,7 @@ def test_embedding_column_holds_the_penultimate_features(tiny_bundle, tmp_path):
     report = read_report(tmp_path / "out")
     bundle = load_bundle(tiny_bundle)
     embedding = report.column("embedding")
-    assert str(embedding.type) == f"fixed_size_list<element: halffloat>[{bundle.manifest['stage_dims'][-1]}]"
+    assert str(embedding.type) == f"fixed_size_list<element: halffloat>[{bundle.manifest.feature_dim}]"
     rows = report.to_pylist()
     for row in rows:
         if row["status"] != "ok":
@@ -252,9 +253,7 @@ def test_a_scoring_actor_refuses_a_bundle_replaced_since_the_run_was_planned(tin
     from rayood.scoring.actor import ScoreActor
 
     planned = json.load(open(f"{tiny_bundle}/manifest.json"))["bundle_id"]
-    assert (
-        ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.manifest["bundle_id"] == planned
-    )
+    assert ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id=planned).bundle.bundle_id == planned
     with pytest.raises(BundleError, match=f"is now {planned}, but this run screens with 0123abcd"):
         ScoreActor(bundle_uri=tiny_bundle, s3=S3Settings(), bundle_id="0123abcd")
 

@@ -7,15 +7,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rayood.bundle import BACKBONE_FILE, BANK_FILE, MAHALANOBIS_FILE
+from rayood.bundle import BACKBONE_FILE
 from rayood.bundle_files import state_dict_bytes
 from rayood.config import ModelSettings
 from rayood.data.decode import pixels_to_column
 from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
 from rayood.detectors.multiscale import search_vectors
+from rayood.detectors.registry import BANK_FILE, MAHALANOBIS_FILE
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.storage import resolve
-from rayood.train.references import STREAMING, FeatureRows
+from rayood.train.references import FeatureRows, new_fit, streaming_fits
 
 SETTINGS = ModelSettings.model_validate(
     {"backbone": {"widths": [4, 8], "blocks": [1, 1]}, "multiscale": {"k": 2, "knn_k": 2, "bank_fraction": 0.5}}
@@ -29,10 +30,18 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     labels = ["a", "b", "c", "a"] * 10
     ids = [f"row-{i}" for i in range(40)]
     (tmp_path / BACKBONE_FILE).write_bytes(state_dict_bytes(backbone.state_dict()))
+    streaming = streaming_fits(SETTINGS)
+    assert set(streaming) == {"mahalanobis", "multiscale"}
     actor = FeatureRows(
-        SETTINGS.model_dump(mode="json"), ["a", "b", "c"], "label", str(tmp_path / BACKBONE_FILE), None, "cpu"
+        SETTINGS.model_dump(mode="json"),
+        ["a", "b", "c"],
+        "label",
+        str(tmp_path / BACKBONE_FILE),
+        None,
+        "cpu",
+        streaming=streaming,
     )
-    fits = {family: make(SETTINGS, 0, 3, str(tmp_path)) for family, make in STREAMING.items()}
+    fits = {family: new_fit(path, SETTINGS, 0, 3, str(tmp_path)) for family, path in streaming.items()}
     in_bank = []
     for start in (0, 16, 32):  # uneven batches, as Ray Data hands them over
         batch = pa.table(
@@ -53,7 +62,7 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
         features = backbone.features(uint8_to_unit(torch.from_numpy(pixels.copy())))
     kept = np.concatenate(in_bank)
     assert 0 < kept.sum() < 40  # bank_fraction 0.5 kept some rows, not all
-    assert facts["multiscale"] == {"bank_shape": (int(kept.sum()), 6, 8), "bank_index": "exact"}
+    assert facts["multiscale"] == {"bank_rows": int(kept.sum()), "regions": 6, "index": "exact"}
     bank = np.load(tmp_path / "bundle" / BANK_FILE)
     np.testing.assert_allclose(
         bank, search_vectors(features, None, SETTINGS.multiscale).numpy()[kept], rtol=1e-5, atol=1e-6

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from rayood.bundle import read_manifest
 from rayood.config import BackboneOptimSettings, ConfigError, ModelSettings, parse_config
 from rayood.detectors.rotation import rotation_score
 from rayood.detectors.synthetic import KINDS, evidence_kinds, synthetic_outliers
@@ -109,7 +110,8 @@ def test_a_rotation_bundle_fits_with_ray_train_and_screens_the_rotation_score(ra
     )
     fit(config)
     manifest = json.load(open(f"{bundle}/manifest.json"))
-    assert "rotation" in manifest["scores"] and manifest["scores"].index("rotation") == 3  # after the classifier's
+    scores = read_manifest(bundle).scores
+    assert "rotation" in scores and scores.index("rotation") == 3  # after the classifier's
     assert manifest["fusion"]["kinds"] == sorted(set(KINDS) - {"rotate"})  # taught to it: no evidence
     summary, _ = screen(config)
     report = pads.dataset(f"{tmp_path}/report/rows").to_table()

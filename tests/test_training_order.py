@@ -117,7 +117,7 @@ def test_a_second_fit_of_one_config_gives_the_same_backbone_and_a_bank_fraction_
 
 
 def test_an_id_sample_is_stable_nested_and_independent_of_the_calibration_split():
-    from rayood.train.id_sample import in_sample
+    from rayood.data.id_sample import in_sample
 
     ids = [f"image-{n:05d}" for n in range(20_000)]
     half = {i for i in ids if in_sample(i, 0.5, seed=0, salt="bank")}

@@ -117,13 +117,11 @@ def run_audit(config: RayoodConfig, request: AuditRequest, screen: Screen) -> tu
         by = request.by if side == "target" else None
         if is_finished_report(resolve(uri, config.s3)):
             reports[side] = _check_report(
-                FinishedReport.open(uri, config.s3, f"--{side}"), manifest["bundle_id"], f"--{side}", by
+                FinishedReport.open(uri, config.s3, f"--{side}"), manifest.bundle_id, f"--{side}", by
             )
             continue
         earlier = (
-            None
-            if request.overwrite
-            else _earlier_screening(output.join(side), uri, manifest["bundle_id"], by, config.s3)
+            None if request.overwrite else _earlier_screening(output.join(side), uri, manifest.bundle_id, by, config.s3)
         )
         if earlier is not None:
             log.info("reusing this audit's earlier screening of %s at %s", uri, earlier.uri)
@@ -145,13 +143,13 @@ def run_audit(config: RayoodConfig, request: AuditRequest, screen: Screen) -> tu
         calibration_rows={name: int(values.size) for name, values in calibration.items()},
     )
     result["verdict"] = drift_verdict(result, request.level)
-    preprocess = manifest["model"]["preprocess"]
+    preprocess = manifest.model.preprocess
     thumbnails = attach_thumbnails(
         most_ood(target_rows, result["decision_score"], request.thumbnails),
         config.corpus,
         config.s3,
-        size=preprocess["native_size"],
-        limits=DecodeLimits(preprocess["max_bytes"], preprocess["max_pixels"]),
+        size=preprocess.native_size,
+        limits=DecodeLimits(preprocess.max_bytes, preprocess.max_pixels),
     )
     result["most_ood"] = [{k: v for k, v in row.items() if k != "thumbnail"} for row in thumbnails]
     labels = groups_of(target_rows, request.by) if request.by else None

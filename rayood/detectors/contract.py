@@ -3,8 +3,8 @@
 A detector holds its hyper-parameters (from ``ModelSettings``) and what fitting learned (weights, banks,
 statistics), reads them from its own bundle file(s) in a module-level ``load(files)``, and scores one
 ``ScoringView``: the batch's images and ids with one backbone pass (and its mirror) that every detector shares,
-so adding a detector never adds a backbone pass. ``registry.py`` lists the families; the scorer, the bundle
-loader, the score names, calibration and fusion iterate over it.
+so adding a detector never adds a backbone pass. ``registry.py`` declares the families; a bundle's manifest records
+the ones it holds, and the bundle loader, the scorer, calibration and fusion iterate over those.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
+from rayood.bundle import BundleError
 from rayood.bundle_files import BundleFiles
 from rayood.config import ModelSettings
-from rayood.detectors.registry import enabled_detectors
+from rayood.manifest import Manifest
 from rayood.models.backbones import FeatureBackbone, Features
+from rayood.storage import Location
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,35 @@ class Detector(Protocol):
         ...
 
 
-def load_detectors(files: BundleFiles) -> dict[str, Detector]:
-    """Every detector the bundle's settings enable, by family, in report column order."""
-    return {spec.family: importlib.import_module(spec.module).load(files) for spec in enabled_detectors(files.settings)}
+class StreamingFit(Protocol):
+    """A family fitted by the fit's feature pass (``rayood.train.references``): constructed with (model settings,
+    seed, number of classes, a scratch directory on the driver or None in an actor)."""
+
+    def rows(
+        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """In an actor: one batch's per-row arrays (``classes``: each row's class index)."""
+        ...
+
+    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
+        """On the driver: take one batch's arrays."""
+        ...
+
+    def finish(self, bundle: Location) -> dict:
+        """Write the family's bundle files; returns the facts the manifest records for it."""
+        ...
+
+
+def load_detectors(location: Location, manifest: Manifest) -> dict[str, Detector]:
+    """Every detector family the bundle holds, by family, in report column order, each loaded by the module its
+    record names (a bundle fitted with a family the registry of this code lacks still loads where it is installed)."""
+    detectors = {}
+    for record in manifest.detectors:
+        try:
+            module = importlib.import_module(record.module)
+        except ImportError as error:
+            raise BundleError(
+                f"bundle {location.uri}: the {record.family} detector needs {record.module}: {error}"
+            ) from None
+        detectors[record.family] = module.load(BundleFiles(location, manifest, record.family))
+    return detectors

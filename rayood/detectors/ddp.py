@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from rayood.bundle import DDPM_FILE
 from rayood.bundle_files import BundleFiles, load_state_into
 from rayood.config import DDPSettings
 from rayood.detectors.contract import ScoringView
@@ -134,6 +133,6 @@ class DDPDetector:
 
 
 def load(files: BundleFiles) -> DDPDetector:
-    unet = build_unet(files.settings, files.manifest["num_classes"])
-    load_state_into(unet, files.location.join(DDPM_FILE), "DDPM U-Net")
+    unet = build_unet(files.settings, files.manifest.num_classes)
+    load_state_into(unet, files.first_file(), "DDPM U-Net")
     return DDPDetector(unet, files.settings.ddp)

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayood.bundle import LAYERWISE_FILE
 from rayood.bundle_files import BundleFiles, load_state_into
 from rayood.config import LayerwiseSettings
 from rayood.detectors.contract import ScoringView
@@ -91,7 +90,7 @@ class LayerwiseDetector:
 
 
 def load(files: BundleFiles) -> LayerwiseDetector:
-    stage_dims = list(files.manifest["stage_dims"])
+    stage_dims = list(files.manifest.stage_dims)
     denoiser = build_denoiser(files.settings, sum(stage_dims))
-    load_state_into(denoiser, files.location.join(LAYERWISE_FILE), "layerwise denoiser")
+    load_state_into(denoiser, files.first_file(), "layerwise denoiser")
     return LayerwiseDetector(denoiser, files.settings.layerwise, stage_dims)

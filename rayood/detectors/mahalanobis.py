@@ -16,10 +16,12 @@ import io
 import numpy as np
 import torch
 
-from rayood.bundle import MAHALANOBIS_FILE, BundleError, feature_dim, write_file
+from rayood.bundle import BundleError, write_file
 from rayood.bundle_files import BundleFiles, read_arrays
+from rayood.config import ModelSettings
 from rayood.detectors.contract import ScoringView
-from rayood.detectors.registry import MAHALANOBIS
+from rayood.detectors.registry import MAHALANOBIS, MAHALANOBIS_FILE
+from rayood.models.backbones import Features
 from rayood.storage import Location
 
 
@@ -92,15 +94,37 @@ def write(bundle: Location, means: np.ndarray, precision: np.ndarray) -> None:
     write_file(bundle, MAHALANOBIS_FILE, sink.getvalue())
 
 
+class MahalanobisFit:
+    """The fit's streaming part (``StreamingFit``): class-conditional Gaussian statistics of the (normalised)
+    penultimate features of every training row."""
+
+    def __init__(self, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> None:
+        self.normalise = settings.mahalanobis.normalise
+        self.num_classes = num_classes
+        self.statistics: GaussianStatistics | None = None
+
+    def rows(
+        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {"penultimate": features.penultimate.cpu().numpy(), "classes": classes}
+
+    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
+        if self.statistics is None:
+            self.statistics = GaussianStatistics(self.num_classes, rows["penultimate"].shape[1])
+        self.statistics.partial_fit(mahalanobis_features(rows["penultimate"], self.normalise), rows["classes"])
+
+    def finish(self, bundle: Location) -> dict:
+        write(bundle, self.statistics.means(), self.statistics.precision())
+        return {}
+
+
 def load(files: BundleFiles) -> MahalanobisDetector:
-    location, manifest = files.location, files.manifest
-    arrays = read_arrays(location.join(MAHALANOBIS_FILE), ("means", "precision"))
+    location, manifest = files.first_file(), files.manifest
+    arrays = read_arrays(location, ("means", "precision"))
     means, precision = arrays["means"], arrays["precision"]
-    dim = feature_dim(manifest)
-    if means.shape != (manifest["num_classes"], dim) or precision.shape != (dim, dim):
-        raise BundleError(
-            f"{location.uri}: {MAHALANOBIS_FILE} does not match {manifest['num_classes']} classes of {dim} dims"
-        )
+    dim = manifest.feature_dim
+    if means.shape != (manifest.num_classes, dim) or precision.shape != (dim, dim):
+        raise BundleError(f"{location.uri} does not match {manifest.num_classes} classes of {dim} dims")
     return MahalanobisDetector(
         torch.from_numpy(means), torch.from_numpy(precision), files.settings.mahalanobis.normalise
     )

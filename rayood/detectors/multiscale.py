@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rayood.bundle import BANK_FILE, KNN_INDEX_FILE, MULTISCALE_INDEX_FILE, BundleError, feature_dim
+from rayood.bundle import BundleError
 from rayood.bundle_files import COPY_CHUNK, BundleFiles, local_file
-from rayood.config import MultiscaleSettings
+from rayood.config import ConfigError, ModelSettings, MultiscaleSettings
+from rayood.data.id_sample import in_sample
 from rayood.detectors.contract import ScoringView
 from rayood.detectors.knn import ExactSearch, IvfSearch, NeighbourSearch, build_ivf, normalise, read_ivf, write_ivf
-from rayood.detectors.registry import MULTISCALE
+from rayood.detectors.registry import BANK_FILE, KNN_INDEX_FILE, MULTISCALE, MULTISCALE_INDEX_FILE
 from rayood.models.backbones import Features
 from rayood.storage import Location
 
@@ -142,15 +143,58 @@ def _npy_chunks(array: np.ndarray, rows: int = 4096) -> Iterator[bytes]:
         yield np.ascontiguousarray(array[start : start + rows], dtype="<f4").tobytes()
 
 
+BANK_SALT = "bank"  # the bank's sample is independent of the calibration split
+
+
+class BankFit:
+    """The fit's streaming part (``StreamingFit``): the region vectors of the bank's sample of training rows
+    (``model.multiscale.bank_fraction``, chosen by id hash), streamed into a scratch file on the driver (a bank of
+    ImageNet at 224 px with a ResNet-50 is tens of GB) and from there into the bundle."""
+
+    def __init__(self, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> None:
+        self.search, self.seed = settings.multiscale, seed
+        self.path = os.path.join(scratch, "bank.f32") if scratch else None
+        self.count, self.region_shape = 0, None
+
+    def rows(
+        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {
+            "in_bank": np.array(
+                [in_sample(i, self.search.bank_fraction, self.seed, BANK_SALT) for i in ids], dtype=bool
+            ),
+            "regions": search_vectors(features, mirror, self.search).cpu().numpy(),
+        }
+
+    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
+        kept = rows["regions"][rows["in_bank"]].astype(np.float32)
+        with open(self.path, "ab") as sink:
+            sink.write(kept.tobytes())
+        self.count, self.region_shape = self.count + len(kept), rows["regions"].shape[1:]
+
+    def finish(self, bundle: Location) -> dict:
+        needed = max(self.search.k, self.search.knn_k)
+        if self.count < needed:
+            raise ConfigError(
+                f"model.multiscale.bank_fraction={self.search.bank_fraction} leaves {self.count} bank images, fewer "
+                f"than the k of its searches ({needed}): raise it"
+            )
+        bank = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count, *self.region_shape))
+        index = write_bank(bundle, bank, self.search, self.seed)
+        rows, regions = bank.shape[:2]
+        del bank  # the mapping, before the scratch file goes
+        return {"bank_rows": rows, "regions": regions, "index": index}
+
+
 def _mapped_bank(files: BundleFiles) -> np.ndarray:
     """The exact bank, memory-mapped copy-on-write (tensors can wrap it; pages stay shared until written)."""
-    location, manifest = files.location.join(BANK_FILE), files.manifest
+    location, facts = files.location.join(BANK_FILE), files.record.facts
     path = local_file(location, files.bundle_id)
     try:
         bank = np.load(path, mmap_mode="c", allow_pickle=False)
     except Exception as error:  # truncated, not NumPy's format, a pickle
         raise BundleError(f"{location.uri} is not readable: {type(error).__name__}: {error}") from None
-    expected = (manifest["multiscale"]["bank_rows"], manifest["multiscale"]["regions"], feature_dim(manifest))
+    expected = (facts["bank_rows"], facts["regions"], files.manifest.feature_dim)
     if bank.shape != tuple(expected) or bank.dtype != np.float32:
         raise BundleError(
             f"{files.location.uri}: {BANK_FILE} has shape {bank.shape} {bank.dtype}, "
@@ -161,23 +205,25 @@ def _mapped_bank(files: BundleFiles) -> np.ndarray:
 
 def load(files: BundleFiles) -> MultiscaleDetector:
     """The KNN and multi-scale searches over the bundle's bank: memory-mapped, exact or by index as it was written."""
-    settings, manifest = files.settings.multiscale, files.manifest
-    if "multiscale_index" not in manifest["files"]:
+    settings, facts, dim = files.settings.multiscale, files.record.facts, files.manifest.feature_dim
+    if not {"bank_rows", "regions"} <= set(facts):
+        raise BundleError(f"bundle {files.location.uri}: the multiscale record lacks the bank's shape")
+    if not files.holds(MULTISCALE_INDEX_FILE):
         return MultiscaleDetector.exact(_mapped_bank(files), settings)
     searches = []
     for name, rows in (
-        (MULTISCALE_INDEX_FILE, manifest["multiscale"]["bank_rows"] * manifest["multiscale"]["regions"]),
-        (KNN_INDEX_FILE, manifest["multiscale"]["bank_rows"]),
+        (MULTISCALE_INDEX_FILE, facts["bank_rows"] * facts["regions"]),
+        (KNN_INDEX_FILE, facts["bank_rows"]),
     ):
         location = files.location.join(name)
         try:
             search = IvfSearch(read_ivf(local_file(location, files.bundle_id)), settings.ivf_probe)
         except RuntimeError as error:  # faiss's own error for a damaged file
             raise BundleError(f"{location.uri} is not a readable faiss index: {error}") from None
-        if search.rows != rows or search.index.d != feature_dim(manifest):
+        if search.rows != rows or search.index.d != dim:
             raise BundleError(
-                f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; the manifest says "
-                f"{rows} of {manifest['stage_dims'][-1]}"
+                f"{location.uri} holds {search.rows} vectors of {search.index.d} dims; "
+                f"the manifest says {rows} of {dim}"
             )
         searches.append(search)
     return MultiscaleDetector(*searches, settings)

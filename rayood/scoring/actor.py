@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rayood.bundle import BundleError, feature_dim, fused_score
+from rayood.bundle import BundleError, fused_score
 from rayood.bundle_models import load_bundle
 from rayood.config import DecisionSettings, S3Settings
 from rayood.data.decode import pixels_from_column
@@ -52,7 +52,7 @@ class ScoreActor:
         torch.set_num_threads(max(1, cpu_threads))
         calibrated = decision is not None
         self.bundle = load_bundle(bundle_uri, s3, "cpu", require_calibration=calibrated)
-        found = self.bundle.manifest["bundle_id"]
+        found = self.bundle.bundle_id
         if bundle_id is not None and found != bundle_id:
             raise BundleError(
                 f"the bundle at {bundle_uri} is now {found}, but this run screens with {bundle_id}: it was replaced "
@@ -62,7 +62,7 @@ class ScoreActor:
         self.decision = decision
         self.passthrough = passthrough
         self.embedding = embedding
-        self.class_names = self.bundle.manifest["class_names"] if predictions else None
+        self.class_names = list(self.bundle.manifest.class_names) if predictions else None
         self.size = self.bundle.settings.preprocess.native_size
         self.names = self.bundle.report_scores if calibrated else self.bundle.score_names
         if decision is not None and decision.score not in self.names:
@@ -107,7 +107,7 @@ class ScoreActor:
         return pa.table(columns)
 
     def _embedding_column(self, embedding: np.ndarray | None, ok: np.ndarray) -> pa.Array:
-        dim = feature_dim(self.bundle.manifest)
+        dim = self.bundle.manifest.feature_dim
         full = np.zeros((len(ok), dim), dtype=np.float16)
         if embedding is not None:
             full[ok] = embedding

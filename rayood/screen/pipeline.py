@@ -24,11 +24,12 @@ import ray.data
 import ray.exceptions
 from ray.util.annotations import RayDeprecationWarning
 
-from rayood.bundle import library_versions, read_calibration, read_manifest, report_scores
-from rayood.config import ConfigError, ModelSettings, RayoodConfig, ScreenSettings
+from rayood.bundle import library_versions, read_calibration, read_manifest
+from rayood.config import ConfigError, PreprocessSettings, RayoodConfig, ScreenSettings
 from rayood.data.decode import DecodeLimits, formats_for
 from rayood.data.reader import read_decoded
 from rayood.data.sources import InputError, SourcePlan, plan_sources
+from rayood.manifest import Manifest
 from rayood.pages.report_page import ReportPageRows, write_report_page
 from rayood.report.columns import IS_OOD, KEY_COLUMNS, score_col
 from rayood.report.row_files import AttemptFilenames
@@ -116,12 +117,14 @@ def rows_per_file(batch_size: int, expected_rows: int) -> int:
     return max(batch_size, min(batch_size * BATCHES_PER_FILE, expected_rows // FILES_AT_LEAST))
 
 
-def screening_limits(settings: ScreenSettings, preprocess: dict, extensions: tuple[str, ...]) -> DecodeLimits:
+def screening_limits(
+    settings: ScreenSettings, preprocess: PreprocessSettings, extensions: tuple[str, ...]
+) -> DecodeLimits:
     """What a screening run rejects: ``screen.max_bytes`` / ``max_pixels`` where set, else the bundle's limits
     (the ones it was fitted under; a config's ``model.preprocess`` does not apply at screen time)."""
     return DecodeLimits(
-        settings.max_bytes or preprocess["max_bytes"],
-        settings.max_pixels or preprocess["max_pixels"],
+        settings.max_bytes or preprocess.max_bytes,
+        settings.max_pixels or preprocess.max_pixels,
         formats_for(extensions),
     )
 
@@ -134,18 +137,18 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
     _require(settings.bundle, "screen.bundle")
     manifest = read_manifest(settings.bundle, config.s3)
     calibration = read_calibration(settings.bundle, config.s3, manifest)
-    preprocess = manifest["model"]["preprocess"]
-    scores = report_scores(manifest)
+    preprocess = manifest.model.preprocess
+    scores = manifest.report_scores
     if settings.decision.score not in scores:
         raise ConfigError(f"screen.decision.score {settings.decision.score!r} is not one of {scores}")
-    if settings.predictions and not ModelSettings.model_validate(manifest["model"]).backbone.classifier:
+    if settings.predictions and not manifest.model.backbone.classifier:
         raise ConfigError("screen.predictions: the bundle has no classifier (it was fitted on unlabelled ID data)")
     plans = plan_sources(settings.inputs, config.corpus, config.s3, settings.passthrough_columns)
     expected_rows = sum(plan.rows for plan in plans)
     output = resolve(settings.output, config.s3)
     _output_apart_from_inputs(output, plans)
     limits = screening_limits(settings, preprocess, config.corpus.file_extensions)
-    target = ReportTarget(output, run_fingerprint(config, plans, manifest["bundle_id"]))
+    target = ReportTarget(output, run_fingerprint(config, plans, manifest.bundle_id))
     written = target.prepare(settings.overwrite)
     try:
         init_ray(config.ray)
@@ -156,7 +159,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
                 plans,
                 image_column=config.corpus.image_column,
                 id_column=config.corpus.id_column,
-                size=preprocess["native_size"],
+                size=preprocess.native_size,
                 limits=limits,
                 passthrough=settings.passthrough_columns,
                 batch_size=settings.decode_batch_size,
@@ -165,7 +168,7 @@ def screen(config: RayoodConfig) -> tuple[dict, str]:
             if decoded is None:
                 log.info("every input row is in the report already")
             else:
-                _write(_score(decoded, config, manifest["bundle_id"]), target, settings, expected_rows)
+                _write(_score(decoded, config, manifest.bundle_id), target, settings, expected_rows)
         summary = _summary(
             config, manifest, calibration, plans, target, written.rows, limits, time.perf_counter() - started
         )
@@ -223,7 +226,7 @@ def _write(scored: ray.data.Dataset, target: ReportTarget, settings: ScreenSetti
 
 def _summary(
     config: RayoodConfig,
-    manifest: dict,
+    manifest: Manifest,
     calibration: dict[str, np.ndarray],
     plans: list[SourcePlan],
     target: ReportTarget,
@@ -234,7 +237,7 @@ def _summary(
     """``summary.json``: the report's counts and decision, streamed back from its row files, with the decode
     limits that applied and the run's provenance; and report.html from the same pass."""
     settings = config.screen
-    scores = report_scores(manifest)
+    scores = manifest.report_scores
     page = ReportPageRows(scores, settings.decision.score, settings.report_thumbnails)
     needed = [*KEY_COLUMNS, IS_OOD, *(score_col(name) for name in scores), *page.columns(settings.decision.score)]
     if settings.truth:
@@ -253,7 +256,7 @@ def _summary(
         decision=settings.decision,
         expected_rows=sum(plan.rows for plan in plans),
         elapsed_s=elapsed_s,
-        bundle_id=manifest["bundle_id"],
+        bundle_id=manifest.bundle_id,
         truth=settings.truth,
         skipped_files=sum(len(plan.skipped_files) for plan in plans),
         left_out=Counter(why for plan in plans for why, _ in plan.left_out),
@@ -275,7 +278,7 @@ def _summary(
     summary["provenance"] = redacted(
         {
             "bundle_uri": settings.bundle,
-            "bundle_id": manifest["bundle_id"],
+            "bundle_id": manifest.bundle_id,
             "versions": library_versions(),
             "config": config.model_dump(mode="json"),
         }

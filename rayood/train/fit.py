@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import posixpath
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -53,11 +54,13 @@ from rayood.bundle import (
 from rayood.bundle_files import state_dict_bytes
 from rayood.config import TORCHVISION_WEIGHTS, ConfigError, ModelSettings, RayoodConfig, TrainSettings
 from rayood.data.decode import DecodeLimits, formats_for, pixels_from_column, pixels_to_column
+from rayood.data.id_sample import in_calibration_split
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.detectors.fusion import choose_fused_scores
 from rayood.detectors.registry import enabled_detectors, score_names
 from rayood.detectors.synthetic import evidence_kinds, synthetic_outliers
+from rayood.manifest import CalibrationRecord, FusionRecord, Manifest
 from rayood.models.backbones import build_backbone, load_matching, torchvision_state
 from rayood.models.encoders import EncoderError
 from rayood.report.columns import PREDICTED_CLASS, STATUS_OK, score_col
@@ -66,11 +69,10 @@ from rayood.scoring.actor import ScoreActor
 from rayood.scoring.pool import actor_pool, check_room_for_decoding
 from rayood.storage import Location, resolve
 from rayood.train.harness import LOOP, PROGRESS, LoopConfig, load_state
-from rayood.train.id_sample import in_calibration_split
 from rayood.train.loops import backbone_loop, head_loop
 from rayood.train.progress import StageProgress
 from rayood.train.references import cached_columns, feature_pass, fit_references
-from rayood.train.stages import STAGES, FittedBackbone
+from rayood.train.stages import stage_fingerprint, stage_loop
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def _only(split: bool):
 
 
 def _run_config(config: RayoodConfig, checkpoints: Location, stage: str) -> RunConfig:
-    name = f"{config.train.run_name}-{stage}-{config.stage_fingerprint(stage)}"
+    name = f"{config.train.run_name}-{stage}-{stage_fingerprint(config, stage)}"
     return RunConfig(
         name=name,
         storage_path=checkpoints.path,
@@ -346,58 +348,63 @@ def fit(config: RayoodConfig) -> str:
         backbone_state = {**backbone_state, **{f"fc.{k}": v for k, v in load_state(result.checkpoint)["ema"].items()}}
         write_file(staged, BACKBONE_FILE, state_dict_bytes(backbone_state))
         training["head"] = _plain(result.metrics)
-    fitted_backbone = FittedBackbone(stage_dims)
     for spec in enabled_detectors(config.model):
-        stage = STAGES.get(spec.family)
-        if stage is None:
+        if spec.stage is None:
             continue
         result = _fit_stage(
             config,
             checkpoints,
-            stage.name,
-            stage.loop,
-            replace(base, optim=stage.optim(train), **stage.inputs(config, fitted_backbone)),
-            cache if stage.reads_features else train_data,
+            spec.family,
+            stage_loop(spec.stage),
+            replace(base, optim=spec.stage.optim(train), **spec.stage.inputs(config, stage_dims)),
+            cache if spec.stage.reads_features else train_data,
         )
-        write_file(staged, stage.file, state_dict_bytes(load_state(result.checkpoint)["ema"]))
-        training[stage.name] = _plain(result.metrics)
+        write_file(staged, spec.files[0], state_dict_bytes(load_state(result.checkpoint)["ema"]))
+        training[spec.family] = _plain(result.metrics)
+    written = {posixpath.relpath(info.path, staged.path) for info in staged.list_files()}
     manifest = new_manifest(
         config.model,
         class_names,
         stage_dims,
         probe.fc.in_features,
-        score_names(config.model),
-        references["multiscale"]["bank_shape"],
+        written,
+        facts=references,
         data=corpus.summary(train),
         training=training,
-        bank_index=references["multiscale"]["bank_index"],
     )
     write_manifest(staged, manifest)  # weights readable by the scoring actors; calibration still missing
-
-    started = time.perf_counter()
-    calibration, accuracy = _calibration_scores(
-        config, staged.uri, corpus.dataset(calibration=True), manifest["scores"]
-    )
-    manifest["training"]["calibration"] = {"wall_s": round(time.perf_counter() - started, 1)}
-    fusion = config.model.fusion
-    if manifest["fusion"] and not fusion.scores and fusion.choose == "synthetic_outliers":
-        started = time.perf_counter()
-        manifest["fusion"] = {
-            "rule": fusion.rule,
-            **_choose_fusion(config, staged.uri, corpus, manifest["scores"], calibration),
-        }
-        manifest["training"]["fusion_choice"] = {"wall_s": round(time.perf_counter() - started, 1)}
-    manifest["heldout_accuracy"] = None if accuracy is None else round(accuracy, 4)
-    if accuracy is not None:
-        log.info(
-            "classifier accuracy on the %d held-out ID rows: %.4f", len(calibration[manifest["scores"][0]]), accuracy
-        )
-    write_calibration(staged, calibration)
-    manifest["calibration"] = {"file": CALIBRATION_FILE, "rows": int(len(calibration[manifest["scores"][0]]))}
+    manifest = _calibrated(config, staged, corpus, manifest)
     write_manifest(staged, manifest)
     promote_bundle(staged, bundle)
-    log.info("wrote the model bundle %s to %s", manifest["bundle_id"], bundle.uri)
+    log.info("wrote the model bundle %s to %s", manifest.bundle_id, bundle.uri)
     return bundle.uri
+
+
+def _calibrated(config: RayoodConfig, staged: Location, corpus: IdCorpus, manifest: Manifest) -> Manifest:
+    """Score the held-out rows with the staged bundle, choose the fused scores, write the calibration scores;
+    returns the manifest that records them."""
+    started = time.perf_counter()
+    names = manifest.scores
+    calibration, accuracy = _calibration_scores(config, staged.uri, corpus.dataset(calibration=True), names)
+    training = {**manifest.training, "calibration": {"wall_s": round(time.perf_counter() - started, 1)}}
+    fusion, fusion_record = config.model.fusion, manifest.fusion
+    if fusion_record and not fusion.scores and fusion.choose == "synthetic_outliers":
+        started = time.perf_counter()
+        choice = _choose_fusion(config, staged.uri, corpus, names, calibration)
+        fusion_record = FusionRecord(rule=fusion.rule, **choice)
+        training["fusion_choice"] = {"wall_s": round(time.perf_counter() - started, 1)}
+    rows = int(len(calibration[names[0]]))
+    if accuracy is not None:
+        log.info("classifier accuracy on the %d held-out ID rows: %.4f", rows, accuracy)
+    write_calibration(staged, calibration)
+    return manifest.model_copy(
+        update={
+            "training": training,
+            "fusion": fusion_record,
+            "heldout_accuracy": None if accuracy is None else round(accuracy, 4),
+            "calibration": CalibrationRecord(file=CALIBRATION_FILE, rows=rows),
+        }
+    )
 
 
 def _scored(

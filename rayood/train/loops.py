@@ -278,14 +278,14 @@ def head_loop(config: dict) -> None:
     )
 
 
-def ddpm_loop(config: dict) -> None:
+def ddp_loop(config: dict) -> None:
     """Fit DDP's class-conditional pixel DDPM: eps-prediction, linear betas, label dropout to the null class,
     AdamW with linear warm-up, gradient clipping, EMA (docs/METHODS.md section 2)."""
     loop: LoopConfig = config[LOOP]
-    settings, rank, device = _start_worker("ddpm", loop)
+    settings, rank, device = _start_worker("ddp", loop)
     optim: DiffusionOptimSettings = loop.optim
     class_names: list[str] = loop.class_names
-    run = EmaRun("ddpm", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
+    run = EmaRun("ddp", build_unet(settings, len(class_names)), optim, device, warmup_steps=optim.warmup_steps)
     unet, ema, optimizer, warmup, start_epoch, step = (
         run.model,
         run.ema,
@@ -321,7 +321,7 @@ def ddpm_loop(config: dict) -> None:
         return {"loss": loss_sum / max(batches, 1), "steps": step, "worker_rows": worker_rows}
 
     run_epochs(
-        "ddpm",
+        "ddp",
         config[PROGRESS],
         start_epoch,
         optim.epochs,

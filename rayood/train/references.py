@@ -1,13 +1,11 @@
 """The feature pass of a fit: one streaming pass of the ID training rows through the settled backbone, by Ray
 Data batch inference, that gives everything the later steps read, so no step runs the backbone on them again:
 
-- what the streaming families learn (``STREAMING``, by family): the multi-scale bank (region vectors, for KNN
-  and MODE) and the Mahalanobis class statistics. ``rows`` turns one batch's backbone features into per-row
-  arrays inside the actors (GPU actors on a cluster, so the pass scales past one machine), ``partial_fit`` takes
-  them on the driver batch by batch, and ``finish`` writes the family's bundle files and returns what the
-  manifest records. The bank (ImageNet at 224 px with a ResNet-50: tens of GB) streams into a scratch file and
-  from there into the bundle. With ``model.multiscale.bank_fraction`` below 1 the bank keeps that share of the
-  training images (chosen by id hash); the Mahalanobis statistics still see every row;
+- what the streaming families learn: every enabled family whose registry entry names a ``StreamingFit``
+  (``detectors/contract.py``; today the multi-scale bank of region vectors for KNN and MODE, and the Mahalanobis
+  class statistics). ``rows`` turns one batch's backbone features into per-row arrays inside the actors (GPU
+  actors on a cluster, so the pass scales past one machine), ``partial_fit`` takes them on the driver batch by
+  batch, and ``finish`` writes the family's bundle files and returns the facts its manifest record keeps;
 - the feature cache the Ray Train stages after the backbone read (``cached_columns``): DLSR's pooled, z-scored layer
   features and, for a frozen encoder's linear head, the penultimate vector, with each row's id and class.
   The pass is materialised once (Ray's object store, spilled to disk when it outgrows memory): the families
@@ -16,10 +14,8 @@ Data batch inference, that gives everything the later steps read, so no step run
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -28,108 +24,29 @@ import torch
 
 from rayood.bundle import BACKBONE_FILE
 from rayood.bundle_files import load_state_into
-from rayood.config import ConfigError, ModelSettings, RayoodConfig, S3Settings
+from rayood.config import ModelSettings, RayoodConfig, S3Settings
 from rayood.data.decode import pixels_from_column
-from rayood.detectors import mahalanobis
+from rayood.detectors.contract import StreamingFit
 from rayood.detectors.layerwise import layer_features
-from rayood.detectors.mahalanobis import GaussianStatistics, mahalanobis_features
-from rayood.detectors.multiscale import search_vectors, write_bank
 from rayood.detectors.registry import enabled_detectors
-from rayood.models.backbones import Features, build_backbone, uint8_to_unit
+from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.scoring.pool import actor_pool
 from rayood.scoring.scorer import pick_device
 from rayood.storage import Location, resolve
-from rayood.train.id_sample import in_sample
-
-BANK_SALT = "bank"  # the bank's sample is independent of the calibration split
 
 
-class StreamingFit(Protocol):
-    def rows(
-        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """In an actor: one batch's per-row arrays (``classes``: each row's class index)."""
-        ...
-
-    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
-        """On the driver: take one batch's arrays."""
-        ...
-
-    def finish(self, bundle: Location) -> dict:
-        """Write the family's bundle files; returns the facts the manifest records."""
-        ...
+def streaming_fits(settings: ModelSettings) -> dict[str, str]:
+    """The enabled families the feature pass fits, by family: the ``module:class`` of each one's ``StreamingFit``."""
+    return {
+        spec.family: f"{spec.module}:{spec.streaming_fit}"
+        for spec in enabled_detectors(settings)
+        if spec.streaming_fit is not None
+    }
 
 
-class MahalanobisFit:
-    """Class-conditional Gaussian statistics of the (normalised) penultimate features."""
-
-    def __init__(self, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> None:
-        self.normalise = settings.mahalanobis.normalise
-        self.num_classes = num_classes
-        self.statistics: GaussianStatistics | None = None
-
-    def rows(
-        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        return {"penultimate": features.penultimate.cpu().numpy(), "classes": classes}
-
-    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
-        if self.statistics is None:
-            self.statistics = GaussianStatistics(self.num_classes, rows["penultimate"].shape[1])
-        self.statistics.partial_fit(mahalanobis_features(rows["penultimate"], self.normalise), rows["classes"])
-
-    def finish(self, bundle: Location) -> dict:
-        mahalanobis.write(bundle, self.statistics.means(), self.statistics.precision())
-        return {}
-
-
-class BankFit:
-    """The region vectors of the bank's sample of training rows, streamed into a scratch file."""
-
-    def __init__(self, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> None:
-        self.search, self.seed = settings.multiscale, seed
-        self.path = os.path.join(scratch, "bank.f32") if scratch else None
-        self.count, self.region_shape = 0, None
-
-    def rows(
-        self, features: Features, mirror: Features | None, ids: list[str], classes: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        return {
-            "in_bank": np.array(
-                [in_sample(i, self.search.bank_fraction, self.seed, BANK_SALT) for i in ids], dtype=bool
-            ),
-            "regions": search_vectors(features, mirror, self.search).cpu().numpy(),
-        }
-
-    def partial_fit(self, rows: dict[str, np.ndarray]) -> None:
-        kept = rows["regions"][rows["in_bank"]].astype(np.float32)
-        with open(self.path, "ab") as sink:
-            sink.write(kept.tobytes())
-        self.count, self.region_shape = self.count + len(kept), rows["regions"].shape[1:]
-
-    def finish(self, bundle: Location) -> dict:
-        needed = max(self.search.k, self.search.knn_k)
-        if self.count < needed:
-            raise ConfigError(
-                f"model.multiscale.bank_fraction={self.search.bank_fraction} leaves {self.count} bank images, fewer "
-                f"than the k of its searches ({needed}): raise it"
-            )
-        bank = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count, *self.region_shape))
-        index = write_bank(bundle, bank, self.search, self.seed)
-        shape = bank.shape
-        del bank  # the mapping, before the scratch file goes
-        return {"bank_shape": shape, "bank_index": index}
-
-
-# by family: (model settings, seed, number of classes, scratch directory on the driver or None in an actor)
-STREAMING: dict[str, Callable[[ModelSettings, int, int, str | None], StreamingFit]] = {
-    "mahalanobis": MahalanobisFit,
-    "multiscale": BankFit,
-}
-
-
-def _streaming_families(settings: ModelSettings) -> list[str]:
-    return [spec.family for spec in enabled_detectors(settings) if spec.family in STREAMING]
+def new_fit(path: str, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> StreamingFit:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)(settings, seed, num_classes, scratch)
 
 
 CACHE_PREFIX = "cache/"
@@ -160,6 +77,7 @@ class FeatureRows:
         cpu_threads: int = 1,
         seed: int = 0,
         cached: tuple[str, ...] = (),
+        streaming: dict[str, str] | None = None,
     ) -> None:
         torch.set_num_threads(max(1, cpu_threads))
         self.settings = ModelSettings.model_validate(model)
@@ -168,8 +86,8 @@ class FeatureRows:
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.label_column = label_column
         self.fits = {
-            family: STREAMING[family](self.settings, seed, len(class_names), None)
-            for family in _streaming_families(self.settings)
+            family: new_fit(path, self.settings, seed, len(class_names), None)
+            for family, path in (streaming or {}).items()
         }
         self.backbone = build_backbone(self.settings.backbone, self.settings.preprocess, len(class_names))
         load_state_into(self.backbone, resolve(backbone_uri, s3), "backbone")
@@ -229,6 +147,7 @@ def feature_pass(
             "cpu_threads": screen.actor_threads,
             "seed": config.train.seed,
             "cached": tuple(cached),
+            "streaming": streaming_fits(config.model),  # the driver's registry: the actors' may lack a plugin
         },
         **actor_pool(screen, min_actors=1),
     )
@@ -241,8 +160,8 @@ def fit_references(
     """Every streaming family fitted from the feature pass and written into ``bundle``; returns each family's
     manifest facts. ``scratch``: a directory for what a family spills on the way (the bank)."""
     fits = {
-        family: STREAMING[family](config.model, config.train.seed, len(class_names), scratch)
-        for family in _streaming_families(config.model)
+        family: new_fit(path, config.model, config.train.seed, len(class_names), scratch)
+        for family, path in streaming_fits(config.model).items()
     }
     columns = [name for name in features.rows.columns() if name.split("/", 1)[0] in fits]
     for batch in features.rows.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"):
