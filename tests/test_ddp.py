@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from rayood.config import BackboneSettings, ConfigError, DDPSettings, ModelSettings, PreprocessSettings, parse_config
-from rayood.detectors.ddp import DDPDetector, ddp_schedule, guided_ddim
+from rayood.detectors.ddp import DDPDetector, guided_ddim
 from rayood.detectors.registry import ddp_score_names
 from rayood.models.backbones import build_backbone
+from rayood.models.diffusion import noise_schedule
 from rayood.models.unet import ConditionalUNet, build_unet
 
 SMALL = dict(image_size=16, num_classes=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, dropout=0.0)
@@ -36,7 +37,7 @@ def test_paper_unet_builds_at_cifar_size():
 
 
 def test_linear_schedule():
-    schedule = ddp_schedule(DDPSettings())
+    schedule = noise_schedule(DDPSettings())
     assert schedule.betas[0].item() == pytest.approx(1e-4) and schedule.betas[-1].item() == pytest.approx(0.02)
     assert schedule.timesteps == 1000
 
@@ -47,7 +48,7 @@ class _Oracle(torch.nn.Module):
     def __init__(self, x0):
         super().__init__()
         self.x0 = x0
-        self.schedule = ddp_schedule(DDPSettings())
+        self.schedule = noise_schedule(DDPSettings())
         self.null_label = 99
 
     def forward(self, x_t, t, labels):
@@ -76,7 +77,7 @@ def test_guided_ddim_recovers_clean_images_with_a_perfect_model():
 def test_mixed_levels_in_one_batch_equal_separate_runs():
     unet = ConditionalUNet(**SMALL, attention_resolutions=()).eval()
     torch.nn.init.normal_(unet.out[-1].weight, std=0.1)
-    schedule = ddp_schedule(DDPSettings())
+    schedule = noise_schedule(DDPSettings())
     x0, noise = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randn(4, 3, 16, 16)
     labels = torch.tensor([0, 1, 2, 0])
     together = guided_ddim(unet, x0, torch.tensor([40, 80, 80, 40]), noise, labels, schedule, 20, 2.0)
@@ -96,7 +97,7 @@ def test_guidance_combines_conditional_and_null_predictions():
             return torch.where(labels[:, None, None, None] == 5, torch.zeros_like(x), torch.ones_like(x))
 
     x0 = torch.zeros(2, 3, 2, 2)
-    schedule = ddp_schedule(DDPSettings())
+    schedule = noise_schedule(DDPSettings())
     guided_ddim(Recorder(), x0, torch.tensor([0, 0]), torch.zeros_like(x0), torch.tensor([1, 2]), schedule, 20, 2.0)
     assert calls[0].tolist() == [1, 2, 5, 5], "one batch holds the conditional and the null halves"
 

@@ -145,3 +145,16 @@ def test_no_package_imports_a_layer_above_it():
     )
     assert upward == []
     assert graph["rayood.report.columns"] == set()
+
+
+def test_the_settings_import_nothing_of_rayood_but_themselves_and_the_report_column_names():
+    graph = import_graph()
+    outside = {
+        (module, imported)
+        for module, imports in graph.items()
+        if _package(module) == "config"
+        for imported in imports
+        if _package(imported) != "config" and imported != "rayood.report.columns"
+    }
+    assert outside == set()
+    assert {"rayood.config.model", "rayood.config.train", "rayood.config.screen", "rayood.config.loading"} <= set(graph)

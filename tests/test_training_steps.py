@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 
 from rayood.config import ModelSettings
-from rayood.detectors.ddp import ddp_schedule
-from rayood.detectors.layerwise import schedule_for
-from rayood.models.diffusion import build_denoiser
+from rayood.models.diffusion import build_denoiser, noise_schedule
 from rayood.models.unet import build_unet
 from rayood.train.steps import ddpm_step, denoiser_step
 from tests.conftest import TINY_MODEL, WITH_DDP
@@ -23,7 +21,7 @@ def _denoiser_losses(seed: int) -> list[float]:
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=0.005)
     z0 = torch.randn(32, 24, generator=torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(seed)
-    schedule = schedule_for(SETTINGS.layerwise)
+    schedule = noise_schedule(SETTINGS.layerwise)
     return [
         denoiser_step(denoiser, schedule, optimizer, z0, SETTINGS.layerwise.timesteps, generator) for _ in range(STEPS)
     ]
@@ -39,7 +37,7 @@ def _ddpm_losses(seed: int) -> list[float]:
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # 3 is the null class of 3 classes
     generator = torch.Generator().manual_seed(seed)
     return [
-        ddpm_step(unet, ddp_schedule(SETTINGS.ddp), optimizer, x0, labels, 80, 1.0, generator) for _ in range(STEPS)
+        ddpm_step(unet, noise_schedule(SETTINGS.ddp), optimizer, x0, labels, 80, 1.0, generator) for _ in range(STEPS)
     ]
 
 

@@ -24,12 +24,8 @@ from rayood.config import DDPSettings
 from rayood.detectors.contract import ScoringView
 from rayood.detectors.registry import ddp_score_names
 from rayood.models.backbones import FeatureBackbone, Features
-from rayood.models.diffusion import NoiseSchedule, noise_for_ids
+from rayood.models.diffusion import NoiseSchedule, noise_for_ids, noise_schedule
 from rayood.models.unet import ConditionalUNet, build_unet
-
-
-def ddp_schedule(settings: DDPSettings) -> NoiseSchedule:
-    return NoiseSchedule.linear(settings.beta_start, settings.beta_end, settings.timesteps)
 
 
 @torch.no_grad()
@@ -74,7 +70,7 @@ class DDPDetector:
     def __init__(self, unet: ConditionalUNet, settings: DDPSettings) -> None:
         self.unet = unet.eval()
         self.settings = settings
-        self.schedule = ddp_schedule(settings)
+        self.schedule = noise_schedule(settings)
         self.score_names = ddp_score_names(settings)
 
     def _compared(self, features: Features) -> torch.Tensor:

@@ -20,7 +20,7 @@ from rayood.bundle_files import BundleFiles, load_state_into
 from rayood.config import LayerwiseSettings
 from rayood.detectors.contract import ScoringView
 from rayood.detectors.registry import LAYERWISE
-from rayood.models.diffusion import NoiseSchedule, build_denoiser, ddim_reconstruct_x0, noise_for_ids
+from rayood.models.diffusion import build_denoiser, ddim_reconstruct_x0, noise_for_ids, noise_schedule
 
 NORM_EPS = 1e-5
 NOISE_SALT = "layerwise"
@@ -49,10 +49,6 @@ def mfsim_score(z0: torch.Tensor, z0_hat: torch.Tensor, block_dims: Sequence[int
     return -torch.stack(similarities, dim=1).mean(dim=1)
 
 
-def schedule_for(settings: LayerwiseSettings) -> NoiseSchedule:
-    return NoiseSchedule.sqrt_linear(settings.beta_start, settings.beta_end, settings.timesteps)
-
-
 class LayerwiseDetector:
     """Test-time DLSR: noise z0 to ``noise_level`` with per-id noise, DDIM back, score the reconstruction."""
 
@@ -62,7 +58,7 @@ class LayerwiseDetector:
         self.denoiser = denoiser.eval()
         self.settings = settings
         self.block_dims = list(block_dims)
-        self.schedule = schedule_for(settings)
+        self.schedule = noise_schedule(settings)
 
     @torch.no_grad()
     def reconstruct(self, z0: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:

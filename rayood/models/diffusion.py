@@ -11,7 +11,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rayood.config import ModelSettings
+from rayood.config import ModelSettings, NoiseScheduleSettings
+
+
+def noise_schedule(settings: NoiseScheduleSettings) -> NoiseSchedule:
+    """The schedule a family's settings describe, spaced as its paper spaces it."""
+    return getattr(NoiseSchedule, settings.SPACING)(settings.beta_start, settings.beta_end, settings.timesteps)
 
 
 class NoiseSchedule:

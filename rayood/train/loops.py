@@ -23,10 +23,8 @@ import torch.nn.functional as F
 
 from rayood.config import BackboneOptimSettings, DiffusionOptimSettings, EmaOptimSettings, ModelSettings
 from rayood.data.decode import pixels_from_column
-from rayood.detectors.ddp import ddp_schedule
-from rayood.detectors.layerwise import schedule_for
 from rayood.models.backbones import linear_head, uint8_to_unit
-from rayood.models.diffusion import build_denoiser
+from rayood.models.diffusion import build_denoiser, noise_schedule
 from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import READ_BATCH_ROWS, CachedShard, id_order
@@ -204,7 +202,7 @@ def layerwise_loop(config: dict) -> None:
 
     run = EmaRun("layerwise", build_denoiser(settings, z0_all.shape[1]), optim, device)
     denoiser, ema, optimizer, start_epoch, step = run.model, run.ema, run.optimizer, run.start_epoch, run.step
-    schedule = schedule_for(settings.layerwise)
+    schedule = noise_schedule(settings.layerwise)
     epochs = CachedEpochs(len(z0_all), optim.batch_size, loop.seed, rank, device)
 
     def train_epoch(epoch: int) -> dict:
@@ -294,7 +292,7 @@ def ddp_loop(config: dict) -> None:
         run.start_epoch,
         run.step,
     )
-    schedule = ddp_schedule(settings.ddp)
+    schedule = noise_schedule(settings.ddp)
     data = _cached_shard(loop, settings)
     worker_rows = _rows_per_worker(len(data))
     batch_size = _worker_batch(optim.batch_size)
