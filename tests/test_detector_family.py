@@ -56,3 +56,17 @@ def test_a_fitted_family_from_one_module_and_one_registry_entry_fits_and_screens
     assert ok.num_rows == summary["ok"] > 0 and np.isfinite(scores).all()
     is_ood = np.asarray(ok.column("group").to_pylist()) != "id"
     assert auroc(scores[~is_ood], scores[is_ood]) > 0.7, "the fitted means separate the demo's OOD digits and photos"
+
+
+def test_a_family_that_needs_more_training_rows_than_there_are_is_refused_before_any_training(
+    ray_cluster, demo_data, tmp_path
+):
+    from rayood.config import ConfigError
+
+    config = tiny_config(
+        model={"multiscale": {"knn_k": 10_000}},
+        train={"data": [str(demo_data[0])], "bundle": str(tmp_path / "bundle")},
+    )
+    with pytest.raises(ConfigError, match=r"model\.multiscale k/knn_k = 10000 exceeds the \d+ training rows"):
+        fit(config)
+    assert not (tmp_path / "bundle-checkpoints").exists(), "no stage started"

@@ -70,6 +70,8 @@ class DetectorSpec:
     files: tuple[str, ...] = ()  # every bundle file the family may write
     streaming_fit: str | None = None  # a ``StreamingFit`` class in ``module``, fitted by the feature pass
     stage: StageSpec | None = None
+    # the fewest training rows it can be fitted on, and the settings that ask for them (checked before any training)
+    min_training_rows: Callable[[ModelSettings], tuple[int, str]] | None = None
 
 
 REGISTRY: tuple[DetectorSpec, ...] = (
@@ -114,6 +116,10 @@ REGISTRY: tuple[DetectorSpec, ...] = (
         lambda settings: MULTISCALE,
         files=(BANK_FILE, MULTISCALE_INDEX_FILE, KNN_INDEX_FILE),
         streaming_fit="BankFit",
+        min_training_rows=lambda settings: (
+            max(settings.multiscale.k, settings.multiscale.knn_k),
+            "model.multiscale k/knn_k",
+        ),
     ),
     DetectorSpec(
         "ddp",

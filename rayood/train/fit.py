@@ -248,9 +248,10 @@ def _read_id_corpus(config: RayoodConfig, plans: list) -> IdCorpus:
             f"{labels.null_count} training rows have no {label_column!r}; the classifier needs labels "
             "(model.backbone.classifier: false fits unlabelled ID data with a frozen encoder)"
         )
-    largest_k = max(config.model.multiscale.k, config.model.multiscale.knn_k)
-    if fitting.num_rows < largest_k:
-        raise ConfigError(f"model.multiscale k/knn_k = {largest_k} exceeds the {fitting.num_rows} training rows")
+    for spec in enabled_detectors(config.model):
+        needed, asked_by = spec.min_training_rows(config.model) if spec.min_training_rows else (0, "")
+        if fitting.num_rows < needed:
+            raise ConfigError(f"{asked_by} = {needed} exceeds the {fitting.num_rows} training rows")
     corpus.class_names = sorted(set(labels.cast(pa.string()).to_pylist()))
     return corpus
 
