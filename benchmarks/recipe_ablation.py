@@ -5,9 +5,10 @@
 
 ``--data`` is the lossless CIFAR-10 benchmark (``../shared/data/lossless/README.md``). Fits the config's backbone
 once as configured and once per ``--set`` override (plain loop, no Ray) on ``cifar10_train.parquet`` less the
-config's calibration split (the same rows a fit holds out, chosen by id hash), then scores with the bundle-free
-essentials of the detectors (KNN k=50 on the normalised penultimate features, Mahalanobis with a shared
-covariance, energy, and the rotation score when the backbone has a rotation head):
+config's calibration split (the same rows a fit holds out, chosen by id hash), then scores, without a bundle, with
+the library's own detectors fitted by the fit's own streamed fits on every training row: KNN (the config's
+``knn_k`` over the global vectors, with its ``flip_average``; runs before 2026-12-07 used k=50 on the penultimate
+vector without the mirror), Mahalanobis, energy, and the rotation score when the backbone has a rotation head:
 - the ID-only criterion that may decide a recipe: AUROC of the held-out split against synthetic outliers made
   from training images (``detectors/synthetic.py``), mean over their kinds, and the same mean without the
   ``rotate`` kind (a backbone trained to predict rotations is taught that kind: it is no evidence for it);
@@ -26,19 +27,18 @@ import pyarrow.parquet as pq
 import torch
 from plain_fit import plain_fit
 
-from rayood.config import RayoodConfig, load_config, parse_config
+from rayood.config import MultiscaleSettings, RayoodConfig, load_config, parse_config
 from rayood.data.decode import decode_images
 from rayood.data.id_sample import in_calibration_split
 from rayood.detectors.classifier import classifier_scores
-from rayood.detectors.knn import kth_neighbour_distance, normalise
-from rayood.detectors.mahalanobis import GaussianStatistics, MahalanobisDetector, mahalanobis_features
+from rayood.detectors.mahalanobis import MahalanobisDetector, MahalanobisFit
+from rayood.detectors.multiscale import MultiscaleDetector, search_vectors
 from rayood.detectors.rotation import rotation_score
 from rayood.detectors.synthetic import synthetic_outliers
 from rayood.evaluation.metrics import auroc
 from rayood.models.backbones import uint8_to_unit
 from rayood.train.cache import CachedShard
 
-KNN_K = 50
 OOD_SETS = {"tin": "tin32_val", "cifar100": "cifar100_32", "mnist": "mnist32_test", "textures": "dtd32"}
 SWEEP_ROWS = 1000
 
@@ -68,13 +68,17 @@ def _split(path: Path, config: RayoodConfig) -> tuple[tuple[np.ndarray, np.ndarr
 
 
 @torch.no_grad()
-def _scores(backbone, bank: torch.Tensor, gaussian: MahalanobisDetector, pixels: np.ndarray) -> dict[str, np.ndarray]:
+def _scores(
+    backbone, references: tuple[MultiscaleDetector, MahalanobisDetector], search: MultiscaleSettings, pixels: np.ndarray
+) -> dict[str, np.ndarray]:
+    bank, gaussian = references
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(pixels), 500):
         images = uint8_to_unit(torch.from_numpy(pixels[start : start + 500].copy()))
         features = backbone.features(images)
+        mirror = backbone.features(images.flip(3)) if search.flip_average else None
         scores = {
-            "knn": kth_neighbour_distance(normalise(features.penultimate), bank, KNN_K, 65_536),
+            "knn": bank.score_vectors(search_vectors(features, mirror, search))["knn"],
             "mahalanobis": gaussian.distance(features.penultimate),
             "energy": classifier_scores(features.logits)["energy"],
             "logits": features.logits,
@@ -86,26 +90,28 @@ def _scores(backbone, bank: torch.Tensor, gaussian: MahalanobisDetector, pixels:
     return {name: torch.cat(values).numpy() for name, values in chunks.items()}
 
 
-def _gaussian(penultimate: np.ndarray, labels: np.ndarray, normalised: bool) -> MahalanobisDetector:
-    statistics = GaussianStatistics(int(labels.max()) + 1, penultimate.shape[1])
-    statistics.partial_fit(mahalanobis_features(penultimate, normalised), labels)
-    return MahalanobisDetector(
-        torch.from_numpy(statistics.means()), torch.from_numpy(statistics.precision()), normalised
-    )
+@torch.no_grad()
+def _references(backbone, config: RayoodConfig, data: CachedShard) -> tuple[MultiscaleDetector, MahalanobisDetector]:
+    """The KNN bank and the Mahalanobis statistics of the training rows, by the fit's own streamed fits (every
+    training row in the bank: the benchmark's fits keep ``bank_fraction`` 1)."""
+    model, classes = config.model, data.labels.numpy()
+    gaussian = MahalanobisFit(model, config.train.seed, int(classes.max()) + 1, None)
+    regions = []
+    pixels = data.pixels.permute(0, 2, 3, 1).numpy()
+    for start in range(0, len(pixels), 500):
+        images = uint8_to_unit(torch.from_numpy(pixels[start : start + 500].copy()))
+        features = backbone.features(images)
+        mirror = backbone.features(images.flip(3)) if model.multiscale.flip_average else None
+        gaussian.partial_fit(gaussian.rows(features, None, [], classes[start : start + 500]))
+        regions.append(search_vectors(features, mirror, model.multiscale))
+    return MultiscaleDetector.exact(torch.cat(regions), model.multiscale), gaussian.detector()
 
 
 def run(config: RayoodConfig, data: CachedShard, sets: dict) -> dict:
     backbone, epoch_seconds = plain_fit(config, data, torch.device("cpu"))
-    train_pixels = data.pixels.permute(0, 2, 3, 1).numpy()
-    with torch.no_grad():
-        penultimate = torch.cat(
-            [
-                backbone.features(uint8_to_unit(torch.from_numpy(train_pixels[i : i + 500].copy()))).penultimate
-                for i in range(0, len(train_pixels), 500)
-            ]
-        )
-    gaussian = _gaussian(penultimate.numpy(), data.labels.numpy(), config.model.mahalanobis.normalise)
-    scored = {name: _scores(backbone, normalise(penultimate), gaussian, pixels) for name, (pixels, _) in sets.items()}
+    references = _references(backbone, config, data)
+    search = config.model.multiscale
+    scored = {name: _scores(backbone, references, search, pixels) for name, (pixels, _) in sets.items()}
     val_logits = scored["cifar10_val"].pop("logits")
     result = {
         "epoch_s": [round(s, 1) for s in epoch_seconds],

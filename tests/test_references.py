@@ -74,3 +74,6 @@ def test_streamed_batches_give_the_statistics_and_bank_of_all_rows_at_once(tmp_p
     stored = np.load(tmp_path / "bundle" / MAHALANOBIS_FILE)
     np.testing.assert_allclose(stored["means"], whole.means(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored["precision"], whole.precision(), rtol=1e-3, atol=1e-3)
+    in_memory = fits["mahalanobis"].detector()  # what a benchmark scores with, without a bundle
+    np.testing.assert_allclose(in_memory.means.numpy(), stored["means"], rtol=1e-6)
+    np.testing.assert_allclose(in_memory.precision.numpy(), stored["precision"], rtol=1e-6)

@@ -113,6 +113,11 @@ class MahalanobisFit:
             self.statistics = GaussianStatistics(self.num_classes, rows["penultimate"].shape[1])
         self.statistics.partial_fit(mahalanobis_features(rows["penultimate"], self.normalise), rows["classes"])
 
+    def detector(self) -> MahalanobisDetector:
+        """The detector these statistics make, without a bundle (what ``load`` gives after ``finish``)."""
+        means, precision = self.statistics.means(), self.statistics.precision()
+        return MahalanobisDetector(torch.from_numpy(means).float(), torch.from_numpy(precision).float(), self.normalise)
+
     def finish(self, bundle: Location) -> dict:
         write(bundle, self.statistics.means(), self.statistics.precision())
         return {}
