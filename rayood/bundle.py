@@ -51,9 +51,26 @@ BACKBONE_FILE = "backbone.pt"
 CALIBRATION_FILE = "calibration.parquet"
 
 
-def bundle_files() -> frozenset[str]:
-    """Every file a bundle may hold: the format's own, each registered family's, and names older formats used."""
-    return frozenset({MANIFEST, BACKBONE_FILE, CALIBRATION_FILE, *family_files(), *FORMAT_1_FILES})
+def bundle_files(target: Location | None = None) -> frozenset[str]:
+    """Every file a bundle may hold: the format's own, each registered family's, names older formats used, and
+    those the manifest at ``target`` records (a family this code's registry lacks, such as a plugin's)."""
+    return frozenset(
+        {MANIFEST, BACKBONE_FILE, CALIBRATION_FILE, *family_files(), *FORMAT_1_FILES, *_recorded_files(target)}
+    )
+
+
+def _recorded_files(target: Location | None) -> set[str]:
+    """The plain file names the family records of the manifest at ``target`` name; nothing when there is no
+    readable manifest. A name with a path in it is never a bundle file (a crafted manifest cannot widen what a
+    fit may delete beyond its own directory)."""
+    if target is None or not target.join(MANIFEST).exists():
+        return set()
+    try:
+        records = json.loads(target.join(MANIFEST).read_bytes()).get("detectors") or []
+        names = {name for record in records for name in record.get("files", ()) if isinstance(name, str)}
+    except (ValueError, AttributeError, TypeError, StorageError):
+        return set()
+    return {name for name in names if name == posixpath.basename(name) and name not in ("", ".", "..")}
 
 
 class BundleError(RuntimeError):
@@ -75,7 +92,7 @@ def check_bundle_target(target: Location, overwrite: bool) -> None:
         if kind == pafs.FileType.Directory
         else set()
     )
-    foreign = sorted(names - bundle_files())
+    foreign = sorted(names - bundle_files(target))
     if foreign:
         raise BundleError(
             f"{target.uri} holds files that are not part of a rayood bundle ({', '.join(foreign[:3])}"
@@ -87,7 +104,7 @@ def check_bundle_target(target: Location, overwrite: bool) -> None:
 
 def clear_bundle(target: Location) -> None:
     """Delete the bundle files at ``target`` (and nothing else), the manifest first: what remains never loads."""
-    for name in [MANIFEST, *sorted(bundle_files() - {MANIFEST})]:
+    for name in [MANIFEST, *sorted(bundle_files(target) - {MANIFEST})]:
         location = target.join(name)
         if location.exists():
             location.fs.delete_file(location.path)

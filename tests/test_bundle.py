@@ -276,3 +276,19 @@ def test_flip_average_gives_an_image_and_its_mirror_the_same_knn_and_mode_scores
         np.sort(regions["averaged"][:3], axis=1), np.sort(regions["averaged"][3:], axis=1), rtol=1e-4, atol=1e-6
     )
     assert not np.allclose(regions["plain"][:3, 0], regions["plain"][3:, 0], rtol=1e-5)
+
+
+def test_files_a_manifest_records_for_a_family_this_code_lacks_are_bundle_files_but_only_inside_it(tmp_path):
+    """A bundle fitted with a plugin family holds its files; a fit without the plugin may replace that bundle,
+    deleting them, and a crafted record cannot point the deletion outside the bundle."""
+    location, manifest = make_bundle(tmp_path / "bundle")
+    raw = manifest.model_dump(mode="json")
+    plugin = {"family": "plugin", "module": "somewhere.plugin", "scores": ["plugin"], "files": ["plugin_state.npz"]}
+    crafted = {**plugin, "family": "crafted", "scores": ["crafted"], "files": ["../precious.txt", "/etc/hostname"]}
+    raw["detectors"] = [*raw["detectors"], plugin, crafted]
+    (tmp_path / "bundle" / "manifest.json").write_text(json.dumps(raw))
+    (tmp_path / "bundle" / "plugin_state.npz").write_bytes(b"state")
+    (tmp_path / "precious.txt").write_text("mine")
+    check_bundle_target(location, overwrite=True)
+    clear_bundle(location)
+    assert list((tmp_path / "bundle").iterdir()) == [] and (tmp_path / "precious.txt").read_text() == "mine"
