@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,4 +55,22 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
         main(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        leave(2)
+    except Exception:
+        traceback.print_exc()
+        leave(1)
+    leave(0)
+
+
+def leave(status: int) -> None:
+    """End a job process with ``status`` once its work is done: Ray shut down, logs and output flushed, and then no
+    interpreter finalisation. Native thread pools (Arrow's readers') torn down during CPython's finalisation can
+    abort a finished process with SIGABRT ("terminate called without an active exception", apache/arrow#34314),
+    which turned a refused audit's status 2 into -6 once in CI."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -3,8 +3,6 @@
 import csv
 import io
 import json
-import runpy
-import sys
 
 import numpy as np
 import pyarrow.compute as pc
@@ -15,8 +13,7 @@ from PIL import Image
 
 from rayood.evaluation.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr
 from rayood.evaluation.table import OODSet, evaluate_scores, to_markdown
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+from tests.test_jobs import run_job
 
 
 def test_aupr_by_hand():
@@ -62,13 +59,12 @@ def evaluation_sets(demo_data, tmp_path_factory):
     return paths
 
 
-def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeypatch, capsys):
+def test_evaluate_job_end_to_end(ray_cluster, tiny_bundle, evaluation_sets, tmp_path):
     output = tmp_path / "evaluation"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "evaluate.py",
+    joined = {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    result = run_job(
+        "evaluate.py",
+        *[
             "--bundle",
             tiny_bundle,
             "--id",
@@ -82,8 +78,9 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
             "--output",
             str(output),
         ],
+        env=joined,
     )
-    runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
+    assert result.returncode == 0, result.stderr[-3000:]
 
     rows = list(csv.DictReader(io.StringIO((output / "metrics.csv").read_text())))
     report = pads.dataset(output / "report" / "rows", format="parquet").to_table()
@@ -121,17 +118,14 @@ def test_evaluate_job_end_to_end(tiny_bundle, evaluation_sets, tmp_path, monkeyp
             with Image.open(output / "plots" / f"{kind}_{name}.png") as image:
                 assert image.format == "PNG" and image.size[0] > 200
 
-    with pytest.raises(SystemExit) as exit_info:  # the same evaluation again
-        runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
-    assert exit_info.value.code == 2 and "already holds an evaluation; pass --overwrite" in capsys.readouterr().err
+    again = run_job("evaluate.py", *result.args[2:], env=joined)  # the same evaluation again
+    assert again.returncode == 2 and "already holds an evaluation; pass --overwrite" in again.stderr
 
 
-def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation_sets, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "evaluate.py",
+def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation_sets, tmp_path):
+    bad = run_job(
+        "evaluate.py",
+        *[
             "--bundle",
             tiny_bundle,
             "--id",
@@ -142,20 +136,16 @@ def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation
             str(tmp_path / "out"),
         ],
     )
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
-    assert exit_info.value.code == 2 and "expected NAME=URI" in capsys.readouterr().err
+    assert bad.returncode == 2 and "expected NAME=URI" in bad.stderr
     assert not (tmp_path / "out").exists()
 
     project = tmp_path / "project"  # `--output .` in a user's own folder: refused, nothing overwritten
     project.mkdir()
     (project / "metrics.csv").write_text("the user's own")
     (project / "notes.txt").write_text("keep me")
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "evaluate.py",
+    refused = run_job(
+        "evaluate.py",
+        *[
             "--bundle",
             tiny_bundle,
             "--id",
@@ -166,8 +156,6 @@ def test_evaluate_refuses_bad_arguments_before_screening(tiny_bundle, evaluation
             str(project),
         ],
     )
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
-    assert exit_info.value.code == 2 and "files rayood did not write (notes.txt)" in capsys.readouterr().err
+    assert refused.returncode == 2 and "files rayood did not write (notes.txt)" in refused.stderr
     assert sorted(path.name for path in project.iterdir()) == ["metrics.csv", "notes.txt"]
     assert (project / "metrics.csv").read_text() == "the user's own"
