@@ -7,6 +7,7 @@ message before any cluster work; 1 means the job itself failed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -63,14 +64,14 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
 
 
 def leave(status: int) -> None:
-    """End a job process with ``status`` once its work is done: Ray shut down, logs and output flushed, and then no
-    interpreter finalisation. Native thread pools (Arrow's readers') torn down during CPython's finalisation can
-    abort a finished process with SIGABRT ("terminate called without an active exception", apache/arrow#34314),
-    which turned a refused audit's status 2 into -6 once in CI."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
-    logging.shutdown()
+    """End a job process with ``status`` once its work is done: the exit handlers run (Ray's shutdown, logging's,
+    the HTTP spool's cleanup), output is flushed, and then the process ends without CPython's finalisation and
+    the C++ static destructors after it. Native thread pools (Arrow's readers') torn down there can abort a
+    finished process with SIGABRT ("terminate called without an active exception", apache/arrow#34314), which
+    turned a refused audit's status 2 into -6 once in CI."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
