@@ -7,9 +7,12 @@ directory; the protocol runs over a websocket (aiohttp, which s3fs brings).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -49,12 +52,13 @@ def _start(profile: str) -> tuple[subprocess.Popen, int]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the renderers and helpers go with it
     )
     port_file = Path(profile) / "DevToolsActivePort"
     deadline = time.monotonic() + START_TIMEOUT_S
     while not (port_file.exists() and port_file.read_text().strip()):
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            _stop(process)
             raise RuntimeError(f"{BROWSER} did not start (exit code {process.poll()})")
         time.sleep(0.1)
     return process, int(port_file.read_text().splitlines()[0])
@@ -111,8 +115,22 @@ def visit(path: Path) -> PageVisit:
         try:
             return asyncio.run(_visit(port, path.resolve().as_uri()))
         finally:
-            process.kill()
-            process.wait()
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Kill the browser's whole process group and wait until it is gone: a helper process still alive can write
+    into the profile while it is deleted ("Directory not empty: 'Default'")."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def assert_self_contained(page: Path, thumbnails: int) -> str:
