@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,12 +144,30 @@ for _key, _value in {
     os.environ[_key] = _value
 
 
+def _atomic_conditional_puts() -> None:
+    """moto checks a PUT's If-Match / If-None-Match and then writes, with no lock between, so two threads of its
+    server can both pass the check (seen once in CI: two runs both held an expired lease they took over). AWS S3
+    decides a conditional write atomically; this server does too, by taking conditional PUTs one at a time."""
+    from moto.s3.responses import S3Response
+
+    unlocked, lock = S3Response.put_object, threading.Lock()
+
+    def put_object(self):
+        if self.headers.get("If-Match") or self.headers.get("If-None-Match"):
+            with lock:
+                return unlocked(self)
+        return unlocked(self)
+
+    S3Response.put_object = put_object
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's standalone S3 server on 127.0.0.1, as s3fs tests itself: Ray workers are separate processes,
     so in-process mocks would be invisible to them. Credentials go through the standard variables."""
     from moto.server import ThreadedMotoServer
 
+    _atomic_conditional_puts()
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
