@@ -11,6 +11,7 @@ the bundle holds. Adding a family: one module and one entry here.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -140,6 +141,13 @@ REGISTRY: tuple[DetectorSpec, ...] = (
         ),
     ),
 )
+
+
+def named(reference: str) -> object:
+    """What a ``module:attribute`` reference of an entry names, imported on first use (the registry itself imports
+    no family)."""
+    module, attribute = reference.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def enabled_detectors(settings: ModelSettings) -> list[DetectorSpec]:

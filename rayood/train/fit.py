@@ -58,7 +58,7 @@ from rayood.data.id_sample import in_calibration_split
 from rayood.data.reader import read_decoded
 from rayood.data.sources import plan_sources
 from rayood.detectors.fusion import choose_fused_scores
-from rayood.detectors.registry import enabled_detectors, score_names
+from rayood.detectors.registry import enabled_detectors, named, score_names
 from rayood.detectors.synthetic import evidence_kinds, synthetic_outliers
 from rayood.manifest import CalibrationRecord, FusionRecord, Manifest
 from rayood.models.backbones import build_backbone, load_matching, torchvision_state
@@ -72,7 +72,7 @@ from rayood.train.harness import LOOP, PROGRESS, LoopConfig, load_state
 from rayood.train.loops import backbone_loop, head_loop
 from rayood.train.progress import StageProgress
 from rayood.train.references import cached_columns, feature_pass, fit_references
-from rayood.train.stages import stage_fingerprint, stage_loop
+from rayood.train.stages import stage_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def fit(config: RayoodConfig) -> str:
             config,
             checkpoints,
             spec.family,
-            stage_loop(spec.stage),
+            named(spec.stage.loop),
             replace(base, optim=spec.stage.optim(train), **spec.stage.inputs(config, stage_dims)),
             cache if spec.stage.reads_features else train_data,
         )

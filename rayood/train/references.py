@@ -14,7 +14,6 @@ Data batch inference, that gives everything the later steps read, so no step run
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ from rayood.config import ModelSettings, RayoodConfig, S3Settings
 from rayood.data.decode import pixels_from_column
 from rayood.detectors.contract import StreamingFit
 from rayood.detectors.layerwise import layer_features
-from rayood.detectors.registry import enabled_detectors
+from rayood.detectors.registry import enabled_detectors, named
 from rayood.models.backbones import build_backbone, uint8_to_unit
 from rayood.scoring.pool import actor_pool
 from rayood.scoring.scorer import pick_device
@@ -45,8 +44,8 @@ def streaming_fits(settings: ModelSettings) -> dict[str, str]:
 
 
 def new_fit(path: str, settings: ModelSettings, seed: int, num_classes: int, scratch: str | None) -> StreamingFit:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)(settings, seed, num_classes, scratch)
+    """A family's ``StreamingFit`` from its ``module:class`` (``streaming_fits``)."""
+    return named(path)(settings, seed, num_classes, scratch)
 
 
 CACHE_PREFIX = "cache/"

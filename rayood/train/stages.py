@@ -9,9 +9,7 @@ denoiser resumes the fitted backbone instead of refitting it, and a changed inpu
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-from collections.abc import Callable
 
 from pydantic import BaseModel
 
@@ -64,8 +62,3 @@ def stage_fingerprint(config: RayoodConfig, stage: str) -> str:
     payload = {path: _settings_at(config, path, test_time_only) for path in (*SHARED_INPUTS, *reads)}
     payload["upstream"] = [stage_fingerprint(config, name) for name in upstream]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def stage_loop(stage: StageSpec) -> Callable[[dict], None]:
-    module, function = stage.loop.split(":")
-    return getattr(importlib.import_module(module), function)
