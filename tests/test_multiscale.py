@@ -138,6 +138,17 @@ def test_contrastive_objectives_reach_every_head(objective):
         assert model.alpa.query[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("objective", ["supcon", "alpa_finetune"])
+def test_the_contrastive_objectives_probe_is_the_classifier_scoring_uses(objective):
+    """The linear probe trains on the vector the classifier reads when scoring: cifar_fast's is max-pooled (a
+    probe fitted on the map's average scored on its maximum lost accuracy when ALPA fine-tuned cifar_fast)."""
+    settings = BackboneSettings(arch="cifar_fast", widths=(8, 16, 16), classifier_pool="max")
+    backbone = build_backbone(settings, PreprocessSettings(native_size=32, input_size=32), 3).eval()
+    images = torch.rand(4, 3, 32, 32)
+    _, logits = BackboneObjective(backbone, objective, alpa_dim=5, projection_dim=4)(images, torch.tensor([0, 0, 1, 1]))
+    torch.testing.assert_close(logits, backbone(images))
+
+
 def _clustered(rows: int, dim: int, clusters: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     centres = torch.randn(clusters, dim, generator=generator)

@@ -61,7 +61,7 @@ class BackboneObjective(nn.Module):
 
     - ``cross_entropy``: cross-entropy on the backbone's logits (optionally label-smoothed);
     - ``rotation``: that, on the upright rows, plus ``rotation_weight`` x the rotation head's cross-entropy;
-    - ``supcon``: SupCon on a projection MLP (C -> C -> projection_dim) of the pooled last map;
+    - ``supcon``: SupCon on a projection MLP (C -> C -> projection_dim) of the penultimate vector;
     - ``alpa_train``: SupCon + ``alpa_weight`` x ALPA (MODE-T); ``alpa_finetune``: ALPA alone (MODE-F).
     Contrastive objectives also fit the linear classifier on *detached* features (a linear probe), so the
     classifier baselines get logits without the classifier shaping the representation. Only the heads an
@@ -107,15 +107,14 @@ class BackboneObjective(nn.Module):
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             rotation_loss = F.cross_entropy(self.backbone.rotation(features.penultimate), turns)
             return loss + self.rotation_weight * rotation_loss, logits
-        last = features.last_map
-        pooled = last.mean(dim=(2, 3))
-        logits = self.backbone.fc(pooled.detach())
+        # the probe reads the vector the classifier reads at scoring time (cifar_fast's is max-pooled)
+        logits = self.backbone.fc(features.penultimate.detach())
         loss = F.cross_entropy(logits, labels)
         if self.projection is not None:
-            z = F.normalize(self.projection(pooled), dim=1)
+            z = F.normalize(self.projection(features.penultimate), dim=1)
             loss = loss + supervised_contrastive_loss(z @ z.T / SUPCON_TEMPERATURE, labels)
         if self.alpa is not None:
             loss = loss + self.alpa_weight * supervised_contrastive_loss(
-                ALPA_SCALE * self.alpa.similarity(last), labels
+                ALPA_SCALE * self.alpa.similarity(features.last_map), labels
             )
         return loss, logits
