@@ -1,9 +1,10 @@
 """What DDP's noise-and-denoise does to ID and OOD images: the measurements behind its AUROC.
 
-    python benchmarks/ddp_reconstruction.py --bundle rayood-cifar10/bundle --data ../shared/data [--per-set 300]
-        [--levels 60 120 240]
+    python benchmarks/ddp_reconstruction.py --bundle rayood-cifar10/bundle --data ../cifar10-lossless
+        [--per-set 300] [--levels 60 120 240]
 
-For a fixed random sample of each set (CIFAR-10 test as ID; TIN, MNIST, Textures as OOD), reconstructs every
+For a fixed random sample of each set of the lossless benchmark (``cifar10_val`` as ID; TIN, CIFAR-100, MNIST,
+Textures as OOD; ``../shared/data/lossless/README.md``), reconstructs every
 image once at each level (default: the bundle's largest DDP level) with the bundle's stride and guidance
 (a level must be a multiple of the stride), then reports per level and set:
 - ``psnr_db``: reconstruction against input (how much of the image survives);
@@ -33,8 +34,9 @@ from rayood.models.backbones import uint8_to_unit
 from rayood.models.diffusion import noise_for_ids
 
 SETS = {
-    "cifar10_test (ID)": "cifar10_test.parquet",
+    "cifar10_val (ID)": "cifar10_val.parquet",
     "tin (near)": "tin32_val.parquet",
+    "cifar100 (near)": "cifar100_32.parquet",
     "mnist (far)": "mnist32_test.parquet",
     "textures (far)": "dtd32.parquet",
 }
@@ -87,7 +89,7 @@ def measure(bundle, level: int, images: torch.Tensor, ids: list[str], labels: np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--data", required=True, help="folder with the benchmark Parquet files")
+    parser.add_argument("--data", required=True, help="folder of the lossless CIFAR-10 benchmark")
     parser.add_argument("--per-set", type=int, default=300)
     parser.add_argument("--levels", type=int, nargs="+", help="noise levels to reconstruct from")
     args = parser.parse_args()
