@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -39,7 +40,8 @@ def main() -> None:
     source = rows.column("source").to_numpy(zero_copy_only=False)
     flagged = rows.column("is_ood").to_numpy(zero_copy_only=False).astype(bool)
     predicted = rows.column("predicted_class").to_numpy(zero_copy_only=False)
-    id_source = next((s for s in set(source) if s.endswith(args.id_data.split("/")[-1])), None)
+    id_name = os.path.basename(args.id_data)
+    id_source = next((s for s in set(source) if os.path.basename(s) == id_name), None)
     if id_source is None:
         raise SystemExit(f"no source of {args.report} is {args.id_data}")
     labels = pq.read_table(args.id_data, columns=["id", "label"])

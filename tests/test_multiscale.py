@@ -140,8 +140,8 @@ def test_contrastive_objectives_reach_every_head(objective):
 
 @pytest.mark.parametrize("objective", ["supcon", "alpa_finetune"])
 def test_the_contrastive_objectives_probe_is_the_classifier_scoring_uses(objective):
-    """The linear probe trains on the vector the classifier reads when scoring: cifar_fast's is max-pooled (a
-    probe fitted on the map's average scored on its maximum lost accuracy when ALPA fine-tuned cifar_fast)."""
+    """The linear probe trains on the vector the classifier reads when scoring: cifar_fast's is max-pooled (the
+    probe was once fitted on the map's average and scored on its maximum)."""
     settings = BackboneSettings(arch="cifar_fast", widths=(8, 16, 16), classifier_pool="max")
     backbone = build_backbone(settings, PreprocessSettings(native_size=32, input_size=32), 3).eval()
     images = torch.rand(4, 3, 32, 32)
