@@ -19,7 +19,8 @@ from tests.conftest import NO_LAYERWISE, tiny_config
 
 
 def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_path, caplog):
-    """Also: the console shows each stage's epochs without --verbose, and the bank takes the mirror-averaged maps."""
+    """Also: the console shows each stage's epochs without --verbose, the bank takes the mirror-averaged maps, and
+    the last epoch recomputes the BatchNorm statistics on clean images (``test_batch_norm_statistics.py``)."""
     fit_path, corpus = demo_data
     bundle = str(tmp_path / "alpa")
     config = tiny_config(
@@ -42,6 +43,7 @@ def test_alpa_train_fits_builds_a_bank_and_screens(ray_cluster, demo_data, tmp_p
     assert "s per epoch, about" in caplog.text and "backbone: epoch 2 of 2, loss" in caplog.text
     manifest = json.load(open(f"{bundle}/manifest.json"))
     assert manifest["training"]["backbone"]["epoch"] == 2
+    assert manifest["training"]["backbone"]["batch_norm_recomputed_s"] >= 0
     assert "layerwise" not in manifest["training"] and not any(
         s.startswith("layerwise") for s in read_manifest(bundle).scores
     )

@@ -29,8 +29,17 @@ from rayood.models.unet import build_unet
 from rayood.train.augment import Augmenter, two_crop_transform
 from rayood.train.cache import READ_BATCH_ROWS, CachedShard, id_order
 from rayood.train.harness import LOOP, PROGRESS, EmaRun, LoopConfig, load_state, log_epoch, run_epochs
+from rayood.train.objectives import CONTRASTIVE
 from rayood.train.recipe import Lookahead
-from rayood.train.steps import BackboneEpoch, ddpm_step, denoiser_step, ema_update, new_backbone_objective, unwrap
+from rayood.train.steps import (
+    BackboneEpoch,
+    ddpm_step,
+    denoiser_step,
+    ema_update,
+    new_backbone_objective,
+    recompute_batch_norm_statistics,
+    unwrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +119,19 @@ def backbone_loop(config: dict) -> None:
         loss_sum, correct, seen, step = epoch_run(epoch, step, generator)
         epoch_s = time.perf_counter() - started
         epochs_s += epoch_s
-        return {
+        metrics = {
             "loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
             "epoch_s": round(epoch_s, 1),
             "epochs_s": round(epochs_s, 1),  # epochs_s: this run's, for overhead
             "worker_rows": worker_rows,
         }
+        if epoch + 1 == optim.epochs and optim.objective in CONTRASTIVE:  # inside the epoch: a resumed fit redoes it
+            recompute_started = time.perf_counter()
+            norms = recompute_batch_norm_statistics(unwrap(model).backbone, data, batch_size)
+            average_batch_norm_statistics(norms, len(data))
+            metrics["batch_norm_recomputed_s"] = round(time.perf_counter() - recompute_started, 1)
+        return metrics
 
     def state(done: int) -> dict:
         saved_state = {
@@ -133,6 +148,20 @@ def backbone_loop(config: dict) -> None:
     run_epochs(
         "backbone", config[PROGRESS], start_epoch, optim.epochs, optim.checkpoint_every, train_epoch, state, saved
     )
+
+
+def average_batch_norm_statistics(norms: list[torch.nn.Module], rows: int) -> None:
+    """Every worker recomputed its BatchNorm statistics on its own shard; all take the row-weighted average
+    (rank 0's are the ones saved). Like the per-batch average itself, it leaves out the spread between the
+    shards' means."""
+    if not (dist.is_available() and dist.is_initialized()) or not norms:
+        return
+    total = torch.tensor([float(rows)], device=norms[0].running_mean.device)
+    dist.all_reduce(total)
+    for norm in norms:
+        for statistic in (norm.running_mean, norm.running_var):
+            statistic.mul_(rows / total.item())
+            dist.all_reduce(statistic)
 
 
 def _cached_features(columns: list[str], dims: dict[str, int], device: torch.device) -> dict[str, torch.Tensor]:
