@@ -108,3 +108,53 @@ def test_whitening_is_fitted_on_a_sample_of_every_part_of_a_class_sorted_shard()
     variance = out.permute(0, 2, 3, 1).reshape(-1, 12).var(dim=0)
     # fitted on the dark half alone, the dark/bright contrast would blow the top components' variance up ~100x
     assert variance.max() < 2.0, variance
+
+
+def _cifar_fast_settings(rotation_head: bool):
+    from rayood.config import ModelSettings
+
+    return ModelSettings.model_validate(
+        {
+            "preprocess": {"native_size": 8, "input_size": 8},
+            "backbone": {"arch": "cifar_fast", "widths": [8, 8, 8], "rotation_head": rotation_head},
+        }
+    )
+
+
+def _shard(rows: int = 64):
+    from rayood.train.cache import CachedShard
+
+    generator = torch.Generator().manual_seed(1)
+    return CachedShard(
+        torch.randint(0, 256, (rows, 3, 8, 8), generator=generator, dtype=torch.uint8), torch.zeros(rows).long()
+    )
+
+
+@pytest.mark.parametrize("objective", ["cross_entropy", "rotation"])
+def test_a_fresh_backbone_is_whitened_whatever_its_objective(objective):
+    """A rotation head the objective does not train once took the whitening fit's place (the filters stayed random)."""
+    from rayood.models.backbones import build_backbone
+    from rayood.train.steps import new_backbone_objective
+
+    settings, data = _cifar_fast_settings(rotation_head=True), _shard()
+    model, _ = new_backbone_objective(settings, BackboneOptimSettings(objective=objective), 2, data, None)
+    fitted = build_backbone(settings.backbone, settings.preprocess, 2)
+    fitted.fit_whitening(data.images(torch.arange(len(data)), torch.device("cpu")))
+    torch.testing.assert_close(model.backbone.whitening.weight, fitted.whitening.weight)
+
+
+@pytest.mark.parametrize("objective", ["cross_entropy", "alpa_finetune"])
+def test_a_backbone_started_from_weights_keeps_their_whitening(objective):
+    """Refitting the whitening under loaded weights could flip a filter's sign, and so swap the channels the
+    loaded first convolution reads."""
+    from rayood.models.backbones import build_backbone
+    from rayood.train.steps import new_backbone_objective
+
+    settings = _cifar_fast_settings(rotation_head=False)
+    source = build_backbone(settings.backbone, settings.preprocess, 2)
+    with torch.no_grad():
+        source.whitening.weight.copy_(torch.randn_like(source.whitening.weight))
+    model, _ = new_backbone_objective(
+        settings, BackboneOptimSettings(objective=objective), 2, _shard(), source.state_dict()
+    )
+    torch.testing.assert_close(model.backbone.whitening.weight, source.whitening.weight)

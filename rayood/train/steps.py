@@ -114,15 +114,14 @@ def new_backbone_objective(
     """A fresh backbone (started from ``init_state``, else with its whitening fitted to the data) in its
     objective, and the optimiser over both."""
     backbone = build_backbone(settings.backbone, settings.preprocess, num_classes)
-    if init_state is not None:
+    if init_state is not None:  # its whitening too: refitting it could flip a filter's sign under loaded weights
         load_matching(backbone, init_state)
-    if backbone.rotation is not None and optim.objective != "rotation":
-        backbone.rotation.requires_grad_(
-            False
-        )  # a loaded head this objective does not train (DDP needs every trained one used)
     else:  # with several workers rank 0's whitening wins: DDP broadcasts its parameters when the model is prepared
         sample = torch.randperm(len(data))[:WHITENING_SAMPLE]
         backbone.fit_whitening(data.images(sample, torch.device("cpu")))
+    if backbone.rotation is not None and optim.objective != "rotation":
+        # a loaded head this objective does not train (DDP needs every trained one used)
+        backbone.rotation.requires_grad_(False)
     model = BackboneObjective(
         backbone,
         optim.objective,
