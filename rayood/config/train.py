@@ -31,7 +31,8 @@ class BackboneOptimSettings(OptimSettings):
     """How the backbone is fitted. ``cross_entropy`` needs nothing else; ``rotation`` adds rotation prediction
     (Hendrycks et al., 2019; OpenOOD's RotPred) and needs ``model.backbone.rotation_head``; the contrastive objectives
     train a projection head and the ALPA heads alongside and a linear classifier on detached features (so the
-    classifier baselines still have logits). ``alpa_finetune`` starts from ``model.backbone.init_weights``.
+    classifier baselines still have logits) and end by recomputing the BatchNorm statistics on the un-augmented
+    training images. ``alpa_finetune`` starts from ``model.backbone.init_weights``.
     ALPA aligns every pair of the batch's 2 x batch_size crops, token by token: its memory grows with the batch
     squared (cifar_fast's 3 x 3 map, alpa_dim 80: batch 512 took the worker to 19.6 GB, 128 to 2.1 GB)."""
 
