@@ -158,9 +158,10 @@ def average_batch_norm_statistics(norms: list[torch.nn.Module], rows: int) -> No
         return
     total = torch.tensor([float(rows)], device=norms[0].running_mean.device)
     dist.all_reduce(total)
+    share = rows / total.item()
     for norm in norms:
         for statistic in (norm.running_mean, norm.running_var):
-            statistic.mul_(rows / total.item())
+            statistic.mul_(share)
             dist.all_reduce(statistic)
 
 
